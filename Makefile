@@ -1,0 +1,43 @@
+# Backdoor Smoothing Workbench. `make help` lists the targets.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+# Progress bars off in tests (headless notebook runs would store every bar in the notebook).
+export TQDM_DISABLE ?= 1
+
+.PHONY: help demo test test-fast lab bench clean-runs clean
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install --upgrade --quiet pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
+	touch $(STAMP)
+
+install: $(STAMP)  ## create .venv and install the workbench with its test tools
+
+demo: $(STAMP)  ## set up, train a backdoor on digits and write reports/demo.html
+	TQDM_DISABLE=0 $(PY) -m workbench demo
+
+test: $(STAMP)  ## set up and run the whole test suite (notebooks and browser tests included)
+	$(PY) -m pytest -ra
+
+test-fast: $(STAMP)  ## the tests that train nothing big and start no browser
+	$(PY) -m pytest -ra -m "not slow and not browser"
+
+lab: $(STAMP)  ## open JupyterLab on notebooks/ (localhost only, token on)
+	$(VENV)/bin/jupyter lab --ip=127.0.0.1 --notebook-dir=notebooks
+
+bench: $(STAMP)  ## run the benchmarks (prints ratios; see benchmarks/RESULTS.md)
+	$(PY) benchmarks/smoothness.py
+
+clean-runs:  ## delete cached runs (they retrain on next use)
+	rm -rf data/runs
+
+clean:  ## delete the virtual environment, caches and reports
+	rm -rf $(VENV) reports test-artifacts .pytest_cache

@@ -1,0 +1,94 @@
+"""Up-front argument checks with one message format:
+
+    "`rate` must be a float in [0, 1]; got 1.5."
+
+ValueError for a value out of range, TypeError for a value of the wrong type. Never `assert`.
+"""
+
+from __future__ import annotations
+
+import math
+from numbers import Integral, Real
+from typing import Any, Iterable, Sequence
+
+
+def _interval(low, high, low_open, high_open) -> str:
+    lo = "(" if low_open else "["
+    hi = ")" if high_open else "]"
+    lo_v = "-inf" if low is None else low
+    hi_v = "inf" if high is None else high
+    return f"{lo}{lo_v}, {hi_v}{hi}"
+
+
+def check_int(name: str, value: Any, low: int | None = None, high: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, Integral):
+        raise TypeError(f"`{name}` must be an int in {_interval(low, high, False, False)}; "
+                        f"got {value!r}.")
+    if (low is not None and value < low) or (high is not None and value > high):
+        raise ValueError(f"`{name}` must be an int in {_interval(low, high, False, False)}; "
+                         f"got {value!r}.")
+    return int(value)
+
+
+def check_float(name: str, value: Any, low: float | None = None, high: float | None = None,
+                low_open: bool = False, high_open: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, Real):
+        raise TypeError(f"`{name}` must be a float in "
+                        f"{_interval(low, high, low_open, high_open)}; got {value!r}.")
+    v = float(value)
+    bad = math.isnan(v)
+    if low is not None:
+        bad |= v <= low if low_open else v < low
+    if high is not None:
+        bad |= v >= high if high_open else v > high
+    if bad:
+        raise ValueError(f"`{name}` must be a float in "
+                         f"{_interval(low, high, low_open, high_open)}; got {value!r}.")
+    return v
+
+
+def check_choice(name: str, value: Any, choices: Sequence[Any]) -> Any:
+    if value not in choices:
+        allowed = ", ".join(repr(c) for c in choices)
+        raise ValueError(f"`{name}` must be one of {allowed}; got {value!r}.")
+    return value
+
+
+def check_sigmas(name: str, values: Iterable[Any]) -> list[float]:
+    """A non-empty, strictly increasing sequence of non-negative finite floats."""
+    try:
+        vals = [float(v) for v in values]
+    except (TypeError, ValueError):
+        raise TypeError(f"`{name}` must be a sequence of floats >= 0; got {values!r}.") from None
+    if not vals:
+        raise ValueError(f"`{name}` must be a non-empty sequence of floats >= 0; got {values!r}.")
+    if any(not math.isfinite(v) or v < 0 for v in vals):
+        raise ValueError(f"`{name}` must hold finite floats >= 0; got {vals!r}.")
+    if any(b <= a for a, b in zip(vals, vals[1:])):
+        raise ValueError(f"`{name}` must be strictly increasing; got {vals!r}.")
+    return vals
+
+
+def check_images(name: str, x: Any) -> None:
+    """A float tensor of shape (N, C, H, W) with values in [0, 1]."""
+    import torch
+
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"`{name}` must be a torch.Tensor of shape (N, C, H, W); "
+                        f"got {type(x).__name__}.")
+    if x.ndim != 4:
+        raise ValueError(f"`{name}` must have shape (N, C, H, W); got shape {tuple(x.shape)}.")
+    if not x.is_floating_point():
+        raise TypeError(f"`{name}` must be a floating-point tensor in [0, 1]; got dtype {x.dtype}.")
+    if x.numel() and (x.min() < 0 or x.max() > 1):
+        raise ValueError(f"`{name}` must hold values in [0, 1]; got range "
+                         f"[{x.min().item():.3g}, {x.max().item():.3g}].")
+
+
+def check_seed(name: str, seed: Any) -> None:
+    import torch
+
+    if isinstance(seed, torch.Generator):
+        return
+    if isinstance(seed, bool) or not isinstance(seed, Integral) or seed < 0:
+        raise TypeError(f"`{name}` must be an int >= 0 or a torch.Generator; got {seed!r}.")

@@ -1,0 +1,149 @@
+"""Pure functions returning plotly figures: usable without widgets, exportable with
+`fig.write_html(...)` or `save_png(fig, path)` (kaleido with the system Chromium).
+
+Colours are the Okabe–Ito palette (safe for the common colour-vision deficiencies): clean inputs
+are blue, triggered inputs vermillion, everywhere.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+from scipy import stats
+
+OKABE_ITO = ("#0072B2", "#D55E00", "#009E73", "#E69F00", "#56B4E9", "#CC79A7", "#F0E442", "#000000")
+CLEAN, TRIGGERED = OKABE_ITO[0], OKABE_ITO[1]
+TEMPLATE = "plotly_white"
+
+
+def _rgba(hex_colour: str, alpha: float) -> str:
+    h = hex_colour.lstrip("#")
+    r, g, b = (int(h[i:i + 2], 16) for i in (0, 2, 4))
+    return f"rgba({r},{g},{b},{alpha})"
+
+
+def _to_rgb_uint8(img) -> np.ndarray:
+    """(C, H, W) float in [0, 1] -> (H, W, 3) uint8."""
+    a = np.asarray(img, dtype=float)
+    a = np.repeat(a, 3, axis=0) if a.shape[0] == 1 else a[:3]
+    return (np.clip(a, 0, 1) * 255).round().astype(np.uint8).transpose(1, 2, 0)
+
+
+def image_pairs(clean, triggered, labels: Sequence[int] | None = None,
+                class_names: Sequence[str] | None = None, n: int = 8,
+                predictions: Sequence[int] | None = None) -> go.Figure:
+    """Two rows of images: clean on top, their triggered twins below."""
+    n = min(n, len(clean))
+    titles = []
+    for row in ("clean", "triggered"):
+        for i in range(n):
+            t = row if i == 0 else ""
+            if labels is not None and row == "clean":
+                lab = int(labels[i])
+                t = f"{t} · {class_names[lab] if class_names else lab}".strip(" ·")
+            if predictions is not None and row == "triggered":
+                p = int(predictions[i])
+                t = f"{t} → {class_names[p] if class_names else p}".strip()
+            titles.append(t)
+    fig = make_subplots(rows=2, cols=n, subplot_titles=titles, horizontal_spacing=0.01,
+                        vertical_spacing=0.08)
+    for r, imgs in enumerate((clean, triggered), start=1):
+        for i in range(n):
+            fig.add_trace(go.Image(z=_to_rgb_uint8(imgs[i]), hoverinfo="skip"), row=r, col=i + 1)
+    fig.update_xaxes(visible=False)
+    fig.update_yaxes(visible=False)
+    fig.update_annotations(font_size=11)
+    fig.update_layout(template=TEMPLATE, height=260, width=max(400, 95 * n),
+                      margin=dict(l=10, r=10, t=40, b=10),
+                      title="Test inputs without and with the trigger")
+    return fig
+
+
+def training_curves(history: Sequence[dict]) -> go.Figure:
+    """Loss, clean accuracy and attack success rate per epoch."""
+    ep = [h["epoch"] for h in history]
+    fig = make_subplots(specs=[[{"secondary_y": True}]])
+    fig.add_trace(go.Scatter(x=ep, y=[h["clean_accuracy"] for h in history], name="clean accuracy",
+                             mode="lines+markers", line_color=CLEAN), secondary_y=False)
+    fig.add_trace(go.Scatter(x=ep, y=[h["attack_success_rate"] for h in history],
+                             name="attack success rate", mode="lines+markers",
+                             line_color=TRIGGERED), secondary_y=False)
+    fig.add_trace(go.Scatter(x=ep, y=[h["loss"] for h in history], name="training loss",
+                             mode="lines", line=dict(color=OKABE_ITO[7], dash="dot")),
+                  secondary_y=True)
+    fig.update_yaxes(title_text="rate", range=[0, 1.02], secondary_y=False)
+    fig.update_yaxes(title_text="cross-entropy loss (nats)", secondary_y=True, rangemode="tozero")
+    fig.update_xaxes(title_text="epoch")
+    fig.update_layout(template=TEMPLATE, title="Training", height=360,
+                      legend=dict(orientation="h", y=-0.25))
+    return fig
+
+
+def mean_band(values: np.ndarray, confidence: float = 0.95) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean over inputs (axis 0) with a t-interval: the band says how well the mean is known."""
+    v = np.asarray(values, dtype=float)
+    m = v.mean(0)
+    if len(v) < 2:
+        return m, m, m
+    half = stats.t.ppf(0.5 + confidence / 2, len(v) - 1) * v.std(0, ddof=1) / math.sqrt(len(v))
+    return m, m - half, m + half
+
+
+def _band_traces(fig, x, m, lo, hi, colour, name, **kw):
+    fig.add_trace(go.Scatter(x=np.concatenate([x, x[::-1]]), y=np.concatenate([hi, lo[::-1]]),
+                             fill="toself", fillcolor=_rgba(colour, 0.2), line=dict(width=0),
+                             hoverinfo="skip", showlegend=False, legendgroup=name), **kw)
+    fig.add_trace(go.Scatter(x=x, y=m, name=name, mode="lines+markers", line_color=colour,
+                             legendgroup=name), **kw)
+
+
+def smoothness_curves(clean, triggered=None, per_input: int = 0, confidence: float = 0.95,
+                      title: str = "Smoothness curves: W<sub>σ</sub> around clean and triggered inputs"
+                      ) -> go.Figure:
+    """Mean W_σ over inputs against σ, with a `confidence` band; optionally `per_input` thin
+    curves of the first inputs. clean/triggered: SmoothnessResult."""
+    fig = go.Figure()
+    for res, colour, name in ((clean, CLEAN, "clean"), (triggered, TRIGGERED, "triggered")):
+        if res is None:
+            continue
+        for j in range(min(per_input, len(res.entropy))):
+            fig.add_trace(go.Scatter(x=res.sigmas, y=res.entropy[j], mode="lines",
+                                     line=dict(color=_rgba(colour, 0.25), width=1),
+                                     showlegend=False, hoverinfo="skip", legendgroup=name))
+        _band_traces(fig, res.sigmas, *mean_band(res.entropy, confidence), colour,
+                     f"{name} (mean, {confidence:.0%} CI)")
+    units = clean.units
+    fig.update_layout(template=TEMPLATE, title=title, height=420,
+                      xaxis_title="noise scale σ (pixel units, images in [0, 1])",
+                      yaxis_title=f"W<sub>σ</sub> ({units}; lower = smoother)",
+                      legend=dict(orientation="h", y=-0.2))
+    return fig
+
+
+def summary_distribution(comparison, title: str | None = None) -> go.Figure:
+    """Per-input summaries of clean vs triggered curves (box + points), from compare_smoothness."""
+    label = {"mean": "mean W over the σ grid", "radius": "smoothness radius (σ)",
+             "certified": "certified L2 radius"}[comparison.summary]
+    fig = go.Figure()
+    for vals, colour, name in ((comparison.clean_summary, CLEAN, "clean"),
+                               (comparison.triggered_summary, TRIGGERED, "triggered")):
+        fig.add_trace(go.Box(y=vals, name=name, marker_color=colour, boxpoints="all", jitter=0.4,
+                             pointpos=0, line_width=1.5))
+    lo, hi = comparison.gap_ci
+    fig.update_layout(template=TEMPLATE, height=380, yaxis_title=label, showlegend=False,
+                      title=title or (f"Per-input summaries: gap {comparison.gap:.3f} "
+                                      f"[{lo:.3f}, {hi:.3f}], Wilcoxon p = {comparison.p_value:.2g}"))
+    return fig
+
+
+def save_png(fig: go.Figure, path, scale: float = 2.0) -> None:
+    """Write a static PNG with kaleido (needs Chrome/Chromium: /usr/bin/chromium or BROWSER_PATH)."""
+    try:
+        import kaleido  # noqa: F401
+    except ImportError as exc:  # pragma: no cover - depends on the install
+        raise ImportError("PNG export needs kaleido: pip install 'workbench[export]'") from exc
+    fig.write_image(str(path), scale=scale)
