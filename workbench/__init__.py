@@ -16,12 +16,26 @@ from .poison import PoisonedSet, TriggeredPairs, poison_dataset, triggered_pairs
 from .smoothness import (ComparisonResult, SmoothnessResult, compare_smoothness,  # noqa: E402
                          estimate_smoothness, paired_gap)
 from .train import (BackdoorRun, TrainConfig, attack_success_rate, clean_accuracy,  # noqa: E402
-                    load_run, predict, train_backdoor)
+                    is_cached, load_run, predict, train_backdoor)
+from .experiments import default_sigmas, smoothing_analysis  # noqa: E402
+from .landscape import landscape_2d  # noqa: E402
+
+# plotly / ipywidgets are heavy: their modules load on first use (wb.plots, wb.widgets, ...)
+_LAZY = ("plots", "widgets", "report", "cli")
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module 'workbench' has no attribute {name!r}")
 
 __all__ = [
     "__version__", "triggers", "DATASETS", "Dataset", "data_dir", "load_dataset", "MODELS",
     "build_model", "default_device", "PoisonedSet", "TriggeredPairs", "poison_dataset",
     "triggered_pairs", "ComparisonResult", "SmoothnessResult", "compare_smoothness",
     "estimate_smoothness", "paired_gap", "BackdoorRun", "TrainConfig", "attack_success_rate",
-    "clean_accuracy", "load_run", "predict", "train_backdoor",
+    "clean_accuracy", "is_cached", "load_run", "predict", "train_backdoor", "default_sigmas",
+    "smoothing_analysis", "landscape_2d",
 ]

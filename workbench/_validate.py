@@ -15,8 +15,8 @@ from typing import Any, Iterable, Sequence
 def _interval(low, high, low_open, high_open) -> str:
     lo = "(" if low_open else "["
     hi = ")" if high_open else "]"
-    lo_v = "-inf" if low is None else low
-    hi_v = "inf" if high is None else high
+    lo_v = "-inf" if low is None else f"{low:g}"
+    hi_v = "inf" if high is None else f"{high:g}"
     return f"{lo}{lo_v}, {hi_v}{hi}"
 
 

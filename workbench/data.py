@@ -192,6 +192,16 @@ def _load_cifar10(root: Path, download: bool | None) -> Dataset:
             base = Path(self.root) / self.base_folder
             return all((base / f).exists() for f, _ in self.train_list + self.test_list)
 
+        def _load_meta(self) -> None:
+            import pickle
+
+            path = Path(self.root) / self.base_folder / self.meta["filename"]
+            if not path.exists():
+                raise RuntimeError(f"CIFAR-10 metadata file {path} not found.")
+            with open(path, "rb") as f:
+                self.classes = pickle.load(f, encoding="latin1")[self.meta["key"]]
+            self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
+
     how = ("Run once online with download=True, or unpack cifar-10-python.tar.gz into "
            f"{root}.")
     try:

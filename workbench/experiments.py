@@ -18,8 +18,8 @@ from .train import BackdoorRun, predict
 # does not flip sign through the grid's far end (method.md). Easy to change: pass `sigmas=`.
 DEFAULT_SIGMAS = {
     "digits": tuple(np.round(np.linspace(0.05, 0.6, 12), 3)),
-    "fashion-mnist": tuple(np.round(np.linspace(0.05, 0.6, 12), 3)),
-    "mnist": tuple(np.round(np.linspace(0.05, 0.6, 12), 3)),
+    "fashion-mnist": tuple(np.round(np.linspace(0.02, 0.4, 12), 3)),
+    "mnist": tuple(np.round(np.linspace(0.02, 0.4, 12), 3)),
     "cifar10": tuple(np.round(np.linspace(0.02, 0.3, 12), 3)),
     "gtsrb": tuple(np.round(np.linspace(0.02, 0.3, 12), 3)),
 }

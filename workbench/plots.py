@@ -147,3 +147,68 @@ def save_png(fig: go.Figure, path, scale: float = 2.0) -> None:
     except ImportError as exc:  # pragma: no cover - depends on the install
         raise ImportError("PNG export needs kaleido: pip install 'workbench[export]'") from exc
     fig.write_image(str(path), scale=scale)
+
+
+def landscape_heatmap(land, colour_by: str = "class", class_names: Sequence[str] | None = None,
+                      title: str = "") -> go.Figure:
+    """A 2-D landscape coloured by predicted class or by local W_σ, with its marked points."""
+    fig = go.Figure()
+    _add_landscape(fig, land, colour_by, class_names)
+    fig.update_layout(template=TEMPLATE, title=title, height=420, width=480,
+                      xaxis_title=f"{land.directions[0]} direction (L2)",
+                      yaxis_title=f"{land.directions[1]} direction (L2)")
+    return fig
+
+
+def _class_colourscale(k: int):
+    cols = [OKABE_ITO[i % len(OKABE_ITO)] for i in range(k)]
+    scale = []
+    for i, c in enumerate(cols):
+        scale += [(i / k, c), ((i + 1) / k, c)]
+    return scale
+
+
+def landscape_traces(land, colour_by: str, class_names=None, k: int = 10, showscale=True):
+    """The heatmap and marker traces of a landscape (shared by figures and widgets)."""
+    if colour_by == "class":
+        names = class_names or [str(i) for i in range(k)]
+        text = [[names[c] for c in row] for row in land.predicted]
+        heat = go.Heatmap(x=land.alphas, y=land.betas, z=land.predicted, zmin=-0.5, zmax=k - 0.5,
+                          colorscale=_class_colourscale(k), text=text, showscale=showscale,
+                          hovertemplate="a=%{x:.2f}, b=%{y:.2f}<br>class %{text}<extra></extra>",
+                          colorbar=dict(title="class", tickvals=list(range(k)), ticktext=list(names)))
+    else:
+        z = land.entropy if land.entropy is not None else np.zeros_like(land.confidence)
+        heat = go.Heatmap(x=land.alphas, y=land.betas, z=z, colorscale="Cividis", zmin=0,
+                          showscale=showscale, colorbar=dict(title="W<sub>σ</sub> (nats)"),
+                          hovertemplate="a=%{x:.2f}, b=%{y:.2f}<br>W=%{z:.3f}<extra></extra>")
+    names = list(land.markers)
+    marks = go.Scatter(x=[land.markers[m][0] for m in names], y=[land.markers[m][1] for m in names],
+                       mode="markers+text", text=names, textposition="top center",
+                       marker=dict(symbol="x", size=11, color="white", line=dict(width=2, color="black")),
+                       showlegend=False, hoverinfo="text")
+    return heat, marks
+
+
+def _add_landscape(fig, land, colour_by, class_names, **kw):
+    k = max(int(land.predicted.max()) + 1, len(class_names) if class_names else 0, 2)
+    for tr in landscape_traces(land, colour_by, class_names, k):
+        fig.add_trace(tr, **kw)
+
+
+def landscape_pair(clean_land, triggered_land, colour_by: str = "class",
+                   class_names: Sequence[str] | None = None) -> go.Figure:
+    """Clean and triggered landscapes side by side, on the same axes and colours."""
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("around the clean input",
+                                                        "around the triggered input"),
+                        shared_yaxes=True, horizontal_spacing=0.06)
+    k = max(int(max(clean_land.predicted.max(), triggered_land.predicted.max())) + 1,
+            len(class_names) if class_names else 0, 2)
+    for col, land in ((1, clean_land), (2, triggered_land)):
+        for tr in landscape_traces(land, colour_by, class_names, k, showscale=col == 2):
+            fig.add_trace(tr, row=1, col=col)
+    what = "predicted class" if colour_by == "class" else "local W<sub>σ</sub>"
+    fig.update_xaxes(title_text=f"{clean_land.directions[0]} direction (L2)")
+    fig.update_yaxes(title_text=f"{clean_land.directions[1]} direction (L2)", col=1)
+    fig.update_layout(template=TEMPLATE, height=430, title=f"Uncertainty landscape: {what}")
+    return fig

@@ -30,7 +30,7 @@ from .models import MODELS, build_model, default_device
 from .poison import make_generator, poison_dataset
 from .triggers import Patch, Trigger, trigger_from_config
 
-CACHE_FORMAT = 1  # bump when training code changes results, so old cached runs are not reused
+CACHE_FORMAT = 2  # bump when training code changes results, so old cached runs are not reused
 
 # Per-dataset defaults, chosen from measurements (benchmarks/RESULTS.md): enough epochs for clean
 # accuracy and ASR to plateau on 2 CPU cores within the time budgets of the demo and notebooks.
@@ -190,6 +190,27 @@ def train_backdoor(data: Dataset | str = "digits", trigger: Trigger | None = Non
     callbacks: functions called as cb(epoch, model, entry) after each epoch (entry is the
     history dict); a cached run is reused only when no callbacks are given.
     """
+    data, trigger, cfg = _prepare(data, trigger, rate, target, model, epochs, seed, batch_size,
+                                  lr, weight_decay, max_train)
+    if callbacks is not None and not all(callable(cb) for cb in callbacks):
+        raise TypeError("`callbacks` must be a list of callables cb(epoch, model, entry).")
+    cache_dir = data_dir() / "runs" / cfg.key()
+    device = torch.device(device) if device is not None else default_device()
+    if cache and not callbacks and cache_dir.exists():
+        try:
+            return load_run(cache_dir, device)
+        except Exception:  # a stale or damaged cache entry is retrained, never trusted
+            pass
+
+    run = _train(data, trigger, cfg, device, progress, callbacks or [])
+    if cache:
+        run.save(cache_dir, overwrite=True)
+    return run
+
+
+def _prepare(data, trigger, rate, target, model, epochs, seed, batch_size, lr, weight_decay,
+             max_train) -> tuple[Dataset, Trigger, TrainConfig]:
+    """Validate everything and build the run's configuration (before any work)."""
     if isinstance(data, str):
         check_choice("data", data, DATASETS)
         data = load_dataset(data)
@@ -210,28 +231,24 @@ def train_backdoor(data: Dataset | str = "digits", trigger: Trigger | None = Non
     weight_decay = check_float("weight_decay", weight_decay, 0.0)
     if max_train is not None:
         check_int("max_train", max_train, low=1)
-    if callbacks is not None and not all(callable(cb) for cb in callbacks):
-        raise TypeError("`callbacks` must be a list of callables cb(epoch, model, entry).")
     trigger(data.x_test[:1])  # fails now, not after training, if the trigger does not fit
-
-    cfg = TrainConfig(data.name, trigger.to_config(), rate, target, model, epochs, batch_size, lr,
-                      weight_decay, seed, max_train)
+    name = data.name
     if data.info.get("max_train") or data.info.get("max_test"):
         # a truncated dataset is a different experiment: keep it out of the full run's cache slot
-        cfg = TrainConfig(**{**asdict(cfg), "dataset": f"{data.name}[{data.info.get('max_train')},"
-                                                       f"{data.info.get('max_test')}]"})
-    cache_dir = data_dir() / "runs" / cfg.key()
-    device = torch.device(device) if device is not None else default_device()
-    if cache and not callbacks and cache_dir.exists():
-        try:
-            return load_run(cache_dir, device)
-        except Exception:  # a stale or damaged cache entry is retrained, never trusted
-            pass
+        name = f"{data.name}[{data.info.get('max_train')},{data.info.get('max_test')}]"
+    cfg = TrainConfig(name, trigger.to_config(), rate, target, model, epochs, batch_size, lr,
+                      weight_decay, seed, max_train)
+    return data, trigger, cfg
 
-    run = _train(data, trigger, cfg, device, progress, callbacks or [])
-    if cache:
-        run.save(cache_dir, overwrite=True)
-    return run
+
+def is_cached(data: Dataset | str = "digits", trigger: Trigger | None = None, rate: float = 0.05,
+              target: int = 0, model: str = "small-cnn", epochs: int | None = None, seed: int = 0,
+              *, batch_size: int | None = None, lr: float | None = None, weight_decay: float = 0.0,
+              max_train: int | None = None) -> bool:
+    """Whether `train_backdoor` with these arguments would load a cached run."""
+    _, _, cfg = _prepare(data, trigger, rate, target, model, epochs, seed, batch_size, lr,
+                         weight_decay, max_train)
+    return (data_dir() / "runs" / cfg.key() / "run.json").is_file()
 
 
 def _train(data: Dataset, trigger: Trigger, cfg: TrainConfig, device, progress, callbacks) -> BackdoorRun:

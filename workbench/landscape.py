@@ -1,0 +1,126 @@
+"""Uncertainty landscapes around one input (no plotting here).
+
+A 2-D landscape evaluates the model on the plane x + a·u + b·v through the input x, spanned by
+two unit directions u, v (Gram–Schmidt orthonormalised):
+
+    "trigger"   the trigger's own direction, trigger(x) − x (for a triggered centre, the same
+                vector: the plane then holds the clean twin at a = −‖trigger(x) − x‖)
+    "random"    a seeded Gaussian direction
+    "gradient"  the input gradient of the loss of the predicted class (an adversarial direction)
+
+Each grid point is coloured by the predicted class and, optionally, by the local W_σ there.
+Points are clipped to [0, 1] (valid images), so far from the centre the plane bends along the
+box's faces; the extent is in L2 units of pixel values.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from ._validate import check_choice, check_float, check_images, check_int
+from .smoothness import _check_model, _model_device, estimate_smoothness
+from .triggers import Trigger
+
+DIRECTIONS = ("trigger", "random", "gradient")
+
+
+@dataclass(frozen=True)
+class Landscape:
+    """Predictions (and local W_σ) on a plane through an input."""
+
+    alphas: np.ndarray  # (R,) coordinates along the first direction
+    betas: np.ndarray  # (R,) coordinates along the second direction
+    predicted: np.ndarray  # (R, R) predicted class at (beta_i, alpha_j): rows follow betas
+    confidence: np.ndarray  # (R, R) top softmax probability at the point
+    entropy: np.ndarray | None  # (R, R) local W_σ at the point (None if sigma was None)
+    directions: tuple[str, str]  # names of the two directions
+    markers: dict  # named points in (alpha, beta) coordinates, e.g. {"input": (0, 0)}
+    settings: dict  # extent, resolution, sigma, n_samples, seed
+
+
+def _unit(v: torch.Tensor) -> torch.Tensor:
+    n = v.norm()
+    return v / n if n > 0 else v
+
+
+def direction(model: nn.Module, x: torch.Tensor, kind: str, trigger: Trigger | None = None,
+              seed: int = 0, clean: torch.Tensor | None = None) -> torch.Tensor:
+    """One unnormalised direction (C, H, W) at input x (C, H, W)."""
+    check_choice("direction", kind, DIRECTIONS)
+    if kind == "trigger":
+        if trigger is None:
+            raise ValueError("`trigger` must be given for the 'trigger' direction.")
+        base = x if clean is None else clean
+        return (trigger(base[None])[0] - base[None][0]).detach()
+    if kind == "random":
+        g = torch.Generator().manual_seed(seed)
+        return torch.randn(x.shape, generator=g).to(x.device)
+    xg = x[None].clone().requires_grad_(True)
+    with torch.enable_grad():
+        logits = model(xg)
+        loss = nn.functional.cross_entropy(logits, logits.argmax(1).detach())
+        (grad,) = torch.autograd.grad(loss, xg)
+    return grad[0].detach()
+
+
+def landscape_2d(model: nn.Module, x: torch.Tensor, directions=("trigger", "random"),
+                 trigger: Trigger | None = None, extent: float = 3.0, resolution: int = 25,
+                 sigma: float | None = None, n_samples: int = 32, seed: int = 0,
+                 clean: torch.Tensor | None = None) -> Landscape:
+    """Predicted class (and local W_σ) on the plane through `x` spanned by two directions.
+
+    x: one image (C, H, W) or (1, C, H, W) in [0, 1]. clean: for a triggered centre, its clean
+    twin (the trigger direction is then trigger(clean) − clean, and the twin is marked).
+    extent: half-width of the square in L2 units. sigma: also compute W_σ at every point.
+    """
+    _check_model(model)
+    if x.ndim == 4:
+        x = x[0]
+    check_images("x", x[None])
+    if len(directions) != 2 or directions[0] == directions[1]:
+        raise ValueError(f"`directions` must be two different names from {DIRECTIONS}; "
+                         f"got {directions!r}.")
+    for d in directions:
+        check_choice("directions", d, DIRECTIONS)
+    extent = check_float("extent", extent, 0.0, None, low_open=True)
+    resolution = check_int("resolution", resolution, 3, 201)
+    if sigma is not None:
+        sigma = check_float("sigma", sigma, 0.0, None, low_open=True)
+    dev = _model_device(model)
+    was_training = model.training
+    model.eval()
+    try:
+        x = x.to(dev)
+        c_ = None if clean is None else (clean[0] if clean.ndim == 4 else clean).to(dev)
+        raw = [direction(model, x, d, trigger, seed + i, c_) for i, d in enumerate(directions)]
+        u = _unit(raw[0])
+        v = raw[1] - (raw[1] * u).sum() * u  # Gram–Schmidt: v ⟂ u
+        v = _unit(v)
+        grid = torch.linspace(-extent, extent, resolution, device=dev)
+        bb, aa = torch.meshgrid(grid, grid, indexing="ij")  # rows: beta, cols: alpha
+        pts = (x[None] + aa.reshape(-1, 1, 1, 1) * u + bb.reshape(-1, 1, 1, 1) * v).clamp(0, 1)
+        with torch.inference_mode():
+            probs = torch.cat([model(pts[i:i + 1024]).softmax(-1) for i in range(0, len(pts), 1024)])
+        pred = probs.argmax(-1).reshape(resolution, resolution).cpu().numpy()
+        conf = probs.max(-1).values.reshape(resolution, resolution).cpu().numpy()
+        ent = None
+        if sigma is not None:
+            res = estimate_smoothness(model, pts, [sigma], n_samples, seed=seed, clip=True)
+            ent = res.entropy[:, 0].reshape(resolution, resolution)
+    finally:
+        model.train(was_training)
+    markers = {"input": (0.0, 0.0)}
+    if "trigger" in directions and trigger is not None:
+        d = raw[directions.index("trigger")]
+        coords = (float((d * u).sum()), float((d * v).sum()))
+        if clean is None:
+            markers["triggered twin"] = coords
+        else:
+            markers["clean twin"] = (-coords[0], -coords[1])
+    return Landscape(grid.cpu().numpy(), grid.cpu().numpy(), pred, conf, ent, tuple(directions),
+                     markers, {"extent": extent, "resolution": resolution, "sigma": sigma,
+                               "n_samples": n_samples, "seed": seed})
