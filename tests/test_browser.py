@@ -1,0 +1,116 @@
+"""Real JupyterLab in real headless Chromium: open each notebook, run all cells, and check that
+plotly figures and widgets rendered with no widget error and no traceback. Screenshots are kept
+in test-artifacts/."""
+
+import json
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+WIDGET_NOTEBOOKS = {"01_triggers_and_poisoning.ipynb", "02_backdoor_smoothing.ipynb",
+                    "03_uncertainty_landscapes.ipynb"}
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow,
+              pytest.mark.skipif(not Path(CHROMIUM).exists(),
+                                 reason="Debian's chromium is not installed (apt-get install "
+                                        "chromium); .ci/run installs it")]
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    work = tmp_path_factory.mktemp("lab")
+    nbdir = work / "notebooks"
+    nbdir.mkdir()
+    for p in NOTEBOOKS:  # copies: JupyterLab saves outputs into the files it runs
+        shutil.copy(p, nbdir / p.name)
+    settings = work / "settings"
+    settings.mkdir()
+    (settings / "overrides.json").write_text(json.dumps(
+        {"@jupyterlab/notebook-extension:tracker": {"windowingMode": "none"}}))
+    port, token = _free_port(), secrets.token_hex(16)
+    env = {**os.environ, "JUPYTERLAB_SETTINGS_DIR": str(settings), "TQDM_DISABLE": "1",
+           "JUPYTER_RUNTIME_DIR": str(work / "runtime")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "jupyterlab", "--no-browser", "--allow-root", "--ip=127.0.0.1",
+         f"--port={port}", f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={nbdir}",
+         "--LabApp.expose_app_in_browser=True", "--ServerApp.disable_check_xsrf=False"],
+        env=env, stdout=open(work / "lab.log", "w"), stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(120):
+        try:
+            urllib.request.urlopen(f"{url}/api/status?token={token}", timeout=2)
+            break
+        except Exception:
+            time.sleep(0.5)
+    else:
+        proc.kill()
+        pytest.fail("JupyterLab did not start: " + (work / "lab.log").read_text()[-2000:])
+    yield url, token
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync", "--no-first-run"])
+        yield b
+        b.close()
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_renders_in_jupyterlab(lab, browser, path, artifacts):
+    url, token = lab
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.goto(f"{url}/lab/tree/{path.name}?token={token}", timeout=120_000)
+    page.wait_for_selector(".jp-Notebook", timeout=120_000)
+    page.wait_for_function("() => window.jupyterapp?.shell.currentWidget?.sessionContext?.session"
+                           "?.kernel?.status === 'idle'", timeout=120_000)
+    page.evaluate("() => { window.jupyterapp.commands.execute('notebook:run-all-cells'); }")
+    n_code = sum(1 for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "code")
+    # done when every code cell shows an execution count and the kernel is idle again
+    page.wait_for_function(
+        f"""() => {{
+            const prompts = [...document.querySelectorAll('.jp-CodeCell .jp-InputPrompt')]
+                .map(p => p.textContent.trim());
+            const done = prompts.filter(t => /^\\[\\d+\\]:$/.test(t)).length;
+            const k = window.jupyterapp.shell.currentWidget?.sessionContext?.session?.kernel;
+            return done >= {n_code} && !!k && k.status === 'idle';
+        }}""", timeout=540_000, polling=1000)
+    page.wait_for_timeout(3000)  # let plotly and widget views finish drawing
+    shot = artifacts / f"browser-{path.stem}.png"
+    page.screenshot(path=str(shot), full_page=True)
+    text = page.inner_text(".jp-Notebook")
+    assert "Error displaying widget" not in text
+    assert "Traceback" not in text
+    assert page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']"
+                        ).filter(has_text="Error").count() == 0
+    assert page.locator(".js-plotly-plot").count() >= 1
+    if path.name in WIDGET_NOTEBOOKS:
+        assert page.locator(".jupyter-widgets").count() >= 1
+        assert page.locator(".jupyter-widgets .js-plotly-plot").count() >= 1
+    page.close()
