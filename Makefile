@@ -34,7 +34,9 @@ lab: $(STAMP)  ## open JupyterLab on notebooks/ (localhost only, token on)
 	$(VENV)/bin/jupyter lab --ip=127.0.0.1 --notebook-dir=notebooks
 
 bench: $(STAMP)  ## run the benchmarks (prints ratios; see benchmarks/RESULTS.md)
+	$(PY) benchmarks/training.py
 	$(PY) benchmarks/smoothness.py
+	$(PY) benchmarks/widgets.py
 
 clean-runs:  ## delete cached runs (they retrain on next use)
 	rm -rf data/runs

@@ -42,8 +42,14 @@ def lab(tmp_path_factory):
         shutil.copy(p, nbdir / p.name)
     settings = work / "settings"
     settings.mkdir()
-    (settings / "overrides.json").write_text(json.dumps(
-        {"@jupyterlab/notebook-extension:tracker": {"windowingMode": "none"}}))
+    # user settings: no virtualised notebook (off-screen outputs stay attached), no news popup
+    for plugin, value in {
+            "@jupyterlab/notebook-extension/tracker": {"windowingMode": "none"},
+            "@jupyterlab/apputils-extension/notification": {"fetchNews": "false",
+                                                            "checkForUpdates": False}}.items():
+        f = settings / f"{plugin}.jupyterlab-settings"
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_text(json.dumps(value))
     port, token = _free_port(), secrets.token_hex(16)
     env = {**os.environ, "JUPYTERLAB_SETTINGS_DIR": str(settings), "TQDM_DISABLE": "1",
            "JUPYTER_RUNTIME_DIR": str(work / "runtime")}
@@ -86,7 +92,9 @@ def browser():
 def test_notebook_renders_in_jupyterlab(lab, browser, path, artifacts):
     url, token = lab
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
-    page.goto(f"{url}/lab/tree/{path.name}?token={token}", timeout=120_000)
+    # a fresh workspace per notebook: no tabs restored from the previous test
+    page.goto(f"{url}/lab/workspaces/{path.stem}/tree/{path.name}?token={token}&reset",
+              timeout=120_000)
     page.wait_for_selector(".jp-Notebook", timeout=120_000)
     page.wait_for_function("() => window.jupyterapp?.shell.currentWidget?.sessionContext?.session"
                            "?.kernel?.status === 'idle'", timeout=120_000)
@@ -103,7 +111,7 @@ def test_notebook_renders_in_jupyterlab(lab, browser, path, artifacts):
         }}""", timeout=540_000, polling=1000)
     page.wait_for_timeout(3000)  # let plotly and widget views finish drawing
     shot = artifacts / f"browser-{path.stem}.png"
-    page.screenshot(path=str(shot), full_page=True)
+    page.screenshot(path=str(shot))
     text = page.inner_text(".jp-Notebook")
     assert "Error displaying widget" not in text
     assert "Traceback" not in text
@@ -113,4 +121,17 @@ def test_notebook_renders_in_jupyterlab(lab, browser, path, artifacts):
     if path.name in WIDGET_NOTEBOOKS:
         assert page.locator(".jupyter-widgets").count() >= 1
         assert page.locator(".jupyter-widgets .js-plotly-plot").count() >= 1
+        panel = page.locator(".jp-OutputArea-output .widget-vbox").last
+        panel.scroll_into_view_if_needed()
+        page.wait_for_timeout(1500)
+        panel.screenshot(path=str(artifacts / f"browser-{path.stem}-panel.png"))
     page.close()
+    _shutdown_kernels(url, token)
+
+
+def _shutdown_kernels(url, token):
+    """Free the CPU for the next notebook (2 cores): stop every kernel this test started."""
+    req = urllib.request.Request(f"{url}/api/sessions?token={token}")
+    for sess in json.loads(urllib.request.urlopen(req, timeout=10).read()):
+        urllib.request.urlopen(urllib.request.Request(
+            f"{url}/api/sessions/{sess['id']}?token={token}", method="DELETE"), timeout=30)

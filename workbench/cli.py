@@ -1,11 +1,14 @@
 """`python -m workbench ...`: the command line.
 
     python -m workbench demo [--dataset digits] [--out reports/demo.html]
+    python -m workbench sweep [--datasets digits fashion-mnist] [--workers 2] [--dask ADDRESS]
+    python -m workbench report [--sweep reports/sweep.csv] [--out reports/paper.html]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -61,6 +64,38 @@ def _demo(args) -> int:
     return 0
 
 
+def _sweep(args) -> int:
+    from .sweep import SweepGrid, run_sweep
+
+    grid = SweepGrid(datasets=tuple(args.datasets), trigger_types=tuple(args.triggers),
+                     trigger_sizes=tuple(args.sizes), rates=tuple(args.rates),
+                     targets=tuple(args.targets), seeds=tuple(args.seeds),
+                     n_pairs=args.pairs, n_samples=args.samples)
+    executor = None
+    if args.dask:
+        from distributed import Client
+
+        executor = Client(args.dask).get_executor()
+    t0 = time.perf_counter()
+    table = run_sweep(grid, args.out, executor=executor, max_workers=args.workers,
+                      progress=not args.quiet)
+    for r in table.rows:
+        print(f"{r['dataset']:>13} {r['trigger_type']:>12} {r['trigger_size']} rate {r['rate']:<6} "
+              f"acc {r['clean_accuracy']:.4f} ASR {r['attack_success_rate']:.4f} "
+              f"gap {r['gap']:+.4f} [{r['gap_ci_low']:+.4f}, {r['gap_ci_high']:+.4f}]")
+    print(f"{len(table)} runs in {time.perf_counter() - t0:.1f} s -> {args.out}")
+    return 0
+
+
+def _report(args) -> int:
+    from .paper import paper_report
+
+    s = paper_report(args.sweep, args.out, args.dataset)
+    print(json.dumps(s, indent=1, default=str))
+    print(f"report -> {args.out}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m workbench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -77,6 +112,25 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--out", type=Path, default=Path("reports/demo.html"))
     d.add_argument("--quiet", action="store_true", help="no progress bars")
     d.set_defaults(func=_demo)
+    s = sub.add_parser("sweep", help="grid of runs -> reports/sweep.csv (resumable)")
+    s.add_argument("--datasets", nargs="+", default=["digits"], choices=DATASETS)
+    s.add_argument("--triggers", nargs="+", default=["Patch"])
+    s.add_argument("--sizes", nargs="+", type=int, default=[2, 3])
+    s.add_argument("--rates", nargs="+", type=float, default=[0, 0.001, 0.005, 0.01, 0.02, 0.05, 0.1])
+    s.add_argument("--targets", nargs="+", type=int, default=[0])
+    s.add_argument("--seeds", nargs="+", type=int, default=[0])
+    s.add_argument("--pairs", type=int, default=50)
+    s.add_argument("--samples", type=int, default=64)
+    s.add_argument("--workers", type=int, default=None, help="local worker processes")
+    s.add_argument("--dask", default=None, help="address of a Dask scheduler (tcp://host:8786)")
+    s.add_argument("--out", type=Path, default=Path("reports/sweep.csv"))
+    s.add_argument("--quiet", action="store_true")
+    s.set_defaults(func=_sweep)
+    r = sub.add_parser("report", help="reports/paper.html from a sweep and the other studies")
+    r.add_argument("--sweep", type=Path, default=Path("reports/sweep.csv"))
+    r.add_argument("--dataset", default="digits", choices=DATASETS)
+    r.add_argument("--out", type=Path, default=Path("reports/paper.html"))
+    r.set_defaults(func=_report)
     args = p.parse_args(argv)
     try:
         return args.func(args)

@@ -49,3 +49,31 @@ def smoothing_analysis(run: BackdoorRun, data: Dataset, sigmas=None, n_pairs: in
     cmp = compare_smoothness(run.model, pairs.clean, pairs.triggered, sig, n_samples,
                              summary=summary, seed=seed, **kwargs)
     return SmoothingAnalysis(pairs, cmp, predict(run.model, pairs.triggered).numpy())
+
+
+def smoothing_dynamics(data: Dataset, trigger=None, rate: float = 0.05, target: int = 0,
+                       epochs: int | None = None, sigmas=None, n_pairs: int = 40,
+                       n_samples: int = 64, seed: int = 0, model: str = "small-cnn",
+                       progress: bool = False) -> list[dict]:
+    """Train with a callback that measures the clean/triggered comparison after every epoch.
+
+    Returns one row per epoch: epoch, loss, clean_accuracy, attack_success_rate, gap, gap_ci,
+    p_value, and the mean W_σ curves of clean and triggered inputs (on the same fixed pairs).
+    """
+    from .train import train_backdoor
+    from .triggers import Patch
+
+    trigger = Patch(size=3) if trigger is None else trigger
+    sig = check_sigmas("sigmas", default_sigmas(data.name) if sigmas is None else sigmas)
+    pairs = triggered_pairs(data.x_test, data.y_test, trigger, target, n=n_pairs, seed=seed)
+    rows: list[dict] = []
+
+    def measure(epoch, net, entry):
+        cmp = compare_smoothness(net, pairs.clean, pairs.triggered, sig, n_samples, seed=seed)
+        rows.append({**entry, "gap": cmp.gap, "gap_ci": cmp.gap_ci, "p_value": cmp.p_value,
+                     "clean_curve": cmp.clean.entropy.mean(0), "triggered_curve":
+                     cmp.triggered.entropy.mean(0), "sigmas": np.asarray(sig)})
+
+    train_backdoor(data, trigger=trigger, rate=rate, target=target, model=model, epochs=epochs,
+                   seed=seed, callbacks=[measure], cache=False, progress=progress)
+    return rows

@@ -212,3 +212,128 @@ def landscape_pair(clean_land, triggered_land, colour_by: str = "class",
     fig.update_yaxes(title_text=f"{clean_land.directions[1]} direction (L2)", col=1)
     fig.update_layout(template=TEMPLATE, height=430, title=f"Uncertainty landscape: {what}")
     return fig
+
+
+def attack_strength(table, x: str = "attack_success_rate", title: str | None = None) -> go.Figure:
+    """Smoothing gap (with its CI) against ASR (or another column), one colour per trigger size;
+    rate-0 (clean) controls drawn as open symbols."""
+    rows = table.rows if hasattr(table, "rows") else list(table)
+    fig = go.Figure()
+    groups = sorted({(r["dataset"], r["trigger_type"], r["trigger_size"]) for r in rows})
+    for i, (ds, kind, size) in enumerate(groups):
+        g = [r for r in rows if (r["dataset"], r["trigger_type"], r["trigger_size"]) == (ds, kind, size)]
+        colour = OKABE_ITO[i % len(OKABE_ITO)]
+        fig.add_trace(go.Scatter(
+            x=[r[x] for r in g], y=[r["gap"] for r in g], mode="markers",
+            name=f"{ds} · {kind} {size}",
+            marker=dict(color=colour, size=10, symbol=["circle-open" if r["rate"] == 0 else "circle" for r in g]),
+            error_y=dict(type="data", symmetric=False, array=[r["gap_ci_high"] - r["gap"] for r in g],
+                         arrayminus=[r["gap"] - r["gap_ci_low"] for r in g], thickness=1),
+            text=[f"rate {r['rate']}" for r in g],
+            hovertemplate="%{text}<br>ASR %{x:.3f}<br>gap %{y:.3f}<extra></extra>"))
+    fig.add_hline(y=0, line=dict(color="#888", dash="dot"))
+    xt = {"attack_success_rate": "attack success rate", "rate": "poisoning rate"}.get(x, x)
+    fig.update_layout(template=TEMPLATE, height=420, title=title or f"Smoothing gap against {xt}",
+                      xaxis_title=xt, yaxis_title="smoothing gap (nats; > 0: triggered smoother)",
+                      legend=dict(orientation="h", y=-0.25))
+    return fig
+
+
+def rate_curves(table) -> go.Figure:
+    """ASR and smoothing gap against the poisoning rate (rate 0 plotted at the axis' left end)."""
+    rows = table.rows if hasattr(table, "rows") else list(table)
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("attack success rate", "smoothing gap"))
+    groups = sorted({(r["dataset"], r["trigger_type"], r["trigger_size"]) for r in rows})
+    positive = [r["rate"] for r in rows if r["rate"] > 0]
+    floor = min(positive) / 3 if positive else 1e-4
+    for i, key in enumerate(groups):
+        g = sorted((r for r in rows if (r["dataset"], r["trigger_type"], r["trigger_size"]) == key),
+                   key=lambda r: r["rate"])
+        xs = [r["rate"] if r["rate"] > 0 else floor for r in g]
+        colour = OKABE_ITO[i % len(OKABE_ITO)]
+        name = f"{key[0]} · {key[1]} {key[2]}"
+        fig.add_trace(go.Scatter(x=xs, y=[r["attack_success_rate"] for r in g], name=name,
+                                 line_color=colour, legendgroup=name), row=1, col=1)
+        fig.add_trace(go.Scatter(x=xs, y=[r["gap"] for r in g], name=name, line_color=colour,
+                                 legendgroup=name, showlegend=False,
+                                 error_y=dict(type="data", symmetric=False,
+                                              array=[r["gap_ci_high"] - r["gap"] for r in g],
+                                              arrayminus=[r["gap"] - r["gap_ci_low"] for r in g])),
+                      row=1, col=2)
+    fig.update_xaxes(type="log", title_text="poisoning rate (leftmost point: rate 0)")
+    fig.update_yaxes(title_text="ASR", range=[0, 1.02], row=1, col=1)
+    fig.update_yaxes(title_text="gap (nats)", row=1, col=2)
+    fig.update_layout(template=TEMPLATE, height=400, legend=dict(orientation="h", y=-0.3))
+    return fig
+
+
+def dynamics(rows: Sequence[dict]) -> go.Figure:
+    """Per epoch: ASR, clean accuracy and the smoothing gap (with CI) on one time axis."""
+    ep = [r["epoch"] for r in rows]
+    fig = make_subplots(specs=[[{"secondary_y": True}]])
+    fig.add_trace(go.Scatter(x=ep, y=[r["attack_success_rate"] for r in rows], name="ASR",
+                             line_color=TRIGGERED), secondary_y=False)
+    fig.add_trace(go.Scatter(x=ep, y=[r["clean_accuracy"] for r in rows], name="clean accuracy",
+                             line_color=CLEAN), secondary_y=False)
+    fig.add_trace(go.Scatter(x=ep, y=[r["gap"] for r in rows], name="smoothing gap",
+                             line=dict(color=OKABE_ITO[2], width=3),
+                             error_y=dict(type="data", symmetric=False,
+                                          array=[r["gap_ci"][1] - r["gap"] for r in rows],
+                                          arrayminus=[r["gap"] - r["gap_ci"][0] for r in rows])),
+                  secondary_y=True)
+    fig.update_yaxes(title_text="rate", range=[0, 1.02], secondary_y=False)
+    fig.update_yaxes(title_text="smoothing gap (nats)", secondary_y=True)
+    fig.update_xaxes(title_text="epoch")
+    fig.update_layout(template=TEMPLATE, height=400, title="Smoothing during training",
+                      legend=dict(orientation="h", y=-0.25))
+    return fig
+
+
+def dynamics_curves(rows: Sequence[dict], every: int = 1) -> go.Figure:
+    """Mean W_σ curves of clean (blue) and triggered (vermillion) inputs after chosen epochs,
+    darker for later epochs."""
+    fig = go.Figure()
+    pick = [r for i, r in enumerate(rows) if i % every == 0 or i == len(rows) - 1]
+    for i, r in enumerate(pick):
+        a = 0.25 + 0.75 * (i + 1) / len(pick)
+        for key, colour, name in (("clean_curve", CLEAN, "clean"), ("triggered_curve", TRIGGERED, "triggered")):
+            fig.add_trace(go.Scatter(x=r["sigmas"], y=r[key], mode="lines", name=f"{name}, epoch {r['epoch']}",
+                                     line=dict(color=_rgba(colour, a))))
+    fig.update_layout(template=TEMPLATE, height=420, title="W<sub>σ</sub> curves after each epoch",
+                      xaxis_title="noise scale σ", yaxis_title="mean W<sub>σ</sub> (nats)")
+    return fig
+
+
+def patterns_figure(measurements) -> go.Figure:
+    """Success rate and smoothing gap (with CI) per artificial pattern."""
+    names = [m.name for m in measurements]
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("success rate (to the target)",
+                                                        "smoothing gap (nats)"))
+    colours = [TRIGGERED if "universal" in n or "trigger" in n else OKABE_ITO[7] for n in names]
+    fig.add_trace(go.Bar(x=names, y=[m.success_rate for m in measurements], marker_color=colours,
+                         showlegend=False), row=1, col=1)
+    fig.add_trace(go.Bar(x=names, y=[m.comparison.gap for m in measurements], marker_color=colours,
+                         showlegend=False,
+                         error_y=dict(type="data", symmetric=False,
+                                      array=[m.comparison.gap_ci[1] - m.comparison.gap for m in measurements],
+                                      arrayminus=[m.comparison.gap - m.comparison.gap_ci[0] for m in measurements])),
+                  row=1, col=2)
+    fig.update_yaxes(range=[0, 1.02], row=1, col=1)
+    fig.update_layout(template=TEMPLATE, height=380, title="Artificial patterns on a clean model")
+    return fig
+
+
+def roc_figure(results) -> go.Figure:
+    """ROC curves of detectors (DetectionResult list), AUC and TPR at 5% FPR in the legend."""
+    fig = go.Figure()
+    for i, r in enumerate(results):
+        fig.add_trace(go.Scatter(x=r.fpr, y=r.tpr, mode="lines", line=dict(color=OKABE_ITO[i], width=2),
+                                 name=f"{r.method}: AUC {r.auc:.3f}, TPR@5%FPR {r.tpr_at_5_fpr:.2f}"))
+    fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line=dict(color="#aaa", dash="dot"),
+                             showlegend=False, hoverinfo="skip"))
+    fig.add_vline(x=0.05, line=dict(color="#aaa", dash="dash"))
+    fig.update_layout(template=TEMPLATE, height=440, title="Detecting triggered inputs",
+                      xaxis_title="false-positive rate (clean flagged)",
+                      yaxis_title="true-positive rate (triggered flagged)",
+                      legend=dict(orientation="h", y=-0.25))
+    return fig

@@ -12,6 +12,7 @@ which is how runs record and cache their trigger.
                   (Chen et al. 2017)
     Sinusoid      horizontal sinusoidal signal added to the whole image (SIG, Barni et al. 2019)
     Warp          a smooth, fixed warping field (WaNet, Nguyen & Tran 2021)
+    PatternPatch  a square of arbitrary content (crafted or random artificial patterns)
 """
 
 from __future__ import annotations
@@ -168,6 +169,40 @@ class Pixel(Patch):
         super().__init__(1, position, value, margin)
 
 
+class PatternPatch(Patch):
+    """A square patch with arbitrary content `pattern` (C, s, s) in [0, 1]: the form of crafted
+    artificial patterns (universal adversarial patches) and of random-patch controls."""
+
+    _params = ("pattern", "position", "margin")
+
+    def __init__(self, pattern, position: str | tuple[int, int] = "bottom-right", margin: int = 1):
+        pattern = torch.as_tensor(pattern, dtype=torch.float32).detach().cpu()
+        if pattern.ndim != 3 or pattern.shape[1] != pattern.shape[2]:
+            raise ValueError(f"`pattern` must have shape (C, s, s); got {tuple(pattern.shape)}.")
+        check_images("pattern", pattern[None])
+        super().__init__(pattern.shape[1], position, 1.0, margin)
+        self.pattern = pattern
+
+    def to_config(self) -> dict:
+        return {"type": "PatternPatch", "pattern": self.pattern.tolist(), "position":
+                list(self.position) if isinstance(self.position, tuple) else self.position,
+                "margin": self.margin}
+
+    def __repr__(self) -> str:
+        c, s, _ = self.pattern.shape
+        return f"PatternPatch(pattern=<{c}x{s}x{s}>, position={self.position!r}, margin={self.margin})"
+
+    def mask_and_pattern(self, shape, device, dtype):
+        m, r0, c0 = self._square(shape, device, dtype)
+        c = shape[0]
+        pat = self.pattern.to(device=device, dtype=dtype)
+        if pat.shape[0] != c:
+            pat = pat.mean(0, keepdim=True).expand(c, -1, -1) if pat.shape[0] > 1 else pat.expand(c, -1, -1)
+        p = torch.zeros(shape, device=device, dtype=dtype)
+        p[:, r0:r0 + self.size, c0:c0 + self.size] = pat
+        return m, p
+
+
 class Blend(_MaskTrigger):
     """Mix the whole image with a fixed pattern: x' = (1 − alpha)·x + alpha·pattern.
 
@@ -263,7 +298,8 @@ class Warp(Trigger):
                              align_corners=True).clamp(0.0, 1.0)
 
 
-TRIGGERS = {cls.__name__: cls for cls in (Patch, Checkerboard, Pixel, Blend, Sinusoid, Warp)}
+TRIGGERS = {cls.__name__: cls for cls in (Patch, Checkerboard, Pixel, Blend, Sinusoid, Warp,
+                                          PatternPatch)}
 
 
 def trigger_from_config(config: dict) -> Trigger:
@@ -271,7 +307,7 @@ def trigger_from_config(config: dict) -> Trigger:
     if not isinstance(config, dict) or "type" not in config:
         raise TypeError(f"`config` must be a dict with a 'type' key; got {config!r}.")
     kind = check_choice("config['type']", config["type"], tuple(TRIGGERS))
-    kwargs = {k: (tuple(v) if isinstance(v, list) and k != "image" else v)
+    kwargs = {k: (tuple(v) if isinstance(v, list) and k not in ("image", "pattern") else v)
               for k, v in config.items() if k != "type"}
     if kind == "Blend" and kwargs.get("image") is not None:
         kwargs["image"] = torch.tensor(kwargs["image"], dtype=torch.float32)

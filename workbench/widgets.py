@@ -39,7 +39,8 @@ class TriggerDesigner(W.VBox):
     def __init__(self, data: Dataset | None = None, n_preview: int = 6):
         self.data = data or load_dataset("digits")
         c, h, w = self.data.image_shape
-        self.kind = W.Dropdown(options=list(TRIGGERS), value="Patch", description="trigger")
+        self.kind = W.Dropdown(options=[k for k in TRIGGERS if k != "PatternPatch"], value="Patch",
+                               description="trigger")
         self.size = W.IntSlider(value=3, min=1, max=max(2, min(h, w) // 2), description="size", **_SLIDER)
         self.position = W.Dropdown(options=list(CORNERS), value="bottom-right", description="position")
         self.value = W.FloatSlider(value=1.0, min=0.0, max=1.0, step=0.05, description="value", **_SLIDER)
