@@ -37,6 +37,7 @@ bench: $(STAMP)  ## run the benchmarks (prints ratios; see benchmarks/RESULTS.md
 	$(PY) benchmarks/training.py
 	$(PY) benchmarks/smoothness.py
 	$(PY) benchmarks/widgets.py
+	$(PY) benchmarks/sweep.py
 
 clean-runs:  ## delete cached runs (they retrain on next use)
 	rm -rf data/runs
