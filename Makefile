@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+DEV    := $(VENV)/.installed-dev
 # Progress bars off in tests (headless notebook runs would store every bar in the notebook).
 export TQDM_DISABLE ?= 1
 
@@ -14,26 +15,29 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 
 $(STAMP): pyproject.toml | $(PY)
-	$(PY) -m pip install --upgrade --quiet pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e .
 	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
 	touch $(STAMP)
 
-install: $(STAMP)  ## create .venv and install the workbench with its test tools
+$(DEV): $(STAMP)
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(DEV)
+
+install: $(STAMP)  ## create .venv and install the workbench
 
 demo: $(STAMP)  ## set up, train a backdoor on digits and write reports/demo.html
 	TQDM_DISABLE=0 $(PY) -m workbench demo
 
-test: $(STAMP)  ## set up and run the whole test suite (notebooks and browser tests included)
+test: $(DEV)  ## set up and run the whole test suite (notebooks and browser tests included)
 	$(PY) -m pytest -ra
 
-test-fast: $(STAMP)  ## the tests that train nothing big and start no browser
+test-fast: $(DEV)  ## the tests that train nothing big and start no browser
 	$(PY) -m pytest -ra -m "not slow and not browser"
 
 lab: $(STAMP)  ## open JupyterLab on notebooks/ (localhost only, token on)
 	$(VENV)/bin/jupyter lab --ip=127.0.0.1 --notebook-dir=notebooks
 
-bench: $(STAMP)  ## run the benchmarks (prints ratios; see benchmarks/RESULTS.md)
+bench: $(DEV)  ## run the benchmarks (prints ratios; see benchmarks/RESULTS.md)
 	$(PY) benchmarks/training.py
 	$(PY) benchmarks/smoothness.py
 	$(PY) benchmarks/widgets.py

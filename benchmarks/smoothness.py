@@ -34,7 +34,7 @@ def _sync(dev):
         torch.cuda.synchronize()
 
 
-def timeit(fn, dev, reps=3):
+def timeit(fn, dev, reps=2):
     fn()  # warm-up
     _sync(dev)
     best = float("inf")
@@ -85,16 +85,20 @@ def model_for(name, shape, dev, trained=None):
         return wb.build_model(name, shape[0], 10, shape[1:]).to(dev).eval()
 
 
-def bench_throughput(label, model, shape, dev, n_inputs, n_sig, n, rows):
+def bench_throughput(label, model, shape, dev, n_inputs, n_sig, n, rows,
+                     sizes=(128, 256, 512, 1024, 2048, 4096)):
     fwd = n_inputs * n_sig * n
     x = torch.rand(n_inputs, *shape)
     sig = list(np.linspace(0.05, 0.5, n_sig))
-    raw, (bs, fmt) = raw_throughput(model, shape, dev)
+    raw, (bs, fmt) = raw_throughput(model, shape, dev, sizes)
     kw = dict(device=dev, channels_last=fmt == "channels_last", batch_size=bs)
     t_est = timeit(lambda: wb.estimate_smoothness(model, x, sig, n, **kw), dev)
+    t_def = timeit(lambda: wb.estimate_smoothness(model, x, sig, n, device=dev), dev)
     t_loop = timeit(lambda: per_input_loop(model, x.to(dev), sig, n, dev), dev, reps=1)
     rows.append({"model": label, "raw fwd/s (best)": round(raw), "best batch": f"{bs} {fmt}",
                  "estimator fwd/s": round(fwd / t_est), "ratio to raw": round(fwd / t_est / raw, 3),
+                 "estimator fwd/s, defaults": round(fwd / t_def),
+                 "ratio to raw, defaults": round(fwd / t_def / raw, 3),
                  "per-input loop fwd/s": round(fwd / t_loop),
                  "speed-up over loop": round(t_loop / t_est, 2)})
 
@@ -173,7 +177,8 @@ def main():
                      16 if q else 32, 12, 64 if q else 128, rows)
     big = dev.type == "cuda"
     bench_throughput("resnet18 32x32", model_for("resnet18", (3, 32, 32), dev), (3, 32, 32), dev,
-                     64 if big else 2, 12 if big else 2, 256 if big else 64, rows)
+                     64 if big else 2, 12 if big else 2, 256 if big else 64, rows,
+                     sizes=(128, 256, 512, 1024, 2048) if big else (32, 64, 128))
     results["throughput"] = rows
     print("\n1-2. throughput (forwards/s) and ratios")
     for r in rows:

@@ -31,6 +31,14 @@ def test_attack_panel_trains_and_shows_metrics(digits, digits_run):
     assert np.array(p.confusion.data[1].y)[0] > 0.9 * sum(p.confusion.data[1].y)
 
 
+def test_attack_panel_switches_dataset(digits, tmp_path, monkeypatch):
+    p = wbw.AttackPanel(digits)
+    p.dataset.value = "cifar10"  # not on disk here: a message, the panel keeps digits
+    assert "download=True" in p.result.value and p.data.name == "digits"
+    p.dataset.value = "digits"
+    assert p.data is digits
+
+
 def test_attack_panel_progress_on_fresh_training(digits):
     small = wb.load_dataset("digits", max_train=200)
     p = wbw.AttackPanel(small, epochs=2)

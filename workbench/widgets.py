@@ -17,7 +17,7 @@ import plotly.graph_objects as go
 import ipywidgets as W
 
 from . import plots
-from .data import Dataset, load_dataset
+from .data import DATASETS, Dataset, load_dataset
 from .experiments import default_sigmas
 from .landscape import DIRECTIONS, landscape_2d
 from .models import MODELS
@@ -104,6 +104,10 @@ class AttackPanel(W.VBox):
         self.data = data or load_dataset("digits")
         self.designer = trigger if isinstance(trigger, TriggerDesigner) else None
         self._trigger = trigger if trigger is not None and self.designer is None else None
+        self._datasets = {self.data.name: self.data}
+        self.dataset = W.Dropdown(options=sorted(set(DATASETS) | {self.data.name}),
+                                  value=self.data.name, description="dataset")
+        self.dataset.observe(self._dataset_changed, names="value")
         k = self.data.num_classes
         self.rate = W.FloatLogSlider(value=0.05, base=10, min=-3, max=-0.5, step=0.25,
                                      description="poisoning rate", readout_format=".3f", **_SLIDER)
@@ -119,8 +123,29 @@ class AttackPanel(W.VBox):
         self.confusion = go.FigureWidget(self._confusion_figure(np.zeros((k, k)), np.zeros(k)))
         self.train_button.on_click(lambda _b: self.train())
         self.run: BackdoorRun | None = None
-        super().__init__([W.HBox([W.VBox([self.rate, self.target]), W.VBox([self.model, self.epochs])]),
+        super().__init__([W.HBox([W.VBox([self.dataset, self.rate, self.target]),
+                                  W.VBox([self.model, self.epochs])]),
                           W.HBox([self.train_button, self.progress]), self.result, self.confusion])
+
+    def _dataset_changed(self, change):
+        """Load the chosen dataset (offline: a clear message if its files are missing)."""
+        name = change["new"]
+        try:
+            data = self._datasets.get(name) or load_dataset(name, download=False)
+        except (FileNotFoundError, ValueError) as exc:
+            self.result.value = f"<span style='color:#D55E00'>{exc}</span>"
+            return
+        self._datasets[name] = self.data = data
+        k = data.num_classes
+        self.target.options = [(f"{i}: {c}", i) for i, c in enumerate(data.classes)]
+        self.target.value = 0
+        self.model.options = [m for m in MODELS if m != "resnet18" or data.image_shape[0] == 3]
+        new = self._confusion_figure(np.zeros((k, k)), np.zeros(k))
+        with self.confusion.batch_update():
+            self.confusion.data = []
+            self.confusion.add_traces(list(new.data), rows=[1, 1], cols=[1, 2])
+            self.confusion.layout = new.layout
+        self.result.value = f"{data!r}: set the attack and press <b>Train</b>."
 
     @property
     def trigger(self):
