@@ -103,11 +103,11 @@ def bench_throughput(label, model, shape, dev, n_inputs, n_sig, n, rows,
                  "speed-up over loop": round(t_loop / t_est, 2)})
 
 
-def gap_variance(model, pairs, sig, n, reps, crn, adaptive_se=None):
+def gap_variance(model, pairs, sig, n, reps, crn, paired, adaptive_se=None):
     """Monte-Carlo variance of the gap estimate over seeds (pairs fixed), and samples used."""
     gaps, used = [], []
     for r in range(reps):
-        kw = dict(common_noise=crn)
+        kw = dict(common_noise=crn, paired_noise=paired)
         if adaptive_se is not None:
             kw.update(target_se=adaptive_se, max_samples=16 * n)
         c = wb.compare_smoothness(model, pairs.clean, pairs.triggered, sig, n, seed=1000 + r, **kw)
@@ -120,32 +120,41 @@ def bench_variance(run, data, quick, rows):
     pairs = wb.triggered_pairs(data.x_test, data.y_test, run.trigger, run.target, n=40 if quick else 60)
     sig = default_sigmas("digits")
     reps, n = (8, 32) if quick else (20, 64)
-    v_ind, s_ind = gap_variance(run.model, pairs, sig, n, reps, crn=False)
-    v_crn, s_crn = gap_variance(run.model, pairs, sig, n, reps, crn=True)
-    # variance ∝ 1/n: samples a fixed-n design needs to match a variance v is s·(v_ref/v)
-    rows.append({"design": "independent noise, fixed n", "samples": round(s_ind),
-                 "MC var of gap": f"{v_ind:.3g}", "samples for equal var (rel.)": 1.0})
-    rows.append({"design": "CRN, fixed n", "samples": round(s_crn), "MC var of gap": f"{v_crn:.3g}",
-                 "samples for equal var (rel.)": round(v_crn / v_ind, 3)})
-    se_target = float(np.sqrt(v_crn)) * 2  # cell-level SE target tuned to land near the same gap SE
-    v_ad, s_ad = gap_variance(run.model, pairs, sig, n // 2, reps, crn=True, adaptive_se=0.05)
-    rel = (s_ad / s_ind) * (v_ad / v_ind)
-    rows.append({"design": "CRN + adaptive (target_se=0.05)", "samples": round(s_ad),
-                 "MC var of gap": f"{v_ad:.3g}", "samples for equal var (rel.)": round(rel, 3)})
-    return se_target
+    designs = [("independent noise (baseline)", False, False, None),
+               ("paired twins, fresh noise per σ", False, True, None),
+               ("shared across σ, independent twins", True, False, None),
+               ("shared across σ and twins (CRN, default)", True, True, None),
+               ("paired twins, fresh per σ, adaptive target_se=0.05", False, True, 0.05),
+               ("CRN + adaptive target_se=0.05", True, True, 0.05)]
+    v0 = s0 = None
+    for name, crn, paired, ad in designs:
+        v, s = gap_variance(run.model, pairs, sig, n if ad is None else n // 2, reps, crn, paired, ad)
+        if v0 is None:
+            v0, s0 = v, s
+        # variance ∝ 1/samples: samples needed for the baseline's variance, relative to baseline
+        rows.append({"design": name, "samples per gap": round(s), "MC var of gap": f"{v:.3g}",
+                     "samples for equal variance (rel. to baseline)": round((s / s0) * (v / v0), 3)})
 
 
 def bench_memory(budget_mib, n_inputs=10_000, n_sig=12, n=4):
-    """Peak RSS of a fresh process estimating W for n_inputs × n_sig, over its baseline."""
+    """Peak RSS growth during the estimate (sampled every 2 ms from /proc) in a fresh process."""
     code = f"""
-import resource, torch, workbench as wb
+import threading, time, torch, workbench as wb
+def rss():
+    with open('/proc/self/status') as f:
+        return next(int(l.split()[1]) for l in f if l.startswith('VmRSS')) / 1024
 run = wb.train_backdoor('digits', progress=False)
 x = torch.rand({n_inputs}, 1, 16, 16)
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+wb.estimate_smoothness(run.model, x[:8], [0.1], 4)  # warm-up: kernels, allocator
+base, peak, stop = rss(), [0.0], [False]
+def watch():
+    while not stop[0]:
+        peak[0] = max(peak[0], rss()); time.sleep(0.002)
+t = threading.Thread(target=watch); t.start()
 res = wb.estimate_smoothness(run.model, x, [0.05 * (i + 1) for i in range({n_sig})], {n},
                              memory_budget={budget_mib} * 2**20)
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print((peak - base) / 1024, res.settings['batch_size'])
+stop[0] = True; t.join()
+print(peak[0] - base, res.settings['batch_size'])
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     extra_mib, bs = out.stdout.split()
@@ -157,6 +166,8 @@ def main():
     ap.add_argument("--quick", action="store_true", help="smaller workloads (a smoke run)")
     ap.add_argument("--device", default=None)
     ap.add_argument("--json", default=None, help="also write the figures to this JSON file")
+    ap.add_argument("--only", nargs="+", default=["throughput", "variance", "memory", "interactive", "gpu"],
+                    help="sections to run")
     args = ap.parse_args()
     dev = torch.device(args.device) if args.device else wb.default_device()
     os.environ.setdefault("TQDM_DISABLE", "1")
@@ -169,36 +180,40 @@ def main():
     run = wb.train_backdoor(data, progress=False)
     results = {"facts": facts}
 
-    rows = []
     q = args.quick
-    bench_throughput("small-cnn digits 16x16 (trained)", model_for("small-cnn", (1, 16, 16), dev, run.model),
-                     (1, 16, 16), dev, 16 if q else 64, 12, 64 if q else 128, rows)
-    bench_throughput("small-cnn 28x28", model_for("small-cnn", (1, 28, 28), dev), (1, 28, 28), dev,
-                     16 if q else 32, 12, 64 if q else 128, rows)
     big = dev.type == "cuda"
-    bench_throughput("resnet18 32x32", model_for("resnet18", (3, 32, 32), dev), (3, 32, 32), dev,
-                     64 if big else 2, 12 if big else 2, 256 if big else 64, rows,
-                     sizes=(128, 256, 512, 1024, 2048) if big else (32, 64, 128))
-    results["throughput"] = rows
-    print("\n1-2. throughput (forwards/s) and ratios")
-    for r in rows:
-        print("  ", r)
+    if "throughput" in args.only:
+        rows = []
+        bench_throughput("small-cnn digits 16x16 (trained)",
+                         model_for("small-cnn", (1, 16, 16), dev, run.model), (1, 16, 16), dev,
+                         16 if q else 64, 12, 64 if q else 128, rows)
+        bench_throughput("small-cnn 28x28", model_for("small-cnn", (1, 28, 28), dev), (1, 28, 28),
+                         dev, 16 if q else 32, 12, 64 if q else 128, rows)
+        bench_throughput("resnet18 32x32", model_for("resnet18", (3, 32, 32), dev), (3, 32, 32), dev,
+                         64 if big else 2, 12 if big else 2, 256 if big else 64, rows,
+                         sizes=(128, 256, 512, 1024, 2048) if big else (32, 64, 128))
+        results["throughput"] = rows
+        print("\n1-2. throughput (forwards/s) and ratios")
+        for r in rows:
+            print("  ", r)
 
-    vrows = []
-    bench_variance(run, data, q, vrows)
-    results["variance"] = vrows
-    print("\n3. samples for a given Monte-Carlo SE of the smoothing gap (relative to independent noise)")
-    for r in vrows:
-        print("  ", r)
+    if "variance" in args.only:
+        vrows = []
+        bench_variance(run, data, q, vrows)
+        results["variance"] = vrows
+        print("\n3. samples for a given Monte-Carlo variance of the smoothing gap")
+        for r in vrows:
+            print("  ", r)
 
-    if dev.type == "cpu":
-        budget = 64
-        extra, bs = bench_memory(budget, n=2 if q else 4)
-        results["memory"] = {"inputs": 10_000, "sigmas": 12, "budget_mib": budget,
-                             "peak_extra_rss_mib": round(extra, 1), "batch_size": bs}
-        print(f"\n4. memory: 10,000 inputs x 12 sigmas, budget {budget} MiB -> peak extra RSS "
-              f"{extra:.1f} MiB (batch {bs})")
-    else:
+    if "memory" in args.only and dev.type == "cpu":
+        for budget in (16, 64, 256):
+            extra, bs = bench_memory(budget, n=2 if q else 4)
+            results.setdefault("memory", []).append(
+                {"inputs": 10_000, "sigmas": 12, "budget_mib": budget,
+                 "peak_rss_growth_mib": round(extra, 1), "batch_size": bs})
+            print(f"\n4. memory: 10,000 inputs x 12 sigmas, budget {budget} MiB -> peak RSS growth "
+                  f"{extra:.1f} MiB (batch {bs})")
+    elif "memory" in args.only:
         torch.cuda.reset_peak_memory_stats()
         x = torch.rand(10_000, 1, 16, 16)
         base = torch.cuda.memory_allocated()
@@ -208,15 +223,16 @@ def main():
         results["memory"] = {"budget_mib": 256, "peak_cuda_mib": round(peak, 1)}
         print(f"\n4. memory: peak CUDA {peak:.1f} MiB with a 256 MiB budget")
 
-    x16 = data.x_test[:16]
     sig = default_sigmas("digits")
-    m = run.model.to(dev)
-    t = timeit(lambda: wb.estimate_smoothness(m, x16, sig, 64), dev, reps=5)
-    results["interactive_seconds"] = round(t, 3)
-    print(f"\n5. interactivity: 16 inputs x 12 sigmas x 64 samples on the digits model: {t:.3f} s "
-          f"(goal < 1 s)")
+    if "interactive" in args.only:
+        x16 = data.x_test[:16]
+        m = run.model.to(dev)
+        t = timeit(lambda: wb.estimate_smoothness(m, x16, sig, 64), dev, reps=5)
+        results["interactive_seconds"] = round(t, 3)
+        print(f"\n5. interactivity: 16 inputs x 12 sigmas x 64 samples on the digits model: {t:.3f} s "
+              f"(goal < 1 s)")
 
-    if dev.type == "cuda":
+    if "gpu" in args.only and dev.type == "cuda":
         g = []
         for label, name, shape, n_in in (("small-cnn 28x28", "small-cnn", (1, 28, 28), 2048),
                                          ("resnet18 32x32", "resnet18", (3, 32, 32), 256)):
@@ -232,7 +248,7 @@ def main():
         print("\n6. GPU throughput")
         for r in g:
             print("  ", r)
-    else:
+    elif "gpu" in args.only:
         print("\n6. GPU throughput: not measured (no GPU on this machine)")
     if args.json:
         with open(args.json, "w") as f:

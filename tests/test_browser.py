@@ -17,7 +17,9 @@ import pytest
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ROOT = Path(__file__).resolve().parent.parent
-NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+# the interactive notebooks (widgets and figures); 04-07 hold figures only and run headless in
+# test_notebooks.py, which keeps the whole suite near 20 minutes on 2 cores
+NOTEBOOKS = sorted(p for p in (ROOT / "notebooks").glob("*.ipynb") if p.name[:2] in ("00", "01", "02", "03"))
 WIDGET_NOTEBOOKS = {"01_triggers_and_poisoning.ipynb", "02_backdoor_smoothing.ipynb",
                     "03_uncertainty_landscapes.ipynb"}
 

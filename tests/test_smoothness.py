@@ -84,17 +84,19 @@ def test_batch_size_does_not_change_results(digits_run, digits):
     assert np.allclose(soft.frequencies, soft_ref.frequencies, atol=1e-6)
 
 
-def test_agrees_with_a_plain_per_input_loop(digits_run, digits):
+@pytest.mark.parametrize("common_noise", [False, True])
+def test_agrees_with_a_plain_per_input_loop(digits_run, digits, common_noise):
     """The reference pattern of research code: one batch of n noisy copies per input and σ."""
     model, x, sig, n, seed = digits_run.model, digits.x_test[:4], [0.05, 0.4], 100, 11
-    res = wb.estimate_smoothness(model, x, sig, n, seed=seed)
+    res = wb.estimate_smoothness(model, x, sig, n, seed=seed, common_noise=common_noise)
     for j in range(len(x)):
-        blocks = []
-        for b in range(math.ceil(n / sm.NOISE_BLOCK)):
-            g = torch.Generator().manual_seed(sm._mix(seed, j, b))
-            blocks.append(torch.randn((sm.NOISE_BLOCK, *x.shape[1:]), generator=g))
-        eps = torch.cat(blocks)[:n]
         for s_i, s in enumerate(sig):
+            blocks = []
+            for b in range(math.ceil(n / sm.NOISE_BLOCK)):
+                words = (seed, j, b) if common_noise else (seed, j, b, s_i + 1)
+                g = torch.Generator().manual_seed(sm._mix(*words))
+                blocks.append(torch.randn((sm.NOISE_BLOCK, *x.shape[1:]), generator=g))
+            eps = torch.cat(blocks)[:n]
             with torch.no_grad():
                 pred = model(x[j] + s * eps).argmax(1)
             counts = torch.bincount(pred, minlength=10).numpy()

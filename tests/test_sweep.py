@@ -67,6 +67,7 @@ def test_sweep_on_local_processes_and_dask(tmp_path, digits_run):
     distributed = pytest.importorskip("distributed")
     with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True,
                                   dashboard_address=None) as cluster, distributed.Client(cluster) as client:
-        remote = sw.run_sweep(grid, tmp_path / "dask.csv", executor=client.get_executor(), progress=False)
+        remote = sw.run_sweep(grid, tmp_path / "dask.csv", executor=sw.dask_executor(client),
+                              progress=False)
     for a, b in zip(local.rows, remote.rows):
         assert a["key"] == b["key"] and a["gap"] == pytest.approx(b["gap"])

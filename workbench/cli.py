@@ -75,7 +75,9 @@ def _sweep(args) -> int:
     if args.dask:
         from distributed import Client
 
-        executor = Client(args.dask).get_executor()
+        from .sweep import dask_executor
+
+        executor = dask_executor(Client(args.dask))
     t0 = time.perf_counter()
     table = run_sweep(grid, args.out, executor=executor, max_workers=args.workers,
                       progress=not args.quiet)

@@ -10,11 +10,13 @@ Design:
 - Work is a list of cells (input j, noise scale s); cells are processed in chunks whose noisy batch
   has at most `batch_size` rows, so no (N·S·n, C, H, W) tensor ever exists. Only the votes (N, S, K)
   are kept.
-- Noise is drawn on the model's device in blocks of NOISE_BLOCK samples. Block b of input j comes
-  from its own generator, seeded from (seed, j, b): the draws do not depend on chunking or batch
-  size, the same ε_i serve every σ ("common random numbers", so curves are smooth in σ), and two
-  input sets estimated with the same seed (clean and triggered twins) see the same noise, which
-  lowers the variance of their difference. `common_noise=False` draws independent noise per σ.
+- Noise is drawn on the model's device in blocks of NOISE_BLOCK samples. Block b of input j (at σ
+  index s) comes from its own generator, seeded from (seed, j, b, s): the draws do not depend on
+  chunking or batch size, and two input sets estimated with the same seed (clean and triggered
+  twins) see the same noise ("common random numbers" for the pair), which lowers the variance of
+  their difference (measured: 27% fewer samples for the same gap variance). `common_noise=True`
+  also shares the draws across σ: smooth curves, but correlated errors along a curve add up in
+  its mean (measured: 3.3-5.7x more samples for the same gap variance).
 - Uncertainty: hard mode uses the delta method for the multinomial plug-in entropy,
   Var(Ĥ) ≈ (Σ p (log p)² − H²)/n (Basharin 1959); soft mode a delete-a-group jackknife over
   JACKKNIFE_GROUPS groups of samples. The plug-in entropy is biased low by ≈ (K−1)/(2n); the
@@ -41,6 +43,10 @@ JACKKNIFE_GROUPS = 10  # groups for the delete-a-group jackknife (soft mode, jac
 DEFAULT_MEMORY_BUDGET = 512 * 2**20  # bytes for one noisy batch and its activations
 ACTIVATION_FACTOR = 64  # activation bytes per input byte, a generous bound for the zoo's models
 CHUNK_ROWS_MAX = 16384  # noisy rows built at once (then fed in batch_size slices)
+# bytes of peak memory per byte of a chunk's noisy rows, measured (RSS growth ≈ 18x the chunk's
+# input bytes on the digits CNN: noise, gathers, noisy copies, logits, allocator slack), doubled
+# because the chunk gets half the budget (benchmarks/RESULTS.md, section 4)
+CHUNK_FACTOR = 40
 _MASK64 = (1 << 64) - 1
 _trapezoid = getattr(np, "trapezoid", None) or np.trapz  # numpy < 2 has only trapz
 
@@ -156,11 +162,16 @@ def _model_device(model: nn.Module) -> torch.device:
 def default_batch_size(image_shape: Sequence[int], memory_budget: int = DEFAULT_MEMORY_BUDGET,
                        device: torch.device | None = None) -> int:
     """Rows per forward that fit `memory_budget` bytes (input plus a bound on activations)."""
-    per_row = 4 * int(np.prod(image_shape)) * ACTIVATION_FACTOR
-    # CPU: batches beyond ~512 rows fall out of cache (measured 78.6k fwd/s at 512 vs 48.6k at
-    # 2048 for the digits CNN, channels-last; benchmarks/RESULTS.md)
-    cap = 8192 if device is not None and device.type == "cuda" else 512
-    return int(max(NOISE_BLOCK, min(cap, memory_budget // per_row)))
+    numel = int(np.prod(image_shape))
+    per_row = 4 * numel * ACTIVATION_FACTOR
+    if device is not None and device.type == "cuda":
+        cap = 8192
+    else:
+        # activations get half the budget; the noisy chunks the other half (_Engine.chunk_rows)
+    # CPU: the best batch keeps about 2^17 input values in flight (measured optima: 512 rows
+        # at 16x16, 128 at 28x28, 64 at 3x32x32; larger batches fall out of cache)
+        cap = max(64, 2 ** int(round(np.log2(max(1, 2**17 // numel)))))
+    return int(max(32, min(cap, memory_budget // (2 * per_row))))
 
 
 def estimate_smoothness(model: nn.Module, inputs: torch.Tensor, sigmas: Sequence[float],
@@ -170,7 +181,7 @@ def estimate_smoothness(model: nn.Module, inputs: torch.Tensor, sigmas: Sequence
                         device: str | torch.device | None = None, progress: bool = False, *,
                         bias_correction: str | None = None, confidence: float = 0.95,
                         target_se: float | None = None, max_samples: int | None = None,
-                        common_noise: bool = True, precision: str = "fp32",
+                        common_noise: bool = False, precision: str = "fp32",
                         channels_last: bool | None = None,
                         memory_budget: int = DEFAULT_MEMORY_BUDGET) -> SmoothnessResult:
     """Estimate W_σ(x) for every input and σ.
@@ -195,12 +206,16 @@ def estimate_smoothness(model: nn.Module, inputs: torch.Tensor, sigmas: Sequence
     confidence: level of the (normal-approximation) confidence intervals.
     target_se: adaptive sampling: keep adding samples to cells whose standard error is above this
         (in the result's units) until it is reached or `max_samples` (default 16·n_samples).
-    common_noise: reuse the same noise draws across σ (default); False draws fresh noise per σ.
+    common_noise: True reuses the same noise draws at every σ (smooth, monotone-looking curves for
+        plots and landscapes); False (default) draws fresh noise per σ, which gives the mean-W
+        summary and the smoothing gap 3-6x less Monte-Carlo variance (benchmarks/RESULTS.md).
+        Either way, two input sets estimated with the same seed see the same draws (pairs).
     precision: "fp32", or "bf16"/"fp16" autocast (GPU speed; votes may differ near boundaries).
     channels_last: run the model in channels-last memory format; None (default) does so for
         models with 2-D convolutions (2.7x faster for the digits CNN on 2 CPU cores) and restores
         the model's format afterwards.
-    memory_budget: bytes allowed for one noisy batch and its activations.
+    memory_budget: bytes of working memory for the noisy chunks and the forward's activations.
+        The vote accumulators and the returned arrays (about 3·N·S·K·8 bytes) come on top.
     """
     _check_model(model)
     check_images("inputs", inputs)
@@ -244,6 +259,10 @@ def estimate_smoothness(model: nn.Module, inputs: torch.Tensor, sigmas: Sequence
 
     if channels_last is None:
         channels_last = any(isinstance(m, nn.Conv2d) for m in model.modules())
+    # a model already in channels-last stays so; a contiguous one is given back contiguous
+    restore = channels_last and not any(
+        p.ndim == 4 and not p.is_contiguous() and p.is_contiguous(memory_format=torch.channels_last)
+        for p in model.parameters())
     was_training = model.training
     model.eval()
     try:
@@ -270,7 +289,7 @@ def estimate_smoothness(model: nn.Module, inputs: torch.Tensor, sigmas: Sequence
                 stats_ = _statistics(engine, n_used, mode, normalize, bias_correction, confidence)
     finally:
         model.train(was_training)
-        if channels_last:
+        if restore:
             model.to(memory_format=torch.contiguous_format)
 
     entropy, se, lo, hi, freq = stats_
@@ -294,7 +313,9 @@ class _Engine:
         self.model, self.mode, self.noise, self.clip, self.seed = model, mode, noise, clip, seed
         self.batch_size, self.dev, self.common_noise = batch_size, dev, common_noise
         row_bytes = 4 * int(np.prod(inputs.shape[1:]))
-        self.chunk_rows = int(max(batch_size, min(CHUNK_ROWS_MAX, memory_budget // (4 * row_bytes))))
+        # the chunks get half the budget, the forward's activations the other (default_batch_size)
+        self.chunk_rows = int(max(batch_size, min(CHUNK_ROWS_MAX,
+                                                  memory_budget // (CHUNK_FACTOR * row_bytes))))
         self.channels_last = channels_last
         pin = dev.type == "cuda" and not inputs.is_cuda
         x = inputs.pin_memory() if pin else inputs
@@ -379,14 +400,31 @@ def _entropy(p: np.ndarray) -> np.ndarray:
         return -np.where(p > 0, p * np.log(p), 0.0).sum(-1)
 
 
+STATS_BLOCK = 1024  # inputs per block of the statistics: bounds numpy's temporaries
+
+
 def _statistics(engine: _Engine, n_used: np.ndarray, mode, normalize, bias_correction, confidence):
+    """Entropy, SE, CI and frequencies, computed in blocks of inputs (bounded temporaries)."""
+    n_in, s_n = n_used.shape
     k = engine.num_classes
-    sums = engine.counts.cpu().double().numpy()  # (N, S, K)
+    h = np.empty((n_in, s_n))
+    se, lo, hi = np.empty_like(h), np.empty_like(h), np.empty_like(h)
+    freq = np.empty((n_in, s_n, k))
+    for a in range(0, n_in, STATS_BLOCK):
+        b = min(n_in, a + STATS_BLOCK)
+        g = engine.group_sums[a:b].cpu().numpy() if engine.group_sums is not None else None
+        h[a:b], se[a:b], lo[a:b], hi[a:b], freq[a:b] = _block_statistics(
+            engine.counts[a:b].cpu().double().numpy(), g, n_used[a:b], k, mode, normalize,
+            bias_correction, confidence)
+    return h, se, lo, hi, freq
+
+
+def _block_statistics(sums, group_sums, n_used, k, mode, normalize, bias_correction, confidence):
     n = n_used[..., None].astype(float)
     p = sums / n
     h = _entropy(p)
-    if engine.group_sums is not None:
-        g = engine.group_sums.cpu().numpy()  # (N, S, G, K)
+    if group_sums is not None:
+        g = group_sums  # (N, S, G, K)
         g_n = _group_sizes(n_used)  # (N, S, G)
         loo = (sums[:, :, None] - g) / (n[:, :, None] - g_n[..., None])  # leave-one-group-out p
         h_loo = _entropy(loo)  # (N, S, G)
@@ -477,11 +515,14 @@ def paired_gap(clean_summary: np.ndarray, triggered_summary: np.ndarray, summary
 def compare_smoothness(model: nn.Module, clean: torch.Tensor, triggered: torch.Tensor,
                        sigmas: Sequence[float], n_samples: int = 256, *, summary: str = "mean",
                        threshold: float | None = None, confidence: float = 0.95,
-                       seed: int = 0, **kwargs) -> ComparisonResult:
+                       seed: int = 0, paired_noise: bool = True, **kwargs) -> ComparisonResult:
     """Paired comparison of W_σ curves of clean inputs and their triggered twins.
 
     Both sets are estimated with the same seed, so pair j sees the same noise draws (common random
-    numbers). summary: "mean" (mean W over the σ grid), "radius" (smoothness radius at
+    numbers; `paired_noise=False` gives the twins independent draws). Passing common_noise=True
+    also shares draws across σ: smoother curves, but 3-6x more Monte-Carlo variance in the
+    mean-W gap (benchmarks/RESULTS.md, section 3).
+    summary: "mean" (mean W over the σ grid), "radius" (smoothness radius at
     `threshold`) or "certified" (largest certified L2 radius over the grid). The gap's interval is
     a t-interval over pairs; the test is Wilcoxon's signed-rank test. Other keyword arguments go to
     `estimate_smoothness`.
@@ -496,8 +537,7 @@ def compare_smoothness(model: nn.Module, clean: torch.Tensor, triggered: torch.T
         raise TypeError(f"`seed` must be an int (both sets reuse it); got {seed!r}.")
     r_c = estimate_smoothness(model, clean, sigmas, n_samples, seed=seed, confidence=confidence,
                               **kwargs)
-    # with common_noise=False the twins get independent draws too (a baseline for benchmarks)
-    seed_t = seed if kwargs.get("common_noise", True) else _mix(seed, 0x7269)
+    seed_t = seed if paired_noise else _mix(seed, 0x7269)
     r_t = estimate_smoothness(model, triggered, sigmas, n_samples, seed=seed_t,
                               confidence=confidence, **kwargs)
     s_c, s_t = r_c.summary(summary, threshold), r_t.summary(summary, threshold)

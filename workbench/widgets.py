@@ -29,6 +29,14 @@ from .triggers import CORNERS, TRIGGERS, trigger_from_config
 _SLIDER = dict(continuous_update=False, style={"description_width": "initial"})
 
 
+def _replace(target: go.FigureWidget, new: go.Figure, **grid) -> None:
+    """Swap a FigureWidget's traces and layout for a new figure's, in one message."""
+    with target.batch_update():
+        target.data = []
+        target.add_traces(list(new.data), **grid)
+        target.layout = new.layout
+
+
 def _status(text: str = "") -> W.HTML:
     return W.HTML(value=text, layout=W.Layout(min_height="1.6em"))
 
@@ -140,11 +148,8 @@ class AttackPanel(W.VBox):
         self.target.options = [(f"{i}: {c}", i) for i, c in enumerate(data.classes)]
         self.target.value = 0
         self.model.options = [m for m in MODELS if m != "resnet18" or data.image_shape[0] == 3]
-        new = self._confusion_figure(np.zeros((k, k)), np.zeros(k))
-        with self.confusion.batch_update():
-            self.confusion.data = []
-            self.confusion.add_traces(list(new.data), rows=[1, 1], cols=[1, 2])
-            self.confusion.layout = new.layout
+        _replace(self.confusion, self._confusion_figure(np.zeros((k, k)), np.zeros(k)),
+                 rows=[1, 1], cols=[1, 2])
         self.result.value = f"{data!r}: set the attack and press <b>Train</b>."
 
     @property
@@ -268,11 +273,8 @@ class SmoothnessExplorer(W.VBox):
         curves = plots.smoothness_curves(cmp.clean, cmp.triggered,
                                          per_input=self.n_inputs.value if self.per_input.value else 0)
         dist = plots.summary_distribution(cmp)
-        for target, new in ((self.curves, curves), (self.distribution, dist)):
-            with target.batch_update():
-                target.data = []
-                target.add_traces(list(new.data))
-                target.layout = new.layout
+        _replace(self.curves, curves)
+        _replace(self.distribution, dist)
         lo, hi = cmp.gap_ci
         self.message.value = (f"<b>smoothing gap</b> {cmp.gap:.4f} (95% CI [{lo:.4f}, {hi:.4f}]) · "
                               f"Wilcoxon signed-rank p = {cmp.p_value:.2g} · {cmp.n_pairs} pairs · "
@@ -344,11 +346,8 @@ class LandscapeExplorer(W.VBox):
                                    class_names=list(self.data.classes))
         rc, rt = self._curve()
         curve = plots.smoothness_curves(rc, rt, title="W<sub>σ</sub> against σ for this input")
-        for target, new in ((self.plane, fig), (self.curve, curve)):
-            with target.batch_update():
-                target.data = []
-                target.add_traces(list(new.data))
-                target.layout = new.layout
+        _replace(self.plane, fig)
+        _replace(self.curve, curve)
         j = self.index.value
         lab = int(self.pairs.labels[j])
         self.message.value = (f"input {j}: true class {self.data.classes[lab]} · "
