@@ -123,7 +123,7 @@ def test_notebook_renders_in_jupyterlab(lab, browser, path, artifacts):
     if path.name in WIDGET_NOTEBOOKS:
         assert page.locator(".jupyter-widgets").count() >= 1
         assert page.locator(".jupyter-widgets .js-plotly-plot").count() >= 1
-        panel = page.locator(".jp-OutputArea-output .widget-vbox").last
+        panel = page.locator(".workbench-panel").last
         panel.scroll_into_view_if_needed()
         page.wait_for_timeout(1500)
         panel.screenshot(path=str(artifacts / f"browser-{path.stem}-panel.png"))

@@ -65,6 +65,7 @@ class TriggerDesigner(W.VBox):
         controls = W.HBox([W.VBox([self.kind, self.size, self.position]),
                            W.VBox([self.value, self.alpha, self.seed])])
         super().__init__([controls, self.figure, self.message])
+        self.add_class("workbench-panel")  # a handle for styling and browser tests
         self._sync_visibility()
 
     def _config(self) -> dict:
@@ -134,6 +135,7 @@ class AttackPanel(W.VBox):
         super().__init__([W.HBox([W.VBox([self.dataset, self.rate, self.target]),
                                   W.VBox([self.model, self.epochs])]),
                           W.HBox([self.train_button, self.progress]), self.result, self.confusion])
+        self.add_class("workbench-panel")  # a handle for styling and browser tests
 
     def _dataset_changed(self, change):
         """Load the chosen dataset (offline: a clear message if its files are missing)."""
@@ -250,6 +252,7 @@ class SmoothnessExplorer(W.VBox):
         controls = W.HBox([W.VBox([self.sigma_max, self.n_sigmas, self.n_samples]),
                            W.VBox([self.mode, self.n_inputs, W.HBox([self.summary, self.per_input])])])
         super().__init__([controls, self.message, self.curves, self.distribution])
+        self.add_class("workbench-panel")  # a handle for styling and browser tests
         self.update()
 
     def sigmas(self) -> list[float]:
@@ -309,6 +312,7 @@ class LandscapeExplorer(W.VBox):
         controls = W.HBox([W.VBox([self.index, self.dir1, self.dir2]),
                            W.VBox([self.extent, self.colour, self.sigma])])
         super().__init__([controls, self.message, self.plane, self.curve])
+        self.add_class("workbench-panel")  # a handle for styling and browser tests
         self.update()
 
     def _compute(self):
