@@ -1,6 +1,5 @@
 import pickle
 import time
-from pathlib import Path
 
 import pytest
 import torch

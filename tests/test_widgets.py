@@ -11,13 +11,16 @@ from workbench import widgets as wbw
 
 def test_trigger_designer_updates_preview(digits):
     d = wbw.TriggerDesigner(digits, n_preview=4)
+    clean_row = np.array(d.figure.data[0].z)
     before = np.array(d.figure.data[4].z)
     d.size.value = 5
     after = np.array(d.figure.data[4].z)
     assert not np.array_equal(before, after) and d.trigger == wb.triggers.Patch(size=5)
     d.kind.value = "Blend"
     assert isinstance(d.trigger, wb.triggers.Blend) and d.size.layout.display == "none"
-    np.testing.assert_array_equal(np.array(d.figure.data[0].z), np.array(d.figure.data[0].z))
+    # the clean row never changes; the triggered row shows the blend
+    np.testing.assert_array_equal(np.array(d.figure.data[0].z), clean_row)
+    assert not np.array_equal(np.array(d.figure.data[4].z), after)
 
 
 def test_attack_panel_trains_and_shows_metrics(digits, digits_run):
@@ -31,7 +34,7 @@ def test_attack_panel_trains_and_shows_metrics(digits, digits_run):
     assert np.array(p.confusion.data[1].y)[0] > 0.9 * sum(p.confusion.data[1].y)
 
 
-def test_attack_panel_switches_dataset(digits, tmp_path, monkeypatch):
+def test_attack_panel_switches_dataset(digits):
     p = wbw.AttackPanel(digits)
     p.dataset.value = "cifar10"  # not on disk here: a message, the panel keeps digits
     assert "download=True" in p.result.value and p.data.name == "digits"

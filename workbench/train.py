@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ._validate import check_choice, check_float, check_int, check_seed
+from ._validate import check_choice, check_float, check_int
 from .data import DATASETS, Dataset, data_dir, load_dataset
 from .models import MODELS, build_model, default_device
 from .poison import make_generator, poison_dataset
