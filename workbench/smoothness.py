@@ -7,9 +7,9 @@ For a classifier f, an input x, a noise scale σ and n samples (method.md):
     W_σ(x) = −Σ_c p̂_c log p̂_c               (nats; / log K when normalised)
 
 Design:
-- Work is a list of cells (input j, noise scale s); cells are processed in chunks whose noisy batch
-  has at most `batch_size` rows, so no (N·S·n, C, H, W) tensor ever exists. Only the votes (N, S, K)
-  are kept.
+- Work is a list of cells (input j, noise scale s); cells are processed in chunks of noisy rows
+  sized from the memory budget and fed to the model in `batch_size` slices, so no (N·S·n, C, H, W)
+  tensor ever exists. Only the votes (N, S, K) are kept.
 - Noise is drawn on the model's device in blocks of NOISE_BLOCK samples. Block b of input j (at σ
   index s) comes from its own generator, seeded from (seed, j, b, s): the draws do not depend on
   chunking or batch size, and two input sets estimated with the same seed (clean and triggered
@@ -40,7 +40,7 @@ from ._validate import check_choice, check_float, check_images, check_int, check
 
 NOISE_BLOCK = 64  # samples per noise block: the unit of reproducible draws
 JACKKNIFE_GROUPS = 10  # groups for the delete-a-group jackknife (soft mode, jackknife bias fix)
-DEFAULT_MEMORY_BUDGET = 512 * 2**20  # bytes for one noisy batch and its activations
+DEFAULT_MEMORY_BUDGET = 512 * 2**20  # bytes of working memory: noisy chunks + activations
 ACTIVATION_FACTOR = 64  # activation bytes per input byte, a generous bound for the zoo's models
 CHUNK_ROWS_MAX = 16384  # noisy rows built at once (then fed in batch_size slices)
 # bytes of peak memory per byte of a chunk's noisy rows, measured (RSS growth ≈ 18x the chunk's
@@ -161,14 +161,14 @@ def _model_device(model: nn.Module) -> torch.device:
 
 def default_batch_size(image_shape: Sequence[int], memory_budget: int = DEFAULT_MEMORY_BUDGET,
                        device: torch.device | None = None) -> int:
-    """Rows per forward that fit `memory_budget` bytes (input plus a bound on activations)."""
+    """Rows per forward: the device's measured optimum, within half of `memory_budget` (the
+    activations' half; the noisy chunks get the other, see _Engine.chunk_rows)."""
     numel = int(np.prod(image_shape))
     per_row = 4 * numel * ACTIVATION_FACTOR
     if device is not None and device.type == "cuda":
         cap = 8192
     else:
-        # activations get half the budget; the noisy chunks the other half (_Engine.chunk_rows)
-    # CPU: the best batch keeps about 2^17 input values in flight (measured optima: 512 rows
+        # CPU: the best batch keeps about 2^17 input values in flight (measured optima: 512 rows
         # at 16x16, 128 at 28x28, 64 at 3x32x32; larger batches fall out of cache)
         cap = max(64, 2 ** int(round(np.log2(max(1, 2**17 // numel)))))
     return int(max(32, min(cap, memory_budget // (2 * per_row))))

@@ -116,6 +116,7 @@ def run_point(point: dict) -> dict:
 
     from . import __version__
     from .experiments import default_sigmas, smoothing_analysis
+    from .smoothness import paired_gap
     from .train import train_backdoor
     from .triggers import trigger_from_config
 
@@ -128,8 +129,6 @@ def run_point(point: dict) -> dict:
     an = smoothing_analysis(run, data, sig, n_pairs=point["n_pairs"], n_samples=point["n_samples"],
                             seed=point["seed"])
     c = an.comparison
-    from .smoothness import paired_gap
-
     r_c = c.clean.smoothness_radius()
     r_t = c.triggered.smoothness_radius()
     rad = paired_gap(r_c, r_t, "radius")
@@ -261,9 +260,7 @@ def dask_executor(client, threads_per_worker: int | None = None) -> cf.Executor:
         per_host[host] = per_host.get(host, 0) + 1
 
     def pin(dask_worker=None):
-        import os as _os
-
-        n = threads_per_worker or max(1, (_os.cpu_count() or 1) // max(1, max(per_host.values(), default=1)))
+        n = threads_per_worker or max(1, (os.cpu_count() or 1) // max(1, max(per_host.values(), default=1)))
         _init_worker(n)
         return n
 
