@@ -1,9 +1,11 @@
+import multiprocessing as mp
 from pathlib import Path
 
 import pytest
 import torch
 
 import workbench as wb
+from workbench import data as wb_data
 from helpers import write_cifar, write_gtsrb, write_idx
 
 
@@ -70,6 +72,33 @@ def test_gtsrb_from_folders(tmp_path):
 def test_missing_offline_dataset_says_how_to_get_it(tmp_path, name):
     with pytest.raises(FileNotFoundError, match="download=True"):
         wb.load_dataset(name, root=tmp_path, download=False)
+
+
+def _unpack_at_once(debian: Path, root: Path, barrier) -> None:
+    wb_data.DEBIAN_FASHION_MNIST = debian
+    barrier.wait()
+    wb_data._unpack_debian_fashion_mnist(root)
+
+
+def test_debian_fashion_mnist_unpacks_safely_from_many_processes(tmp_path):
+    # A sweep's worker processes all load fashion-mnist on first use: each must unpack Debian's
+    # .gz files without tripping over the others' half-written files.
+    debian = tmp_path / "debian"
+    write_idx(debian, "", n_train=3000, n_test=500, seed=5, gz=True)
+    gz_dir = debian / "raw"
+    root = tmp_path / "data"
+    ctx = mp.get_context("fork")
+    barrier = ctx.Barrier(4)
+    procs = [ctx.Process(target=_unpack_at_once, args=(gz_dir, root, barrier)) for _ in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    assert [p.exitcode for p in procs] == [0] * 4
+    raw = root / "FashionMNIST" / "raw"
+    assert sorted(f.name for f in raw.iterdir()) == sorted(f.name[:-3] for f in gz_dir.iterdir())
+    ds = wb.load_dataset("fashion-mnist", root=root, download=False)
+    assert len(ds.y_train) == 3000 and len(ds.y_test) == 500
 
 
 @pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist").is_dir(),

@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 import workbench as wb
@@ -25,3 +26,12 @@ def test_universal_patch_beats_random_controls(digits):
     rates = {m.name: m.success_rate for m in ms}
     assert rates["universal"] > max(rates["random 0"], rates["random 1"])
     assert all(-3 < m.comparison.gap < 3 for m in ms)
+
+
+def test_pattern_size_study_checks_sizes_first():
+    from workbench.paper import pattern_size_study
+
+    with pytest.raises(ValueError, match=r"`sizes` must be an int in \[1, 14\]"):
+        pattern_size_study("digits", sizes=(4, 15))
+    with pytest.raises(ValueError, match="`dataset` must be one of"):
+        pattern_size_study("imagenet")

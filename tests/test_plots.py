@@ -49,3 +49,18 @@ def test_png_export_with_kaleido(tmp_path, cmp):
     path = tmp_path / "curves.png"
     plots.save_png(plots.smoothness_curves(c.clean, c.triggered), path, scale=1)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
+
+
+def test_pattern_sizes_figure():
+    rows = [{"size": s, "pattern": name, "kind": name.rstrip(" 0123456789"), "success rate": succ,
+             "smoothing gap": gap, "gap_ci_low": gap - 0.05, "gap_ci_high": gap + 0.1}
+            for s, name, succ, gap in [(4, "universal patch", 0.2, -0.08), (4, "white patch", 0.0, -0.1),
+                                       (4, "random patch 1", 0.0, -0.06), (8, "universal patch", 1.0, 0.16),
+                                       (8, "random patch 1", 0.09, -0.37)]]
+    fig = plots.pattern_sizes(rows)
+    assert [t.name for t in fig.data] == ["universal patch", "white patch", "random patch"]
+    uni = fig.data[0]
+    assert list(uni.x) == [0.2, 1.0] and list(uni.y) == [-0.08, 0.16] and list(uni.text) == ["4×4", "8×8"]
+    assert np.allclose(uni.error_y.array, [0.1, 0.1]) and np.allclose(uni.error_y.arrayminus, [0.05, 0.05])
+    assert uni.marker.color == plots.TRIGGERED and fig.data[2].mode == "markers"
+    assert "nats" in fig.layout.yaxis.title.text

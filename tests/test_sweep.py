@@ -31,6 +31,17 @@ def test_grid_points_and_validation():
         sw.SweepGrid(rates=(1.5,))
     with pytest.raises(ValueError, match="`datasets` must be one of"):
         sw.SweepGrid(datasets=("imagenet",))
+    # checked against each dataset's images and classes before anything runs
+    with pytest.raises(ValueError, match="a Checkerboard of size 16 does not fit 'digits'"):
+        sw.SweepGrid(trigger_types=("Checkerboard",), trigger_sizes=(16,))
+    sw.SweepGrid(datasets=("fashion-mnist",), trigger_sizes=(16,))  # fits 28x28
+    with pytest.raises(ValueError, match=r"classes of 'cifar10': ints in \[0, 9\]"):
+        sw.SweepGrid(datasets=("gtsrb", "cifar10"), targets=(12,))
+    sw.SweepGrid(datasets=("gtsrb",), targets=(42,))
+    with pytest.raises(ValueError, match="`model` must be one of"):
+        sw.SweepGrid(model="vgg")
+    with pytest.raises(TypeError, match="`epochs` must be an int"):
+        sw.SweepGrid(epochs=2.5)
 
 
 SMALL = dict(trigger_sizes=(3,), rates=(0.0, 0.05), n_pairs=10, n_samples=16,
@@ -58,6 +69,46 @@ def test_sweep_runs_resumes_and_filters(tmp_path, digits_run):
         sw.run_sweep(grid, path, resume=False, progress=False)
     out = table.to_csv(tmp_path / "copy.csv")
     assert list(csv.DictReader(open(out)))[1]["rate"] == "0.05"
+
+
+@pytest.fixture
+def damaged_mnist():
+    """MNIST files with a broken header in the session's data folder: loading them fails at once
+    (no download is tried), like a run that breaks in a worker."""
+    from helpers import write_idx
+    from workbench.data import data_dir
+
+    raw = data_dir() / "MNIST" / "raw"
+    assert not raw.exists(), f"{raw} exists: this test would damage it"
+    write_idx(data_dir(), "MNIST", n_train=20, n_test=10)
+    for f in raw.iterdir():
+        f.write_bytes(b"\xff" * 4 + f.read_bytes()[4:])
+    sw._dataset.cache_clear()
+    yield
+    for f in raw.iterdir():
+        f.unlink()
+    raw.rmdir()
+    raw.parent.rmdir()
+    sw._dataset.cache_clear()
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_failed_run_does_not_lose_the_others(tmp_path, digits_run, damaged_mnist, workers):
+    from concurrent.futures import ThreadPoolExecutor
+
+    path = tmp_path / "sweep.csv"
+    grid = sw.SweepGrid(**{**SMALL, "datasets": ("mnist", "digits"), "rates": (0.05,)})
+    executor = ThreadPoolExecutor(workers) if workers > 1 else None
+    with pytest.raises(sw.SweepError, match=r"1 of 2 runs failed \(1 finished, saved in") as info:
+        sw.run_sweep(grid, path, executor=executor, max_workers=1, progress=False)
+    err = info.value
+    assert "mnist Patch 3 rate 0.05 target 0 seed 0: ValueError: Dataset 'mnist'" in str(err)
+    assert "damaged" in str(err) and len(err.failures) == 1
+    assert err.failures[0][0]["dataset"] == "mnist"
+    assert [r["dataset"] for r in err.table.rows] == ["digits"]
+    assert sw.read_table(path).column("dataset").tolist() == ["digits"]  # the finished run is saved
+    if executor is not None:
+        executor.shutdown()
 
 
 @pytest.mark.slow

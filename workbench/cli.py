@@ -65,7 +65,7 @@ def _demo(args) -> int:
 
 
 def _sweep(args) -> int:
-    from .sweep import SweepGrid, run_sweep
+    from .sweep import SweepError, SweepGrid, run_sweep
 
     grid = SweepGrid(datasets=tuple(args.datasets), trigger_types=tuple(args.triggers),
                      trigger_sizes=tuple(args.sizes), rates=tuple(args.rates),
@@ -79,20 +79,27 @@ def _sweep(args) -> int:
 
         executor = dask_executor(Client(args.dask))
     t0 = time.perf_counter()
-    table = run_sweep(grid, args.out, executor=executor, max_workers=args.workers,
-                      progress=not args.quiet)
+    failed = None
+    try:
+        table = run_sweep(grid, args.out, executor=executor, max_workers=args.workers,
+                          progress=not args.quiet)
+    except SweepError as exc:
+        table, failed = exc.table, exc
     for r in table.rows:
         print(f"{r['dataset']:>13} {r['trigger_type']:>12} {r['trigger_size']} rate {r['rate']:<6} "
               f"acc {r['clean_accuracy']:.4f} ASR {r['attack_success_rate']:.4f} "
               f"gap {r['gap']:+.4f} [{r['gap_ci_low']:+.4f}, {r['gap_ci_high']:+.4f}]")
     print(f"{len(table)} runs in {time.perf_counter() - t0:.1f} s -> {args.out}")
+    if failed is not None:
+        print(f"error: {failed}", file=sys.stderr)
+        return 1
     return 0
 
 
 def _report(args) -> int:
     from .paper import paper_report
 
-    s = paper_report(args.sweep, args.out, args.dataset)
+    s = paper_report(args.sweep, args.out, args.dataset, n_pairs=args.pairs, n_samples=args.samples)
     print(json.dumps(s, indent=1, default=str))
     print(f"report -> {args.out}")
     return 0
@@ -132,6 +139,10 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--sweep", type=Path, default=Path("reports/sweep.csv"))
     r.add_argument("--dataset", default="digits", choices=DATASETS)
     r.add_argument("--out", type=Path, default=Path("reports/paper.html"))
+    r.add_argument("--pairs", type=int, default=None,
+                   help="test inputs per study (default: 40 dynamics, 100 patterns, 200 detection)")
+    r.add_argument("--samples", type=int, default=None,
+                   help="noisy samples per input and σ (default: 32 dynamics, 64 otherwise)")
     r.set_defaults(func=_report)
     args = p.parse_args(argv)
     try:

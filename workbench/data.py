@@ -12,6 +12,7 @@ from __future__ import annotations
 import gzip
 import os
 import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +24,10 @@ from ._validate import check_choice, check_int
 
 DATASETS = ("digits", "fashion-mnist", "mnist", "cifar10", "gtsrb")
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+# Image shape (C, H, W) and number of classes of each dataset as `load_dataset` returns it: lets
+# callers (a sweep's grid) check triggers and targets before loading or training anything.
+DATASET_SHAPES = {"digits": ((1, 16, 16), 10), "fashion-mnist": ((1, 28, 28), 10),
+                  "mnist": ((1, 28, 28), 10), "cifar10": ((3, 32, 32), 10), "gtsrb": ((3, 32, 32), 43)}
 
 FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
@@ -132,6 +137,10 @@ def _idx_dataset(cls, name: str, root: Path, download: bool | None, classes, how
     try:
         train = cls(str(root), train=True, download=False)
         test = cls(str(root), train=False, download=False)
+    except (AssertionError, ValueError) as exc:  # torchvision's IDX reader on a damaged file
+        raise ValueError(f"Dataset {name!r}: the files under {root / cls.__name__ / 'raw'} are "
+                         f"damaged ({type(exc).__name__}: {exc or 'bad IDX header'}); delete that "
+                         "folder and load again.") from exc
     except RuntimeError:
         if not _try_download(download):
             raise _missing(name, root, how) from None
@@ -157,10 +166,18 @@ def _unpack_debian_fashion_mnist(root: Path) -> None:
         return
     raw.mkdir(parents=True, exist_ok=True)
     for n in names:
-        tmp = raw / f".{n}.part"  # write then rename: an interrupted unpack leaves no half file
-        with gzip.open(DEBIAN_FASHION_MNIST / f"{n}.gz", "rb") as src, open(tmp, "wb") as dst:
-            shutil.copyfileobj(src, dst)
-        tmp.replace(raw / n)
+        if (raw / n).exists():
+            continue
+        # Write a temporary file of this process's own, then rename: an interrupted unpack leaves
+        # no half file, and processes unpacking at once (a sweep's workers) never share a file.
+        fd, tmp = tempfile.mkstemp(prefix=f".{n}.", suffix=".part", dir=raw)
+        try:
+            with gzip.open(DEBIAN_FASHION_MNIST / f"{n}.gz", "rb") as src, os.fdopen(fd, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+            os.replace(tmp, raw / n)  # atomic; identical content whoever renames last
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
 
 
 def _load_fashion_mnist(root: Path, download: bool | None) -> Dataset:

@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 
 from . import plots
-from .data import load_dataset
+from ._validate import check_choice, check_int
+from .data import DATASET_SHAPES, DATASETS, load_dataset
 from .detection import compare_detectors
 from .experiments import default_sigmas, smoothing_dynamics
 from .patterns import measure_patterns, pattern_table, random_patches, universal_patch
@@ -63,23 +64,73 @@ def pattern_study(dataset: str = "digits", size: int = 4, n_random: int = 4, see
                                        default_sigmas(dataset), n_pairs, n_samples, seed)
 
 
+def pattern_sizes(dataset: str = "digits", sizes=None, n_random: int = 2, seed: int = 0,
+                  n_pairs: int = 100, n_samples: int = 64) -> dict[int, list]:
+    """Claim 5 as a function of the pattern's size: for each size (default: a quarter, three
+    eighths and half of the image side, e.g. 4, 6, 8 on 16×16 digits), a universal patch, the
+    white patch and `n_random` random patches at the centre of a clean model's inputs.
+    Returns {size: [PatternMeasurement, ...]}."""
+    check_choice("dataset", dataset, DATASETS)
+    side = DATASET_SHAPES[dataset][0][1]
+    sizes = tuple(sizes) if sizes is not None else tuple(max(1, round(side * f)) for f in (0.25, 0.375, 0.5))
+    for s in sizes:
+        check_int("sizes", s, low=1, high=side - 2)
+    return {size: pattern_study(dataset, size=size, n_random=n_random, seed=seed, n_pairs=n_pairs,
+                                n_samples=n_samples)[1] for size in sizes}
+
+
+def size_table(by_size: dict[int, list]) -> list[dict]:
+    """One row per pattern of `pattern_sizes`' result: size, kind, success rate, gap, interval."""
+    rows = []
+    for size, measurements in by_size.items():
+        for m in measurements:
+            c = m.comparison
+            rows.append({"size": size, "pattern": m.name, "kind": m.name.rstrip(" 0123456789"),
+                         "success rate": round(m.success_rate, 4), "smoothing gap": round(c.gap, 4),
+                         "gap_ci_low": round(c.gap_ci[0], 4), "gap_ci_high": round(c.gap_ci[1], 4),
+                         "Wilcoxon p": float(f"{c.p_value:.3g}")})
+    return rows
+
+
+def pattern_size_study(dataset: str = "digits", sizes=None, n_random: int = 2, seed: int = 0,
+                       n_pairs: int = 100, n_samples: int = 64) -> list[dict]:
+    """`size_table(pattern_sizes(...))`: the rows `plots.pattern_sizes` draws."""
+    return size_table(pattern_sizes(dataset, sizes, n_random, seed, n_pairs, n_samples))
+
+
 def paper_report(sweep_csv: str | Path = "reports/sweep.csv", out: str | Path = "reports/paper.html",
-                 dataset: str = "digits", seed: int = 0) -> dict:
+                 dataset: str = "digits", seed: int = 0, n_pairs: int | None = None,
+                 n_samples: int | None = None) -> dict:
+    """Write `out` (offline HTML) and `out` with .json (the summary) from a sweep's CSV and the
+    dynamics, pattern and detection studies on `dataset`.
+
+    n_pairs, n_samples: None keeps each study's default (dynamics 40 pairs × 32 samples, patterns
+    100 × 64, detection 200 clean and 200 triggered inputs × 64); a number sets all three
+    (smaller is faster, with wider intervals).
+    """
     t0 = time.perf_counter()
+    check_choice("dataset", dataset, DATASETS)
+    check_int("seed", seed, low=0)
+    for name, v in (("n_pairs", n_pairs), ("n_samples", n_samples)):
+        if v is not None:
+            check_int(name, v, low=4)
     table = read_table(sweep_csv)
     if not len(table):
         raise FileNotFoundError(f"`sweep_csv` {sweep_csv} holds no rows: run `python -m workbench "
                                 "sweep` first.")
     head = headline(table)
     data = load_dataset(dataset)
-    dyn = smoothing_dynamics(data, n_pairs=40, n_samples=32, seed=seed)
-    _, pats = pattern_study(dataset, seed=seed)
-    _, dets = detection_study(dataset, seed=seed)
+    dyn = smoothing_dynamics(data, n_pairs=n_pairs or 40, n_samples=n_samples or 32, seed=seed)
+    measured = pattern_sizes(dataset, seed=seed, n_pairs=n_pairs or 100, n_samples=n_samples or 64)
+    by_size = size_table(measured)
+    largest = max(measured)  # the detailed view: the size at which the effect can appear
+    pats = measured[largest]
+    _, dets = detection_study(dataset, seed=seed, n=n_pairs or 200, n_samples=n_samples or 64)
     first_asr = next((r["epoch"] for r in dyn if r["attack_success_rate"] >= 0.9), None)
     first_gap = next((r["epoch"] for r in dyn if r["gap_ci"][0] > 0), None)
     summary = {"correlations": head, "dynamics": {"first_epoch_asr_ge_0.9": first_asr,
                                                   "first_epoch_gap_ci_above_0": first_gap},
-               "patterns": pattern_table(pats),
+               "patterns_size": largest, "patterns": pattern_table(pats), "patterns_by_size": by_size,
                "detection": [{"method": d.method, "auc": round(d.auc, 4),
                               "tpr_at_5_fpr": round(d.tpr_at_5_fpr, 4)} for d in dets]}
     corr_rows = [{"dataset": ds, "runs": e["runs"],
@@ -99,8 +150,13 @@ def paper_report(sweep_csv: str | Path = "reports/sweep.csv", out: str | Path = 
         ("Training dynamics", [plots.dynamics(dyn), plots.dynamics_curves(dyn, every=max(1, len(dyn) // 6)),
                                f"<p class='note'>First epoch with ASR ≥ 0.9: {first_asr}; first epoch "
                                f"whose gap CI excludes 0: {first_gap}.</p>"]),
-        ("Artificial patterns without poisoning", [table_html(pattern_table(pats)),
-                                                   plots.patterns_figure(pats)]),
+        ("Artificial patterns without poisoning", [
+            "<p class='note'>Claim 5: patterns crafted on a clean model, at the centre of the image: "
+            "a universal adversarial patch per size, with the white patch and random patches of the "
+            "same size as controls.</p>",
+            table_html(by_size), plots.pattern_sizes(by_size),
+            f"<p class='note'>The {largest}×{largest} patterns in detail:</p>",
+            plots.patterns_figure(pats)]),
         ("Detection", [table_html(summary["detection"]), plots.roc_figure(dets)]),
     ], metadata={"summary": summary, "sweep_csv": str(sweep_csv), "environment": environment(),
                  "seconds": round(time.perf_counter() - t0, 1)})

@@ -9,6 +9,9 @@ Where: the default is a 4×4 patch at the image centre. On a clean digits model 
 cannot flip predictions at all (measured: 0% success for 3×3 to 5×5 corner patches, 1.5% at
 6×6; benchmarks/RESULTS.md), because the clean model never learnt to read the empty corners. Each pattern
 is then measured like a trigger: its success rate and the smoothing gap of patched vs clean inputs.
+Size matters (`paper.pattern_size_study`, benchmarks/RESULTS.md): on digits, 4×4 and 6×6 universal
+patches move 20% and 63% of inputs and are *less* smooth than clean inputs; an 8×8 one moves all of
+them and is smoother, as a backdoor trigger is.
 """
 
 from __future__ import annotations
@@ -49,13 +52,13 @@ def universal_patch(model: nn.Module, x_clean: torch.Tensor, y_clean: torch.Tens
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
+    # where the patch goes (the trigger's own placement rule), found once
+    m, _ = PatternPatch(torch.sigmoid(theta).detach(), position, margin).mask_and_pattern(
+        x.shape[1:], dev, x.dtype)
+    r0, c0 = (int(v) for v in torch.nonzero(m[0])[0])
     try:
         for _ in tqdm(range(steps), desc="universal patch", disable=not progress, leave=False):
             idx = torch.randint(0, len(x), (min(batch_size, len(x)),), generator=g).to(dev)
-            trig = PatternPatch(torch.sigmoid(theta).detach(), position, margin)
-            m, _ = trig.mask_and_pattern(x.shape[1:], dev, x.dtype)
-            r0c0 = torch.nonzero(m[0])[0]
-            r0, c0 = int(r0c0[0]), int(r0c0[1])
             xb = x[idx].clone()
             xb[:, :, r0:r0 + size, c0:c0 + size] = torch.sigmoid(theta)  # differentiable stamp
             loss = -model(xb).log_softmax(-1)[:, target].mean()

@@ -323,6 +323,31 @@ def patterns_figure(measurements) -> go.Figure:
     return fig
 
 
+def pattern_sizes(rows: Sequence[dict]) -> go.Figure:
+    """Smoothing gap (with CI) against success rate for artificial patterns of several sizes
+    (rows of `paper.pattern_size_study`): one colour per kind, the size as the label
+    of universal patches (and in every point's hover)."""
+    fig = go.Figure()
+    colours = {"universal patch": TRIGGERED, "white patch": OKABE_ITO[7], "random patch": OKABE_ITO[2]}
+    for i, kind in enumerate(dict.fromkeys(r["kind"] for r in rows)):
+        g = [r for r in rows if r["kind"] == kind]
+        fig.add_trace(go.Scatter(
+            x=[r["success rate"] for r in g], y=[r["smoothing gap"] for r in g],
+            # sizes written next to universal patches only: the controls crowd x = 0
+            mode="markers+text" if "universal" in kind else "markers", name=kind,
+            text=[f"{r['size']}×{r['size']}" for r in g],
+            textposition="top center", marker=dict(color=colours.get(kind, OKABE_ITO[i % 8]), size=10),
+            error_y=dict(type="data", symmetric=False,
+                         array=[r["gap_ci_high"] - r["smoothing gap"] for r in g],
+                         arrayminus=[r["smoothing gap"] - r["gap_ci_low"] for r in g], thickness=1),
+            hovertemplate="%{text}<br>success %{x:.3f}<br>gap %{y:.3f}<extra></extra>"))
+    fig.add_hline(y=0, line=dict(color="#888", dash="dot"))
+    fig.update_layout(template=TEMPLATE, height=420, title="Artificial patterns by size (clean model)",
+                      xaxis_title="success rate (to the target)", xaxis_range=[-0.03, 1.05],
+                      yaxis_title="smoothing gap (nats; > 0: patched smoother)")
+    return fig
+
+
 def roc_figure(results) -> go.Figure:
     """ROC curves of detectors (DetectionResult list), AUC and TPR at 5% FPR in the legend."""
     fig = go.Figure()

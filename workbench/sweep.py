@@ -19,14 +19,15 @@ import os
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterator
 
 import numpy as np
 from scipy import stats
 from tqdm.auto import tqdm
 
 from ._validate import check_choice, check_float, check_int, check_sigmas
-from .data import DATASETS
+from .data import DATASET_SHAPES, DATASETS
+from .models import MODELS
 
 COLUMNS = ["key", "dataset", "trigger", "trigger_type", "trigger_size", "rate", "target", "seed",
            "model", "epochs", "clean_accuracy", "attack_success_rate", "gap", "gap_ci_low",
@@ -73,10 +74,40 @@ class SweepGrid:
             check_int("trigger_sizes", s, low=1)
         for t in self.trigger_types:
             trigger_config(t, 1)
+        for t in self.targets:
+            check_int("targets", t, low=0)
+        for s in self.seeds:
+            check_int("seeds", s, low=0)
+        if self.epochs is not None:
+            check_int("epochs", self.epochs, low=1)
+        check_choice("model", self.model, MODELS)
+        self._check_fit()
         check_int("n_pairs", self.n_pairs, low=2)
         check_int("n_samples", self.n_samples, low=1)
         if self.sigmas is not None:
             check_sigmas("sigmas", self.sigmas)
+
+    def _check_fit(self) -> None:
+        """Every trigger fits every dataset's images and every target is one of its classes:
+        checked here, before any run starts, rather than in a worker minutes later."""
+        import torch
+
+        from .triggers import trigger_from_config
+
+        for d in self.datasets:
+            shape, n_classes = DATASET_SHAPES[d]
+            for t in self.targets:
+                if t >= n_classes:
+                    raise ValueError(f"`targets` must be classes of {d!r}: ints in [0, "
+                                     f"{n_classes - 1}]; got {t}.")
+            blank = torch.zeros((1, *shape))
+            for kind in self.trigger_types:
+                for size in (self.trigger_sizes if kind in SIZED else (1,)):
+                    try:
+                        trigger_from_config(trigger_config(kind, size))(blank)
+                    except ValueError as exc:
+                        raise ValueError(f"`trigger_sizes`: a {kind} of size {size} does not fit "
+                                         f"{d!r}'s {shape[1]}x{shape[2]} images ({exc})") from None
 
     def points(self) -> list[dict]:
         pts, seen = [], set()
@@ -295,22 +326,66 @@ def run_sweep(grid: SweepGrid, path: str | os.PathLike | None = "reports/sweep.c
                disable=not progress)
     own = executor is None and (max_workers or 0) != 1 and len(todo) > 1
     ex = local_executor(max_workers) if own else executor
+    failures: list[tuple[dict, BaseException]] = []
     try:
-        if ex is None:
-            results: Iterable = (run_point(p) for p in todo)
-        else:
-            futures = [ex.submit(run_point, p) for p in todo]
-            results = (f.result() for f in cf.as_completed(futures))
-        for row in results:
-            done[row["key"]] = row
-            if path is not None:
-                _append_row(path, row)
+        for point, outcome in _outcomes(todo, ex):
+            if isinstance(outcome, BaseException):  # one failed run does not stop the others
+                failures.append((point, outcome))
+                bar.set_postfix(failed=len(failures))
+            else:
+                done[outcome["key"]] = outcome
+                if path is not None:
+                    _append_row(path, outcome)
             bar.update(1)
     finally:
         bar.close()
         if own:
             ex.shutdown(wait=True, cancel_futures=True)
-    return SweepTable([_normalise(done[p["key"]]) for p in points if p["key"] in done])
+    table = SweepTable([_normalise(done[p["key"]]) for p in points if p["key"] in done])
+    if failures:
+        raise SweepError(failures, table, path)
+    return table
+
+
+def _outcomes(todo: list[dict], ex: cf.Executor | None) -> Iterator[tuple[dict, object]]:
+    """(point, row or the exception it raised) for each point, in order of completion."""
+    if ex is None:
+        for p in todo:
+            try:
+                yield p, run_point(p)
+            except Exception as exc:  # noqa: BLE001 - reported with its point by SweepError
+                yield p, exc
+        return
+    futures = {ex.submit(run_point, p): p for p in todo}
+    for f in cf.as_completed(futures):
+        try:
+            yield futures[f], f.result()
+        except Exception as exc:  # noqa: BLE001 - a worker's error, or a lost worker
+            yield futures[f], exc
+
+
+class SweepError(RuntimeError):
+    """Some runs of a sweep failed. The others finished and were saved; `table` holds them and
+    `failures` the (grid point, exception) pairs. Running the sweep again retries only the
+    failed points (the finished ones are read back from the CSV)."""
+
+    def __init__(self, failures: list[tuple[dict, BaseException]], table: SweepTable,
+                 path: Path | None):
+        self.failures, self.table, self.path = failures, table, path
+        lines = [f"  {_describe(p)}: {type(e).__name__}: {e}" for p, e in failures[:10]]
+        if len(failures) > 10:
+            lines.append(f"  … and {len(failures) - 10} more")
+        saved = f"saved in {path}" if path is not None else "in `.table`"
+        super().__init__(f"{len(failures)} of {len(failures) + len(table)} runs failed "
+                         f"({len(table)} finished, {saved}; run the sweep again to retry the "
+                         "failed ones):\n" + "\n".join(lines))
+
+
+def _describe(point: dict) -> str:
+    trig = point["trigger"]
+    size = f" {trig['size']}" if "size" in trig else ""
+    return (f"{point['dataset']} {trig['type']}{size} rate {point['rate']} target "
+            f"{point['target']} seed {point['seed']}")
 
 
 def _normalise(row: dict) -> dict:
