@@ -53,7 +53,7 @@ def test_sweep_then_report_commands(tmp_path, digits_run, capsys):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["sweep", "--sizes", "20"], "`trigger_sizes`: a Patch of size 20 does not fit 'digits'"),
+    (["sweep", "--sizes", "20"], "`trigger_sizes`: a Patch of size 20 does not fit the 16x16 images of 'digits'"),
     (["sweep", "--targets", "10"], "`targets` must be classes of 'digits': ints in [0, 9]"),
     (["sweep", "--rates", "0.05", "2"], "`rates` must be a float in"),
     (["sweep", "--pairs", "1"], "`n_pairs` must be an int"),

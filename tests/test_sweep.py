@@ -32,7 +32,7 @@ def test_grid_points_and_validation():
     with pytest.raises(ValueError, match="`datasets` must be one of"):
         sw.SweepGrid(datasets=("imagenet",))
     # checked against each dataset's images and classes before anything runs
-    with pytest.raises(ValueError, match="a Checkerboard of size 16 does not fit 'digits'"):
+    with pytest.raises(ValueError, match="a Checkerboard of size 16 does not fit the 16x16 images of 'digits'"):
         sw.SweepGrid(trigger_types=("Checkerboard",), trigger_sizes=(16,))
     sw.SweepGrid(datasets=("fashion-mnist",), trigger_sizes=(16,))  # fits 28x28
     with pytest.raises(ValueError, match=r"classes of 'cifar10': ints in \[0, 9\]"):

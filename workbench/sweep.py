@@ -107,7 +107,7 @@ class SweepGrid:
                         trigger_from_config(trigger_config(kind, size))(blank)
                     except ValueError as exc:
                         raise ValueError(f"`trigger_sizes`: a {kind} of size {size} does not fit "
-                                         f"{d!r}'s {shape[1]}x{shape[2]} images ({exc})") from None
+                                         f"the {shape[1]}x{shape[2]} images of {d!r} ({exc})") from None
 
     def points(self) -> list[dict]:
         pts, seen = [], set()
