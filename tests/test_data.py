@@ -16,6 +16,7 @@ def _check(ds, name, shape, n_classes):
     assert ds.x_train.min() >= 0 and ds.x_train.max() <= 1
     assert len(ds.x_train) == len(ds.y_train) and len(ds.x_test) == len(ds.y_test)
     assert ds.num_classes == n_classes
+    assert wb_data.DATASET_SHAPES[name] == (shape, n_classes)  # the table grids check against
 
 
 def test_digits_embedded(digits):

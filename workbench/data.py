@@ -24,10 +24,6 @@ from ._validate import check_choice, check_int
 
 DATASETS = ("digits", "fashion-mnist", "mnist", "cifar10", "gtsrb")
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
-# Image shape (C, H, W) and number of classes of each dataset as `load_dataset` returns it: lets
-# callers (a sweep's grid) check triggers and targets before loading or training anything.
-DATASET_SHAPES = {"digits": ((1, 16, 16), 10), "fashion-mnist": ((1, 28, 28), 10),
-                  "mnist": ((1, 28, 28), 10), "cifar10": ((3, 32, 32), 10), "gtsrb": ((3, 32, 32), 43)}
 
 FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
@@ -241,6 +237,7 @@ def _load_cifar10(root: Path, download: bool | None) -> Dataset:
 # --- GTSRB ---------------------------------------------------------------------------------------
 
 GTSRB_SIZE = 32  # images come in many sizes; resized to 32x32 like CIFAR-10
+GTSRB_CLASSES = 43
 
 
 def _load_gtsrb(root: Path, download: bool | None) -> Dataset:
@@ -267,6 +264,14 @@ def _load_gtsrb(root: Path, download: bool | None) -> Dataset:
 
     x_tr, y_tr = stack(train)
     x_te, y_te = stack(test)
-    return Dataset("gtsrb", x_tr, y_tr, x_te, y_te, tuple(str(i) for i in range(43)),
+    return Dataset("gtsrb", x_tr, y_tr, x_te, y_te, tuple(str(i) for i in range(GTSRB_CLASSES)),
                    {"source": "torchvision.datasets.GTSRB", "root": str(root),
                     "resized_to": GTSRB_SIZE})
+
+
+# Image shape (C, H, W) and number of classes of each dataset as `load_dataset` returns it: lets
+# callers (a sweep's grid) check triggers and targets before loading or training anything.
+DATASET_SHAPES = {"digits": ((1, DIGITS_SIZE, DIGITS_SIZE), 10),
+                  "fashion-mnist": ((1, 28, 28), len(FASHION_CLASSES)), "mnist": ((1, 28, 28), 10),
+                  "cifar10": ((3, 32, 32), len(CIFAR10_CLASSES)),
+                  "gtsrb": ((3, GTSRB_SIZE, GTSRB_SIZE), GTSRB_CLASSES)}

@@ -51,17 +51,28 @@ def detection_study(dataset: str = "digits", n: int = 200, seed: int = 0, n_samp
                                   default_sigmas(dataset), n_samples=n_samples, seed=seed)
 
 
-def pattern_study(dataset: str = "digits", size: int = 4, n_random: int = 4, seed: int = 0,
-                  n_pairs: int = 100, n_samples: int = 64):
-    data = load_dataset(dataset)
-    clean_run = train_backdoor(data, trigger=Patch(size=3), rate=0.0, target=0, progress=False)
+def _clean_model_run(data):
+    """The unpoisoned model the pattern studies craft on (the rate-0 control of the sweeps)."""
+    return train_backdoor(data, trigger=Patch(size=3), rate=0.0, target=0, progress=False)
+
+
+def _measure_patterns_of_size(data, clean_run, size: int, n_random: int, seed: int, n_pairs: int,
+                              n_samples: int):
     uap = universal_patch(clean_run.model, data.x_train, data.y_train, target=0, size=size,
                           position="center", seed=seed)
     pats = {"universal patch": uap, "white patch": Patch(size=size, position="center")}
     for i, p in enumerate(random_patches(n_random, size, data.image_shape[0], "center", seed=seed + 1)):
         pats[f"random patch {i + 1}"] = p
-    return clean_run, measure_patterns(clean_run.model, data.x_test, data.y_test, 0, pats,
-                                       default_sigmas(dataset), n_pairs, n_samples, seed)
+    return measure_patterns(clean_run.model, data.x_test, data.y_test, 0, pats,
+                            default_sigmas(data.name), n_pairs, n_samples, seed)
+
+
+def pattern_study(dataset: str = "digits", size: int = 4, n_random: int = 4, seed: int = 0,
+                  n_pairs: int = 100, n_samples: int = 64):
+    data = load_dataset(dataset)
+    clean_run = _clean_model_run(data)
+    return clean_run, _measure_patterns_of_size(data, clean_run, size, n_random, seed, n_pairs,
+                                                n_samples)
 
 
 def pattern_sizes(dataset: str = "digits", sizes=None, n_random: int = 2, seed: int = 0,
@@ -75,8 +86,10 @@ def pattern_sizes(dataset: str = "digits", sizes=None, n_random: int = 2, seed: 
     sizes = tuple(sizes) if sizes is not None else tuple(max(1, round(side * f)) for f in (0.25, 0.375, 0.5))
     for s in sizes:
         check_int("sizes", s, low=1, high=side - 2)
-    return {size: pattern_study(dataset, size=size, n_random=n_random, seed=seed, n_pairs=n_pairs,
-                                n_samples=n_samples)[1] for size in sizes}
+    data = load_dataset(dataset)  # loaded and the clean model opened once for every size
+    clean_run = _clean_model_run(data)
+    return {size: _measure_patterns_of_size(data, clean_run, size, n_random, seed, n_pairs, n_samples)
+            for size in sizes}
 
 
 def size_table(by_size: dict[int, list]) -> list[dict]:

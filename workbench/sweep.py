@@ -12,6 +12,7 @@ import concurrent.futures as cf
 import csv
 import hashlib
 import io
+import itertools
 import json
 import math
 import multiprocessing as mp
@@ -101,31 +102,31 @@ class SweepGrid:
                     raise ValueError(f"`targets` must be classes of {d!r}: ints in [0, "
                                      f"{n_classes - 1}]; got {t}.")
             blank = torch.zeros((1, *shape))
-            for kind in self.trigger_types:
-                for size in (self.trigger_sizes if kind in SIZED else (1,)):
-                    try:
-                        trigger_from_config(trigger_config(kind, size))(blank)
-                    except ValueError as exc:
-                        raise ValueError(f"`trigger_sizes`: a {kind} of size {size} does not fit "
-                                         f"the {shape[1]}x{shape[2]} images of {d!r} ({exc})") from None
+            for cfg in self._trigger_configs():
+                try:
+                    trigger_from_config(cfg)(blank)
+                except ValueError as exc:
+                    raise ValueError(f"`trigger_sizes`: a {cfg['type']} of size {cfg.get('size', 1)} "
+                                     f"does not fit the {shape[1]}x{shape[2]} images of {d!r} "
+                                     f"({exc})") from None
+
+    def _trigger_configs(self) -> list[dict]:
+        """One config per trigger type and size (one per type for triggers without a size)."""
+        return [trigger_config(kind, size) for kind in self.trigger_types
+                for size in (self.trigger_sizes if kind in SIZED else (1,))]
 
     def points(self) -> list[dict]:
         pts, seen = [], set()
-        for d in self.datasets:
-            for kind in self.trigger_types:
-                for size in (self.trigger_sizes if kind in SIZED else (0,)):
-                    for rate in self.rates:
-                        for target in self.targets:
-                            for seed in self.seeds:
-                                p = {"dataset": d, "trigger": trigger_config(kind, max(size, 1)),
-                                     "rate": float(rate), "target": int(target), "seed": int(seed),
-                                     "model": self.model, "epochs": self.epochs,
-                                     "n_pairs": self.n_pairs, "n_samples": self.n_samples,
-                                     "sigmas": list(self.sigmas) if self.sigmas else None}
-                                p["key"] = point_key(p)
-                                if p["key"] not in seen:
-                                    seen.add(p["key"])
-                                    pts.append(p)
+        for d, trig, rate, target, seed in itertools.product(
+                self.datasets, self._trigger_configs(), self.rates, self.targets, self.seeds):
+            p = {"dataset": d, "trigger": dict(trig), "rate": float(rate), "target": int(target),
+                 "seed": int(seed), "model": self.model, "epochs": self.epochs,
+                 "n_pairs": self.n_pairs, "n_samples": self.n_samples,
+                 "sigmas": list(self.sigmas) if self.sigmas else None}
+            p["key"] = point_key(p)
+            if p["key"] not in seen:
+                seen.add(p["key"])
+                pts.append(p)
         return pts
 
 
