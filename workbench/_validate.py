@@ -70,7 +70,8 @@ def check_sigmas(name: str, values: Iterable[Any]) -> list[float]:
 
 
 def check_images(name: str, x: Any) -> None:
-    """A float tensor of shape (N, C, H, W) with values in [0, 1]."""
+    """A float tensor of shape (N, C, H, W) with finite values in [0, 1] (NaN fails: `nan < 0` is
+    false, so a range check alone would let it through)."""
     import torch
 
     if not isinstance(x, torch.Tensor):
@@ -80,15 +81,32 @@ def check_images(name: str, x: Any) -> None:
         raise ValueError(f"`{name}` must have shape (N, C, H, W); got shape {tuple(x.shape)}.")
     if not x.is_floating_point():
         raise TypeError(f"`{name}` must be a floating-point tensor in [0, 1]; got dtype {x.dtype}.")
-    if x.numel() and (x.min() < 0 or x.max() > 1):
-        raise ValueError(f"`{name}` must hold values in [0, 1]; got range "
-                         f"[{x.min().item():.3g}, {x.max().item():.3g}].")
+    if not x.numel():
+        return
+    finite = torch.isfinite(x)
+    if not bool(finite.all()):
+        bad = int((~finite).sum())
+        raise ValueError(f"`{name}` must hold finite values in [0, 1]; got {bad} NaN or infinite "
+                         f"value{'s' if bad != 1 else ''}.")
+    lo, hi = x.min().item(), x.max().item()
+    if lo < 0 or hi > 1:
+        raise ValueError(f"`{name}` must hold values in [0, 1]; got range [{lo:.3g}, {hi:.3g}].")
 
 
-def check_seed(name: str, seed: Any) -> None:
+SEED_MAX = 2**63 - 2  # seeds feed torch generators (int64), and derived streams use seed + 1
+
+
+def check_seed(name: str, seed: Any, generator: bool = True):
+    """An int in [0, SEED_MAX] (numpy integers accepted) or, where `generator`, a torch.Generator.
+
+    Returns the seed as a Python int (or the generator)."""
     import torch
 
-    if isinstance(seed, torch.Generator):
-        return
-    if isinstance(seed, bool) or not isinstance(seed, Integral) or seed < 0:
-        raise TypeError(f"`{name}` must be an int >= 0 or a torch.Generator; got {seed!r}.")
+    allowed = f"an int in [0, {SEED_MAX}]" + (" or a torch.Generator" if generator else "")
+    if generator and isinstance(seed, torch.Generator):
+        return seed
+    if isinstance(seed, bool) or not isinstance(seed, Integral):
+        raise TypeError(f"`{name}` must be {allowed}; got {seed!r}.")
+    if not 0 <= seed <= SEED_MAX:
+        raise ValueError(f"`{name}` must be {allowed}; got {seed!r}.")
+    return int(seed)

@@ -3,6 +3,9 @@ built for the image size of their dataset (`build_model(..., image_size)`)."""
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+from typing import Iterator
+
 import torch
 from torch import nn
 
@@ -91,3 +94,39 @@ def default_device() -> torch.device:
     if mps is not None and mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")
+
+
+@contextmanager
+def preserve_model(model: nn.Module, *, train: bool = False,
+                   requires_grad: bool | None = None) -> Iterator[nn.Module]:
+    """Lend a caller's model to library code and give it back exactly as it was.
+
+    Inside the block the model is in eval mode (`train=False`) and, with `requires_grad` set, its
+    parameters' `requires_grad` flags are set to that value. On exit, however the block ends, every
+    submodule's train/eval mode, every parameter's `requires_grad` and `.grad`, and every
+    parameter's and buffer's tensor (so its device, dtype and memory format: `.to(device)` and
+    channels-last conversions inside the block are undone) are restored to what they were on entry.
+    Values written in place into the original tensors (training) are not undone: the guard is for
+    calls that only read the model. Every public function of the workbench that takes a model uses it.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"`model` must be a torch.nn.Module; got {type(model).__name__}.")
+    modes = [(m, m.training) for m in model.modules()]
+    params = [(p, p.data, p.requires_grad, p.grad) for p in model.parameters()]
+    buffers = [(m, name, b) for m in model.modules() for name, b in m._buffers.items()]
+    model.train(train)
+    if requires_grad is not None:
+        for p in model.parameters():
+            p.requires_grad_(requires_grad)
+    try:
+        yield model
+    finally:
+        for p, data, flag, grad in params:
+            if p.data is not data:
+                p.data = data
+            p.requires_grad_(flag)
+            p.grad = grad
+        for m, name, b in buffers:
+            m._buffers[name] = b
+        for m, mode in modes:
+            m.training = mode
