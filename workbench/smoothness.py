@@ -38,6 +38,10 @@ from tqdm.auto import tqdm
 
 from ._validate import check_choice, check_float, check_images, check_int, check_seed, check_sigmas
 
+# Version of the estimator's results: bump whenever a change can move any number it returns (noise
+# streams, statistics, defaults), so that stored results (sweep rows) made by older code are never
+# reused as if they were current.
+ESTIMATOR_VERSION = 2
 NOISE_BLOCK = 64  # samples per noise block: the unit of reproducible draws
 JACKKNIFE_GROUPS = 10  # groups for the delete-a-group jackknife (soft mode, jackknife bias fix)
 DEFAULT_MEMORY_BUDGET = 512 * 2**20  # bytes of working memory: noisy chunks + activations
