@@ -1,4 +1,9 @@
+import dataclasses
+import hashlib
+import json
 import multiprocessing as mp
+import time
+import types
 from pathlib import Path
 
 import pytest
@@ -110,3 +115,121 @@ def test_real_fashion_mnist_from_debian(tmp_path):
     _check(ds, "fashion-mnist", (1, 28, 28), 10)
     assert len(ds.y_train) == 60000 and len(ds.y_test) == 10000
     assert torch.bincount(ds.y_test).tolist() == [1000] * 10
+
+
+# --- Dataset.fingerprint -------------------------------------------------------------------------
+
+def _tiny(name="tiny", classes=("a", "b")):
+    x = torch.arange(24, dtype=torch.float32).reshape(3, 2, 2, 2) / 24
+    return wb_data.Dataset(name, x, torch.tensor([0, 1, 1]), x[:1], torch.tensor([1]), classes)
+
+
+def test_fingerprint_is_sha256_of_dtypes_shapes_bytes_and_classes():
+    ds = _tiny()
+    h = hashlib.sha256(b"workbench.Dataset.fingerprint v1\n")
+    for key in ("x_train", "y_train", "x_test", "y_test"):
+        t = getattr(ds, key)
+        header = {"tensor": key, "dtype": str(t.dtype), "shape": list(t.shape)}
+        h.update((json.dumps(header) + "\n").encode() + t.numpy().tobytes())
+    h.update(b'{"classes": ["a", "b"]}\n')
+    assert ds.fingerprint == h.hexdigest()
+    # Pinned: the same data gives this string in every process and on every machine; a change to
+    # what is hashed must bump FINGERPRINT_VERSION (cached runs are keyed on it).
+    assert ds.fingerprint == "91c61303e66c8b2c4affb62b3cce8d3a6dafa5f8a0e2e8a9ba383a71be6d66c7"
+
+
+def test_fingerprint_ignores_name_and_info_but_not_classes():
+    ds = _tiny()
+    assert _tiny(name="other").fingerprint == ds.fingerprint
+    assert dataclasses.replace(ds, info={"root": "/elsewhere"}).fingerprint == ds.fingerprint
+    assert _tiny(classes=("a", "c")).fingerprint != ds.fingerprint
+
+
+def test_fingerprint_same_for_same_content_in_two_folders(tmp_path):
+    write_idx(tmp_path / "a", "MNIST", seed=0)
+    write_idx(tmp_path / "b", "MNIST", seed=0)
+    a = wb.load_dataset("mnist", root=tmp_path / "a", download=False)
+    b = wb.load_dataset("mnist", root=tmp_path / "b", download=False)
+    assert a.info["root"] != b.info["root"] and a.fingerprint == b.fingerprint
+    assert len(a.fingerprint) == 64 and int(a.fingerprint, 16) >= 0
+
+
+def test_fingerprint_differs_for_other_images(tmp_path):
+    write_idx(tmp_path / "a", "MNIST", seed=0)
+    write_idx(tmp_path / "b", "MNIST", seed=1)
+    a = wb.load_dataset("mnist", root=tmp_path / "a", download=False)
+    b = wb.load_dataset("mnist", root=tmp_path / "b", download=False)
+    assert torch.equal(a.y_train, b.y_train) and a.fingerprint != b.fingerprint
+
+
+@pytest.mark.parametrize("file, offset", [("train-images-idx3-ubyte", 16 + 5 * 784 + 400),
+                                          ("t10k-images-idx3-ubyte", 16),
+                                          ("train-labels-idx1-ubyte", 8 + 7),
+                                          ("t10k-labels-idx1-ubyte", 8 + 11)])
+def test_fingerprint_changes_with_one_byte_of_any_file(tmp_path, file, offset):
+    write_idx(tmp_path / "a", "MNIST", seed=0)
+    write_idx(tmp_path / "b", "MNIST", seed=0)
+    path = tmp_path / "b" / "MNIST" / "raw" / file
+    blob = bytearray(path.read_bytes())
+    blob[offset] = (blob[offset] + 1) % 10  # a label stays a valid class
+    path.write_bytes(bytes(blob))
+    a = wb.load_dataset("mnist", root=tmp_path / "a", download=False)
+    b = wb.load_dataset("mnist", root=tmp_path / "b", download=False)
+    assert a.fingerprint != b.fingerprint
+
+
+def test_fingerprint_changes_with_one_label():
+    ds = _tiny()
+    y = ds.y_train.clone()
+    y[2] = 0
+    assert dataclasses.replace(ds, y_train=y).fingerprint != ds.fingerprint
+
+
+def test_fingerprint_of_truncated_dataset_differs(tmp_path):
+    write_idx(tmp_path, "MNIST", n_train=30, n_test=12)
+    full = wb.load_dataset("mnist", root=tmp_path, download=False)
+    small = wb.load_dataset("mnist", root=tmp_path, download=False, max_train=29)
+    fewer_test = wb.load_dataset("mnist", root=tmp_path, download=False, max_test=11)
+    assert small.info["max_train"] == 29 and small.info["max_test"] is None
+    assert len({full.fingerprint, small.fingerprint, fewer_test.fingerprint}) == 3
+
+
+def test_fingerprint_computed_once_and_kept(monkeypatch):
+    made = []
+
+    def counting_sha256(*args):
+        made.append(1)
+        return hashlib.sha256(*args)
+
+    monkeypatch.setattr(wb_data, "hashlib", types.SimpleNamespace(sha256=counting_sha256))
+    ds = _tiny()
+    first = ds.fingerprint
+    assert ds.fingerprint is first and len(made) == 1
+    assert ds.__dict__["fingerprint"] is first  # kept on the object, past the frozen __setattr__
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        ds.name = "x"
+    assert "fingerprint" not in repr(ds)
+    assert "fingerprint" not in {f.name for f in dataclasses.fields(ds)}
+
+
+def test_fingerprint_same_for_chunks_views_and_copies(monkeypatch):
+    ds = _tiny()
+    expected = ds.fingerprint
+    # a non-contiguous tensor with the same values hashes as its contiguous copy
+    xt = ds.x_train.transpose(2, 3).contiguous().transpose(2, 3)
+    assert not xt.is_contiguous() and torch.equal(xt, ds.x_train)
+    assert dataclasses.replace(ds, x_train=xt).fingerprint == expected
+    # chunk boundaries do not matter: 16-byte chunks are under one 32-byte image, one image each
+    monkeypatch.setattr(wb_data, "_HASH_CHUNK_BYTES", 16)
+    assert dataclasses.replace(ds).fingerprint == expected
+
+
+@pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist").is_dir(),
+                    reason="Debian's dataset-fashion-mnist is not installed")
+def test_real_fashion_mnist_fingerprint_is_fast(tmp_path):
+    ds = wb.load_dataset("fashion-mnist", root=tmp_path, download=False)
+    start = time.perf_counter()
+    fp = ds.fingerprint
+    took = time.perf_counter() - start
+    assert len(fp) == 64
+    assert took < 5.0, f"fingerprint of Fashion-MNIST took {took:.2f} s"  # about 0.1 s here
