@@ -94,7 +94,7 @@ def test_agrees_with_a_plain_per_input_loop(digits_run, digits, common_noise):
             blocks = []
             for b in range(math.ceil(n / sm.NOISE_BLOCK)):
                 words = (seed, j, b) if common_noise else (seed, j, b, s_i + 1)
-                g = torch.Generator().manual_seed(sm._mix(*words))
+                g = torch.Generator().manual_seed(sm.mix_seed(*words))
                 blocks.append(torch.randn((sm.NOISE_BLOCK, *x.shape[1:]), generator=g))
             eps = torch.cat(blocks)[:n]
             with torch.no_grad():
@@ -145,18 +145,47 @@ def test_soft_jackknife_intervals_cover():
     assert 0.88 <= cover <= 0.99, cover
 
 
-def test_certified_radius_matches_a_direct_computation(digits_run, digits):
-    res = wb.estimate_smoothness(digits_run.model, digits.x_test[:6], [0.1, 0.25], 200, seed=0)
+def test_certified_radius_is_cohen_certify(digits_run, digits):
+    """CERTIFY (Cohen et al. 2019): class picked on the selection votes, bounded on the others;
+    checked against scipy's exact binomial interval (an independent implementation)."""
+    sig = [0.1, 0.25]
+    res = wb.estimate_smoothness(digits_run.model, digits.x_test[:6], sig, 200, seed=0)
+    assert (res.selection_counts.sum(-1) == 20).all()  # samples 0, 10, ..., 190: a tenth
+    assert (res.selection_counts <= res.counts).all()
     r = res.certified_radius(alpha=0.001)
     for j in range(6):
-        for s_i, s in enumerate([0.1, 0.25]):
-            n_a = res.counts[j, s_i].max()
-            p_low = stats.beta.ppf(0.001, n_a, 200 - n_a + 1)  # Clopper–Pearson one-sided
+        for s_i, s in enumerate(sig):
+            top = res.selection_counts[j, s_i].argmax()
+            rest = res.counts[j, s_i] - res.selection_counts[j, s_i]
+            # one-sided 1 − α lower bound = lower end of the two-sided 1 − 2α exact interval
+            p_low = stats.binomtest(int(rest[top]), int(rest.sum())).proportion_ci(
+                confidence_level=1 - 2 * 0.001, method="exact").low
             expect = s * stats.norm.ppf(p_low) if p_low > 0.5 else 0.0
-            assert r[j, s_i] == pytest.approx(expect, rel=1e-9, abs=1e-12)
+            assert r[j, s_i] == pytest.approx(expect, rel=1e-6, abs=1e-9)
     assert (r[:, 0] > 0).any()
+    # the maximum over σ spends alpha / S on each scale (Bonferroni), so it is never larger
+    # than the per-σ radii at alpha and equals their maximum at alpha / S
+    m = res.max_certified_radius(alpha=0.001)
+    assert np.allclose(m, res.certified_radius(alpha=0.001 / 2).max(1))
+    assert (m <= r.max(1) + 1e-12).all()
+    assert np.array_equal(res.summary("certified"), res.max_certified_radius())
     with pytest.raises(ValueError, match="mode='hard'"):
         wb.estimate_smoothness(digits_run.model, digits.x_test[:2], [0.1], 20, mode="soft").certified_radius()
+
+
+def test_certified_radius_holds_at_its_level():
+    """Simulation: for a linear two-class model the smoothed classifier's true top-class
+    probability is Φ(margin/σ); a certified radius claims p_A >= Φ(R/σ). The claim must hold in
+    at least 1 − α of repetitions (here it should fail in about α of them: not more)."""
+    model = Linear2(torch.ones(1, 2, 2) / 2, b=-0.9)  # ‖w‖ = 1: margin = w·x + b
+    x = torch.full((400, 1, 2, 2), 0.5)  # w·x + b = 0.1: true p_A = Φ(0.1 / σ)
+    sigma, alpha = 0.1, 0.05
+    res = wb.estimate_smoothness(model, x, [sigma], 64, seed=7)
+    r = res.certified_radius(alpha=alpha)[:, 0]
+    p_true = stats.norm.cdf(0.1 / sigma)
+    claims = r > 0
+    wrong = claims & (stats.norm.cdf(r / sigma) > p_true + 1e-12)
+    assert claims.mean() > 0.5 and wrong.mean() <= alpha + 0.03, (claims.mean(), wrong.mean())
 
 
 def test_summaries():
@@ -175,13 +204,85 @@ def test_adaptive_sampling_reaches_the_target(digits_run, digits):
     x = digits.x_test[:6]
     res = wb.estimate_smoothness(digits_run.model, x, [0.2, 0.5, 0.8], 64, seed=0,
                                  target_se=0.03, max_samples=1024)
-    done = (res.entropy_se <= 0.03) | (res.n_samples == 1024)
-    assert done.all()
-    assert res.n_samples.min() == 64 and res.n_samples.max() > 64
+    z = stats.norm.ppf(0.975)
+    uncertainty = np.maximum(res.entropy_se, (res.ci_high - res.ci_low) / (2 * z))
+    assert ((uncertainty <= 0.03) | (res.n_samples == 1024)).all()
+    assert res.n_samples.min() < 1024 and res.n_samples.max() > 64  # stopped where precise enough
     # extra samples continue the same noise stream: a cell's first 64 draws are the fixed run's
     fixed = wb.estimate_smoothness(digits_run.model, x, [0.2, 0.5, 0.8], 1024, seed=0)
     full = res.n_samples == 1024
     assert np.array_equal(res.counts[full], fixed.counts[full])
+
+
+def test_adaptive_sampling_does_not_stop_on_a_one_class_cell():
+    # every vote in one class: SE 0 at the first round, but W is only known to be below the
+    # one-class bound; the old rule (SE <= target) stopped here at 64 samples
+    res = wb.estimate_smoothness(Constant([0.0, 1.0]), torch.rand(2, 1, 4, 4), [0.1], 64,
+                                 target_se=0.01, max_samples=8192)
+    assert (res.entropy_se == 0).all() and (res.entropy == 0).all()
+    z = stats.norm.ppf(0.975)
+    assert (res.n_samples > 64).all()
+    assert ((res.ci_high - res.ci_low) / (2 * z) <= 0.01).all()
+
+
+def test_one_class_interval_bound_is_clopper_pearson():
+    n, k = 50, 10
+    res = wb.estimate_smoothness(Constant(torch.arange(k, dtype=torch.float32)),
+                                 torch.rand(1, 1, 4, 4), [0.2], n)
+    # the other classes' mass is at most the exact (Clopper–Pearson) upper bound for 0 of n,
+    # and W is largest with that mass spread evenly over the other k − 1 classes
+    q = stats.binomtest(0, n).proportion_ci(0.95, method="exact").high
+    p = np.r_[1 - q, np.full(k - 1, q / (k - 1))]
+    assert res.ci_high[0, 0] == pytest.approx(stats.entropy(p), rel=1e-9)
+    assert res.ci_low[0, 0] == 0 and res.entropy[0, 0] == 0
+
+
+def test_miller_madow_stays_in_range_and_inside_its_interval():
+    # K = 2, n = 4: the plug-in is log 2 at a 2/2 split, and + (m − 1)/(2n) = 1/8 went above log K
+    model = Linear2(torch.ones(1, 2, 2), b=-2.0)
+    x = torch.full((200, 1, 2, 2), 0.5)  # on the boundary: p = 1/2
+    res = wb.estimate_smoothness(model, x, [1.0], 4, bias_correction="miller-madow", seed=0)
+    h = res.entropy[:, 0]
+    assert (h <= math.log(2) + 1e-12).all() and (h >= 0).all()
+    assert ((res.ci_low[:, 0] <= h + 1e-12) & (h <= res.ci_high[:, 0] + 1e-12)).all()
+    assert np.isclose(h, math.log(2)).any()  # clipped there, where the old code gave log 2 + 1/8
+
+
+def test_jackknife_bias_correction_reduces_the_bias():
+    # P(class 1) = Φ((w·x + b) / (σ‖w‖)) exactly; at n = 20 the plug-in is biased low
+    model = Linear2(torch.ones(1, 2, 2), b=-2.2)
+    x = torch.full((300, 1, 2, 2), 0.5)
+    sigma = 0.5
+    p1 = stats.norm.cdf(-0.2 / (sigma * 2.0))
+    h_true = _binary_entropy(p1)
+    plug = wb.estimate_smoothness(model, x, [sigma], 20, seed=0).entropy[:, 0]
+    jk = wb.estimate_smoothness(model, x, [sigma], 20, seed=0, bias_correction="jackknife").entropy[:, 0]
+    assert abs(jk.mean() - h_true) < 0.5 * abs(plug.mean() - h_true)
+    assert (jk >= 0).all() and (jk <= math.log(2)).all()
+
+
+def test_results_do_not_depend_on_memory_budget_batch_size_or_precision(digits_run, digits):
+    x = digits.x_test[:5]
+    base = wb.estimate_smoothness(digits_run.model, x, [0.1, 0.4], 200, seed=3)
+    small = wb.estimate_smoothness(digits_run.model, x, [0.1, 0.4], 200, seed=3,
+                                   memory_budget=2**20, batch_size=7)
+    assert np.array_equal(base.counts, small.counts)
+    # bf16 autocast on the CPU: votes may differ only near decision boundaries
+    bf = wb.estimate_smoothness(digits_run.model, x, [0.1, 0.4], 200, seed=3, precision="bf16")
+    assert bf.settings["precision"] == "bf16"
+    assert np.abs(bf.counts - base.counts).sum() / base.counts.sum() < 0.05
+
+
+def test_soft_mode_radius_starts_at_the_first_sigma():
+    sig = np.array([0.1, 0.2, 0.3])
+    h = np.array([[0.5, 0.6, 0.7], [0.0, 0.1, 0.3]])
+    res = sm.SmoothnessResult(sig, h, h * 0, h, h, np.zeros((2, 3, 10)), None, np.full((2, 3), 10),
+                              10, {"mode": "soft"})
+    r = res.smoothness_radius(threshold=0.2)
+    assert r[0] == pytest.approx(0.1)  # soft W never starts at 0: above already at the first σ
+    assert r[1] == pytest.approx(0.25)
+    with pytest.raises(ValueError, match=r"`threshold` must be a float in \(0, 2.30"):
+        res.smoothness_radius(threshold=5.0)
 
 
 def test_common_random_numbers(digits_run, digits):
@@ -223,7 +324,17 @@ def test_clip_normalize_and_settings():
     (dict(mode="fuzzy"), ValueError, "`mode` must be one of 'hard', 'soft'; got 'fuzzy'"),
     (dict(noise="laplace"), ValueError, "`noise` must be one of"),
     (dict(clip=(1, 0)), ValueError, "`clip` must be"),
-    (dict(seed=-1), TypeError, "`seed` must be an int >= 0"),
+    (dict(seed=-1), ValueError, r"`seed` must be an int in \[0, "),
+    (dict(seed=2**64), ValueError, r"`seed` must be an int in \[0, "),
+    (dict(clip=(float("nan"), 1)), ValueError, "`clip` must be"),
+    (dict(mode="soft", n_samples=5), ValueError, r"`n_samples` must be >= 10"),
+    (dict(bias_correction="jackknife", n_samples=5), ValueError, r"`n_samples` must be >= 10"),
+    (dict(inputs=torch.rand(0, 1, 4, 4)), ValueError, "`inputs` must hold at least one image"),
+    (dict(inputs=torch.full((2, 1, 4, 4), float("nan"))), ValueError, "`inputs` must hold finite"),
+    (dict(inputs=torch.full((2, 1, 4, 4), float("inf"))), ValueError, "`inputs` must hold finite"),
+    (dict(n_samples=10**12), ValueError, "`n_samples` asks for up to"),
+    (dict(device="nonsense"), ValueError, "`device` must be a device of this machine, one of cpu"),
+    (dict(confidence=float("nan")), ValueError, "`confidence`"),
     (dict(confidence=1.0), ValueError, "`confidence`"),
     (dict(mode="soft", bias_correction="miller-madow"), ValueError, "mode='hard' only"),
     (dict(max_samples=10), ValueError, "`max_samples`"),

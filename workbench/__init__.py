@@ -13,8 +13,8 @@ from . import triggers  # noqa: E402
 from .data import DATASETS, Dataset, data_dir, load_dataset  # noqa: E402
 from .models import MODELS, build_model, default_device  # noqa: E402
 from .poison import PoisonedSet, TriggeredPairs, poison_dataset, triggered_pairs  # noqa: E402
-from .smoothness import (ComparisonResult, SmoothnessResult, compare_smoothness,  # noqa: E402
-                         estimate_smoothness, paired_gap)
+from .smoothness import SmoothnessResult, estimate_smoothness  # noqa: E402
+from .comparison import ComparisonResult, compare_smoothness, paired_gap  # noqa: E402
 from .train import (BackdoorRun, TrainConfig, attack_success_rate, clean_accuracy,  # noqa: E402
                     is_cached, load_run, predict, train_backdoor)
 from .experiments import default_sigmas, smoothing_analysis  # noqa: E402

@@ -21,6 +21,7 @@ def _interval(low, high, low_open, high_open) -> str:
 
 
 def check_int(name: str, value: Any, low: int | None = None, high: int | None = None) -> int:
+    """An int (numpy integers accepted, bools refused) in [low, high]."""
     if isinstance(value, bool) or not isinstance(value, Integral):
         raise TypeError(f"`{name}` must be an int in {_interval(low, high, False, False)}; "
                         f"got {value!r}.")
@@ -32,11 +33,13 @@ def check_int(name: str, value: Any, low: int | None = None, high: int | None = 
 
 def check_float(name: str, value: Any, low: float | None = None, high: float | None = None,
                 low_open: bool = False, high_open: bool = False) -> float:
+    """A finite real (numpy floats and ints accepted, bools refused) in the interval; NaN and
+    infinities are refused whatever the bounds."""
     if isinstance(value, bool) or not isinstance(value, Real):
         raise TypeError(f"`{name}` must be a float in "
                         f"{_interval(low, high, low_open, high_open)}; got {value!r}.")
     v = float(value)
-    bad = math.isnan(v)
+    bad = not math.isfinite(v)
     if low is not None:
         bad |= v <= low if low_open else v < low
     if high is not None:
@@ -110,3 +113,55 @@ def check_seed(name: str, seed: Any, generator: bool = True):
     if not 0 <= seed <= SEED_MAX:
         raise ValueError(f"`{name}` must be {allowed}; got {seed!r}.")
     return int(seed)
+
+
+def available_devices() -> list[str]:
+    """Device names torch can use on this machine: "cpu", "cuda:0", ..., "mps"."""
+    import torch
+
+    out = ["cpu"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        out.append("mps")
+    return out
+
+
+def check_device(name: str, device: Any):
+    """A torch.device that exists on this machine (a str such as "cpu", "cuda", "cuda:1", or a
+    torch.device), named with what is available when it does not."""
+    import torch
+
+    avail = available_devices()
+    if isinstance(device, bool) or not isinstance(device, (str, torch.device)):
+        raise TypeError(f"`{name}` must be a str or torch.device, one of {', '.join(avail)}; "
+                        f"got {device!r}.")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"`{name}` must be a device of this machine, one of {', '.join(avail)}; "
+                         f"got {device!r}.") from None
+    ok = (dev.type == "cpu"
+          or (dev.type == "cuda" and torch.cuda.is_available()
+              and (dev.index is None or dev.index < torch.cuda.device_count()))
+          or (dev.type == "mps" and "mps" in avail))
+    if not ok:
+        raise ValueError(f"`{name}` must be a device of this machine, one of {', '.join(avail)}; "
+                         f"got {device!r}.")
+    return dev
+
+
+def check_labels(name: str, y: Any, n: int) -> None:
+    """An integer label tensor of shape (n,), n >= 1: one label per image."""
+    import torch
+
+    if not isinstance(y, torch.Tensor) or y.is_floating_point() or y.is_complex() \
+            or y.dtype == torch.bool:
+        raise TypeError(f"`{name}` must be an integer torch.Tensor of labels; got "
+                        f"{getattr(y, 'dtype', type(y).__name__)}.")
+    if tuple(y.shape) != (n,):
+        raise ValueError(f"`{name}` must have shape ({n},), one label per image; got "
+                         f"{tuple(y.shape)}.")
+    if n == 0:
+        raise ValueError(f"`{name}` must hold at least one label; got none.")
+    if int(y.min()) < 0:
+        raise ValueError(f"`{name}` must hold class indices >= 0; got {int(y.min())}.")

@@ -20,9 +20,11 @@ import torch
 from sklearn.metrics import roc_auc_score, roc_curve
 from torch import nn
 
-from ._validate import check_choice, check_images, check_int
+from ._validate import check_choice, check_images, check_int, check_seed, check_sigmas
 from .poison import make_generator
-from .smoothness import _check_model, _model_device, estimate_smoothness
+from .models import preserve_model
+from .sampling import check_model as _check_model, check_model_input, model_device as _model_device
+from .smoothness import estimate_smoothness
 
 
 @torch.inference_mode()
@@ -33,27 +35,27 @@ def strip_entropy(model: nn.Module, inputs: torch.Tensor, clean_pool: torch.Tens
     check_images("inputs", inputs)
     check_images("clean_pool", clean_pool)
     check_int("n_blend", n_blend, low=1)
+    check_int("batch_size", batch_size, low=1)
+    if not len(clean_pool):
+        raise ValueError("`clean_pool` must hold at least one image to blend with; got none.")
     if inputs.shape[1:] != clean_pool.shape[1:]:
         raise ValueError(f"`clean_pool` images must have the shape of `inputs` {tuple(inputs.shape[1:])}; "
                          f"got {tuple(clean_pool.shape[1:])}.")
     dev = _model_device(model)
+    check_model_input(model, inputs, "inputs")
     g = make_generator(seed)
     # the same blend partners for every input: a paired design, and reproducible
     idx = torch.randint(0, len(clean_pool), (n_blend,), generator=g)
     partners = clean_pool[idx].to(dev)  # (B, C, H, W)
-    was_training = model.training
-    model.eval()
     out = []
-    try:
+    with preserve_model(model):
         per_chunk = max(1, batch_size // n_blend)
         for i in range(0, len(inputs), per_chunk):
             x = inputs[i:i + per_chunk].to(dev)  # (n, C, H, W)
             blends = 0.5 * x[:, None] + 0.5 * partners[None]  # (n, B, C, H, W)
             p = model(blends.flatten(0, 1)).softmax(-1).double()  # (n·B, K)
-            h = -(p * torch.log(p.clamp_min(1e-300))).sum(-1).view(len(x), n_blend)
+            h = torch.special.entr(p).sum(-1).view(len(x), n_blend)
             out.append(h.mean(1).cpu())
-    finally:
-        model.train(was_training)
     return torch.cat(out).numpy()
 
 
@@ -90,7 +92,15 @@ def roc_analysis(method: str, clean_scores, triggered_scores) -> DetectionResult
 def compare_detectors(model: nn.Module, clean: torch.Tensor, triggered: torch.Tensor,
                       clean_pool: torch.Tensor, sigmas, n_samples: int = 64, n_blend: int = 64,
                       seed: int = 0) -> list[DetectionResult]:
-    """STRIP, mean-W and radius scores on the same model and inputs."""
+    """STRIP, mean-W and radius scores on the same model and inputs (all checked first)."""
+    _check_model(model)
+    for name, x in (("clean", clean), ("triggered", triggered), ("clean_pool", clean_pool)):
+        check_images(name, x)
+        check_model_input(model, x, name)
+    check_sigmas("sigmas", sigmas)
+    check_int("n_samples", n_samples, low=1)
+    check_int("n_blend", n_blend, low=1)
+    check_seed("seed", seed, generator=False)
     out = [roc_analysis("STRIP (50/50 blend, mean entropy)",
                         -strip_entropy(model, clean, clean_pool, n_blend, seed),
                         -strip_entropy(model, triggered, clean_pool, n_blend, seed))]

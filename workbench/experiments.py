@@ -7,10 +7,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._validate import check_int, check_sigmas
+from ._validate import check_choice, check_int, check_sigmas
 from .data import Dataset
 from .poison import TriggeredPairs, triggered_pairs
-from .smoothness import ComparisonResult, compare_smoothness
+from .comparison import ComparisonResult, compare_smoothness
 from .train import BackdoorRun, predict
 
 # Default σ grids, chosen from measured curves (benchmarks/RESULTS.md, "σ grids"): they end where
@@ -26,8 +26,13 @@ DEFAULT_SIGMAS = {
 
 
 def default_sigmas(dataset: str) -> list[float]:
-    """The default σ grid for a dataset (12 scales)."""
-    return [float(s) for s in DEFAULT_SIGMAS.get(dataset.split("[")[0], DEFAULT_SIGMAS["digits"])]
+    """The default σ grid for a dataset (12 scales). `dataset`: a name of DATASETS, or a run's
+    config name for a truncated dataset ("digits[300,None]")."""
+    if not isinstance(dataset, str):
+        raise TypeError(f"`dataset` must be a dataset name, one of {', '.join(DEFAULT_SIGMAS)}; "
+                        f"got {dataset!r}.")
+    check_choice("dataset", dataset.split("[")[0], tuple(DEFAULT_SIGMAS))
+    return [float(s) for s in DEFAULT_SIGMAS[dataset.split("[")[0]]]
 
 
 @dataclass(frozen=True)

@@ -21,8 +21,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._validate import check_choice, check_float, check_images, check_int
-from .smoothness import _check_model, _model_device, estimate_smoothness
+from ._validate import check_choice, check_float, check_images, check_int, check_seed
+from .models import preserve_model
+from .sampling import check_model as _check_model, check_model_input, model_device as _model_device
+from .smoothness import estimate_smoothness
 from .triggers import Trigger
 
 DIRECTIONS = ("trigger", "random", "gradient")
@@ -60,7 +62,7 @@ def direction(model: nn.Module, x: torch.Tensor, kind: str, trigger: Trigger | N
         g = torch.Generator().manual_seed(seed)
         return torch.randn(x.shape, generator=g).to(x.device)
     xg = x[None].clone().requires_grad_(True)
-    with torch.enable_grad():
+    with preserve_model(model), torch.enable_grad():
         logits = model(xg)
         loss = nn.functional.cross_entropy(logits, logits.argmax(1).detach())
         (grad,) = torch.autograd.grad(loss, xg)
@@ -90,10 +92,19 @@ def landscape_2d(model: nn.Module, x: torch.Tensor, directions=("trigger", "rand
     resolution = check_int("resolution", resolution, 3, 201)
     if sigma is not None:
         sigma = check_float("sigma", sigma, 0.0, None, low_open=True)
+    n_samples = check_int("n_samples", n_samples, low=1)
+    seed = check_seed("seed", seed, generator=False)
+    if trigger is not None and not isinstance(trigger, Trigger):
+        raise TypeError(f"`trigger` must be a workbench.triggers.Trigger or None; got "
+                        f"{type(trigger).__name__}.")
     dev = _model_device(model)
-    was_training = model.training
-    model.eval()
-    try:
+    check_model_input(model, x[None], "x")
+    if clean is not None:
+        if not isinstance(clean, torch.Tensor) or clean.reshape(-1).shape != x.reshape(-1).shape:
+            raise ValueError(f"`clean` must be one image of the shape of `x` {tuple(x.shape)}; got "
+                             f"{tuple(getattr(clean, 'shape', ())) or type(clean).__name__}.")
+        check_images("clean", clean.reshape(1, *x.shape))
+    with preserve_model(model):
         x = x.to(dev)
         c_ = None if clean is None else (clean[0] if clean.ndim == 4 else clean).to(dev)
         raw = [direction(model, x, d, trigger, seed + i, c_) for i, d in enumerate(directions)]
@@ -111,8 +122,6 @@ def landscape_2d(model: nn.Module, x: torch.Tensor, directions=("trigger", "rand
         if sigma is not None:
             res = estimate_smoothness(model, pts, [sigma], n_samples, seed=seed, clip=True)
             ent = res.entropy[:, 0].reshape(resolution, resolution)
-    finally:
-        model.train(was_training)
     markers = {"input": (0.0, 0.0)}
     if "trigger" in directions and trigger is not None:
         d = raw[directions.index("trigger")]

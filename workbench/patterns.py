@@ -22,10 +22,12 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ._validate import check_float, check_int
+from ._validate import check_float, check_images, check_int, check_labels, check_seed
 from .poison import make_generator, triggered_pairs
-from .smoothness import ComparisonResult, _check_model, _model_device, compare_smoothness
-from .train import predict
+from .comparison import ComparisonResult, compare_smoothness
+from .models import preserve_model
+from .sampling import check_model as _check_model, check_model_input, model_device as _model_device
+from .train import attack_success_rate
 from .triggers import PatternPatch
 
 
@@ -35,10 +37,15 @@ def universal_patch(model: nn.Module, x_clean: torch.Tensor, y_clean: torch.Tens
                     progress: bool = False) -> PatternPatch:
     """Optimise a patch's content (Adam on logits of the pixels) to push inputs to `target`."""
     _check_model(model)
-    check_int("target", target, low=0)
-    check_int("size", size, low=1)
-    check_int("steps", steps, low=1)
+    check_images("x_clean", x_clean)
+    k = check_model_input(model, x_clean, "x_clean")
+    check_labels("y_clean", y_clean, len(x_clean))
+    target = check_int("target", target, 0, k - 1)
+    size = check_int("size", size, low=1, high=min(x_clean.shape[2:]))
+    steps = check_int("steps", steps, low=1)
     lr = check_float("lr", lr, 0.0, None, low_open=True)
+    batch_size = check_int("batch_size", batch_size, low=1)
+    check_seed("seed", seed)
     dev = _model_device(model)
     keep = y_clean != target
     x = x_clean[keep].to(dev)
@@ -48,15 +55,11 @@ def universal_patch(model: nn.Module, x_clean: torch.Tensor, y_clean: torch.Tens
     c = x.shape[1]
     theta = (torch.randn((c, size, size), generator=g) * 0.1).to(dev).requires_grad_(True)
     opt = torch.optim.Adam([theta], lr=lr)
-    was_training = model.training
-    model.eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
     # where the patch goes (the trigger's own placement rule), found once
     m, _ = PatternPatch(torch.sigmoid(theta).detach(), position, margin).mask_and_pattern(
         x.shape[1:], dev, x.dtype)
     r0, c0 = (int(v) for v in torch.nonzero(m[0])[0])
-    try:
+    with preserve_model(model, requires_grad=False):  # the caller's model comes back unchanged
         for _ in tqdm(range(steps), desc="universal patch", disable=not progress, leave=False):
             idx = torch.randint(0, len(x), (min(batch_size, len(x)),), generator=g).to(dev)
             xb = x[idx].clone()
@@ -65,10 +68,6 @@ def universal_patch(model: nn.Module, x_clean: torch.Tensor, y_clean: torch.Tens
             opt.zero_grad()
             loss.backward()
             opt.step()
-    finally:
-        for p in model.parameters():
-            p.requires_grad_(True)
-        model.train(was_training)
     return PatternPatch(torch.sigmoid(theta).detach().cpu(), position, margin)
 
 
@@ -95,8 +94,7 @@ def measure_patterns(model: nn.Module, x_test: torch.Tensor, y_test: torch.Tenso
     """Success rate and smoothing gap of each pattern, on the same test pairs."""
     out = []
     for name, trig in patterns.items():
-        keep = y_test != target
-        success = float((predict(model, trig(x_test[keep])) == target).float().mean())
+        success = attack_success_rate(model, x_test, y_test, trig, target)
         pairs = triggered_pairs(x_test, y_test, trig, target, n=n_pairs, seed=seed)
         cmp = compare_smoothness(model, pairs.clean, pairs.triggered, sigmas, n_samples, seed=seed)
         out.append(PatternMeasurement(name, trig, success, cmp))

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ._validate import check_float, check_int, check_seed
+from ._validate import check_float, check_images, check_int, check_labels, check_seed
 from .triggers import Trigger
 
 
@@ -46,8 +46,10 @@ def poison_dataset(x: torch.Tensor, y: torch.Tensor, trigger: Trigger, rate: flo
                    seed: int | torch.Generator = 0) -> PoisonedSet:
     """Stamp `trigger` on round(rate·N) training images of classes other than `target`."""
     _check_trigger(trigger)
+    check_images("x", x)
+    check_labels("y", y, len(x))
     rate = check_float("rate", rate, 0.0, 1.0)
-    num_classes = int(y.max().item()) + 1 if len(y) else 0
+    num_classes = int(y.max().item()) + 1
     target = check_int("target", target, 0, max(num_classes - 1, 0))
     eligible = torch.nonzero(y != target).flatten()  # (E,)
     n_poison = int(round(rate * len(y)))
@@ -77,10 +79,16 @@ def triggered_pairs(x_test: torch.Tensor, y_test: torch.Tensor, trigger: Trigger
                     n: int | None = None, seed: int | torch.Generator = 0) -> TriggeredPairs:
     """Up to `n` random non-target test inputs (all if n is None) and their triggered twins."""
     _check_trigger(trigger)
-    target = check_int("target", target, low=0)
+    check_images("x_test", x_test)
+    check_labels("y_test", y_test, len(x_test))
+    # the labels only tell the largest class present; a target beyond it is no class of the data
+    target = check_int("target", target, 0, int(y_test.max()))
     if n is not None:
         check_int("n", n, low=1)
     eligible = torch.nonzero(y_test != target).flatten()
+    if not len(eligible):
+        raise ValueError(f"`y_test` must hold inputs of classes other than `target` {target}; "
+                         "every label is the target.")
     if n is not None and n < len(eligible):
         g = make_generator(seed)
         eligible = eligible[torch.randperm(len(eligible), generator=g)[:n]].sort().values

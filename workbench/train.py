@@ -1,21 +1,28 @@
 """Training backdoored models, with cached runs and safe checkpoints.
 
-A run is cached under `data/runs/<hash>/` by a hash of its full configuration (dataset, trigger,
-rate, target, model, optimiser settings, seed, cache format): asking for the same configuration
-again loads it in well under a second. A checkpoint is a folder with `model.pt` (a state dict read
-with `torch.load(weights_only=True)`, PyTorch's restricted unpickler, so a crafted file cannot run
-code) and `run.json` (configuration, metrics, history, package versions).
+A run is cached under `data/runs/<hash>/` by a hash of its full configuration: the dataset's
+name and a SHA-256 fingerprint of its training and test tensors (`Dataset.fingerprint`, so two
+folders holding different images under one name never share a run), `max_train`, the trigger,
+rate, target, model, optimiser settings, seed, and the workbench's version and cache format.
+Asking for the same configuration again loads it in well under a second. A cached run is trusted
+only after `workbench.runstore`'s checks pass (its stored configuration equals the request, the
+weights match their recorded checksum, the architecture's names and shapes, and are finite, the
+metrics have their types); otherwise a warning names the folder and the reason, and the run is
+retrained and replaces the entry. One process trains a configuration at a time: the others wait
+on the entry's lock and then load what it saved. A checkpoint is a folder with `model.pt` (a state
+dict read with `torch.load(weights_only=True)`, PyTorch's restricted unpickler, so a crafted file
+cannot run code) and `run.json` (configuration, metrics, history, package versions).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import platform
-import shutil
-import tempfile
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -24,13 +31,17 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ._validate import check_choice, check_float, check_int
+from . import runstore
+from ._validate import (check_choice, check_device, check_float, check_images, check_int,
+                        check_labels, check_seed)
 from .data import DATASETS, Dataset, data_dir, load_dataset
-from .models import MODELS, build_model, default_device
+from .models import MODELS, build_model, default_device, preserve_model
 from .poison import make_generator, poison_dataset
 from .triggers import Patch, Trigger, trigger_from_config
 
-CACHE_FORMAT = 2  # bump when training code changes results, so old cached runs are not reused
+# Bump when training code changes results, so old cached runs are not reused. 3: keys cover the
+# data's fingerprint and the workbench version; run.json records the weights' checksum.
+CACHE_FORMAT = 3
 
 # Per-dataset defaults, chosen from measurements (benchmarks/RESULTS.md): enough epochs for clean
 # accuracy and ASR to plateau on 2 CPU cores within the time budgets of the demo and notebooks.
@@ -58,6 +69,9 @@ class TrainConfig:
     weight_decay: float  # Adam weight decay
     seed: int  # seeds model initialisation, poisoning choice and shuffling
     max_train: int | None = None  # train on the first max_train images only (None = all)
+    data_fingerprint: str = ""  # Dataset.fingerprint: SHA-256 of the train/test tensors
+    max_test: int | None = None  # the dataset's own truncation of its test split, if any
+    workbench: str = ""  # workbench version that trained it
     cache_format: int = CACHE_FORMAT  # version of the training code's results
 
     def key(self) -> str:
@@ -107,69 +121,107 @@ class BackdoorRun:
                 f"attack_success_rate={self.attack_success_rate:.4f})")
 
     def save(self, path: str | os.PathLike, overwrite: bool = False) -> Path:
-        """Write `model.pt` and `run.json` into folder `path`, atomically."""
+        """Write `model.pt` and `run.json` into folder `path`, atomically: a reader of `path` sees
+        the old run or the new one, never a partial or missing folder (see workbench.runstore)."""
+        if not isinstance(path, (str, os.PathLike)):
+            raise TypeError(f"`path` must be a str or os.PathLike; got {type(path).__name__}.")
+        if not isinstance(overwrite, bool):
+            raise TypeError(f"`overwrite` must be a bool; got {overwrite!r}.")
         path = Path(path)
-        if path.exists() and not overwrite:
+        if path.exists() and not overwrite:  # before taking any lock: nothing is touched
             raise FileExistsError(f"`path` {path} exists; pass overwrite=True to replace it.")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-        try:
-            state = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
-            torch.save(state, tmp / "model.pt")
-            meta = {"config": self.config, "clean_accuracy": self.clean_accuracy,
-                    "attack_success_rate": self.attack_success_rate, "history": self.history,
-                    "poison_indices": self.poison_indices, "train_seconds": self.train_seconds,
-                    "environment": self.environment, "model_class": type(self.model).__name__}
-            (tmp / "run.json").write_text(json.dumps(meta, indent=1))
-            if path.exists():  # swap in the new folder, then drop the old one
-                old = path.with_name(f".{path.name}.old")
-                shutil.rmtree(old, ignore_errors=True)
-                path.rename(old)
-                tmp.rename(path)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                tmp.rename(path)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        self.path = str(path)
+        with runstore.locked(path):
+            runstore.recover(path)
+            self._write(path, overwrite)
         return path
+
+    def _write(self, path: Path, overwrite: bool) -> None:
+        """Save with the lock of `path` already held."""
+        state = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
+        meta = {"config": self.config, "clean_accuracy": self.clean_accuracy,
+                "attack_success_rate": self.attack_success_rate, "history": self.history,
+                "poison_indices": self.poison_indices, "train_seconds": self.train_seconds,
+                "environment": self.environment, "model_class": type(self.model).__name__}
+        runstore.write_run(path, state, meta, overwrite)
+        self.path = str(path)
 
 
 def load_run(path: str | os.PathLike, device: str | torch.device | None = None) -> BackdoorRun:
-    """Load a run saved by `BackdoorRun.save` (weights only: no code in the file can run)."""
+    """Load a run saved by `BackdoorRun.save` (weights only: no code in the file can run).
+
+    Everything is checked before it is returned (workbench.runstore): a damaged or edited folder
+    raises `RunFileError` (a ValueError) naming the file and what is wrong with it.
+    """
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"`path` must be a str or os.PathLike; got {type(path).__name__}.")
+    dev = check_device("device", device) if device is not None else default_device()
     path = Path(path)
-    if not (path / "run.json").is_file() or not (path / "model.pt").is_file():
-        raise FileNotFoundError(f"`path` {path} must be a run folder holding run.json and model.pt.")
-    meta = json.loads((path / "run.json").read_text())
-    state = torch.load(path / "model.pt", map_location="cpu", weights_only=True)
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"{path / 'model.pt'} is not a state dict of tensors.")
+    if not path.exists() and path.with_name(f".{path.name}.old").is_dir():
+        with runstore.locked(path):  # a save was killed between its two renames
+            runstore.recover(path)
+    meta, blob = runstore.read_run_files(path)
+    runstore.check_meta(path / "run.json", meta)
     cfg = meta["config"]
+    check_choice("model", cfg["model"], MODELS)
+    try:
+        trigger_from_config(cfg["trigger"])
+    except (TypeError, ValueError, KeyError) as exc:
+        raise runstore.RunFileError(f"{path / 'run.json'}: `config.trigger` is not a valid "
+                                    f"trigger ({exc}).") from None
     shape = cfg["image_shape"]
     model = build_model(cfg["model"], shape[0], cfg["num_classes"], tuple(shape[1:]))
+    state = runstore.load_state(path / "model.pt", blob, meta["weights_sha256"], model)
     model.load_state_dict(state)
-    model.eval().to(device or default_device())
-    return BackdoorRun(model, cfg, meta["clean_accuracy"], meta["attack_success_rate"],
-                       meta["history"], meta["poison_indices"], meta["train_seconds"],
-                       meta.get("environment", {}), str(path))
+    model.eval().to(dev)
+    return BackdoorRun(model, cfg, float(meta["clean_accuracy"]),
+                       float(meta["attack_success_rate"]), meta["history"],
+                       meta["poison_indices"], float(meta["train_seconds"]),
+                       meta["environment"], str(path))
 
 
-@torch.inference_mode()
+def _check_cached(run: BackdoorRun, cfg: TrainConfig, data: Dataset) -> None:
+    """A loaded cache entry must be exactly the run that was asked for."""
+    want = json.loads(json.dumps(asdict(cfg)))  # as it reads back from run.json
+    diff = [k for k in want if run.config.get(k) != want[k]]
+    if diff:
+        k = diff[0]
+        raise runstore.RunFileError(f"its run.json says {k}={run.config.get(k)!r}, but "
+                                    f"{want[k]!r} was asked for")
+    if (list(run.config["image_shape"]) != list(data.image_shape)
+            or run.config["num_classes"] != data.num_classes):
+        raise runstore.RunFileError("its image shape or number of classes differs from the data's")
+
+
 def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
-    """Predicted labels (N,) on the model's device, returned on the CPU."""
-    device = next(model.parameters()).device
-    out = [model(x[i:i + batch_size].to(device)).argmax(1).cpu() for i in range(0, len(x), batch_size)]
+    """Predicted labels (N,) of `model` in eval mode, returned on the CPU (the model is left as
+    it was: mode, device, flags)."""
+    from .smoothness import check_model_input  # the shape check shared with every entry point
+
+    check_images("x", x)
+    check_int("batch_size", batch_size, low=1)
+    check_model_input(model, x, "x")
+    device = next(model.parameters()).device if any(True for _ in model.parameters()) else x.device
+    with preserve_model(model), torch.inference_mode():
+        out = [model(x[i:i + batch_size].to(device)).argmax(1).cpu()
+               for i in range(0, len(x), batch_size)]
     return torch.cat(out) if out else torch.empty(0, dtype=torch.int64)
 
 
 def clean_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    """Fraction of `x` that `model` labels `y`."""
+    check_labels("y", y, len(x))
     return float((predict(model, x) == y).float().mean())
 
 
 def attack_success_rate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, trigger: Trigger,
                         target: int) -> float:
-    """Fraction of test inputs of classes other than `target` that the trigger sends to `target`."""
+    """Fraction of test inputs of classes other than `target` that the trigger sends to `target`
+    (BadNets, Gu et al. 2017). NaN when every input is of the target class (nothing to attack).
+    The one implementation of ASR in the workbench: use it rather than re-deriving it."""
+    check_labels("y", y, len(x))
+    if not isinstance(trigger, Trigger):
+        raise TypeError(f"`trigger` must be a workbench.triggers.Trigger; got {type(trigger).__name__}.")
+    target = check_int("target", target, low=0)
     keep = y != target
     if not keep.any():
         return float("nan")
@@ -186,26 +238,53 @@ def train_backdoor(data: Dataset | str = "digits", trigger: Trigger | None = Non
 
     data: a Dataset or a dataset name. trigger: default Patch(size=3). rate 0 trains a clean model.
     epochs, batch_size, lr: None for the dataset's defaults (see DEFAULTS).
-    cache: reuse a run trained before with the same configuration (under data/runs/).
+    cache: reuse a run trained before with the same configuration and data (under data/runs/).
+        A cached entry that fails its checks is reported with a warning and retrained. Processes
+        asking for one new configuration at once train it once: the first trains and saves, the
+        others wait for it and load the result.
     callbacks: functions called as cb(epoch, model, entry) after each epoch (entry is the
     history dict); a cached run is reused only when no callbacks are given.
     """
     data, trigger, cfg = _prepare(data, trigger, rate, target, model, epochs, seed, batch_size,
                                   lr, weight_decay, max_train)
-    if callbacks is not None and not all(callable(cb) for cb in callbacks):
-        raise TypeError("`callbacks` must be a list of callables cb(epoch, model, entry).")
+    if callbacks is not None:
+        if not isinstance(callbacks, (list, tuple)) or not all(callable(cb) for cb in callbacks):
+            raise TypeError("`callbacks` must be a list of callables cb(epoch, model, entry); got "
+                            f"{callbacks!r}.")
+    if not isinstance(cache, bool):
+        raise TypeError(f"`cache` must be a bool; got {cache!r}.")
+    device = check_device("device", device) if device is not None else default_device()
+    if not cache or callbacks:
+        return _train(data, trigger, cfg, device, progress, list(callbacks or []))
     cache_dir = data_dir() / "runs" / cfg.key()
-    device = torch.device(device) if device is not None else default_device()
-    if cache and not callbacks and cache_dir.exists():
-        try:
-            return load_run(cache_dir, device)
-        except Exception:  # a stale or damaged cache entry is retrained, never trusted
-            pass
-
-    run = _train(data, trigger, cfg, device, progress, callbacks or [])
-    if cache:
-        run.save(cache_dir, overwrite=True)
+    run = _load_cached(cache_dir, cfg, data, device, warn=False)  # the common case: no lock
+    if run is not None:
+        return run
+    with runstore.locked(cache_dir):  # one trainer per configuration; the others wait, then load
+        runstore.recover(cache_dir)
+        run = _load_cached(cache_dir, cfg, data, device, warn=True)
+        if run is not None:
+            return run
+        run = _train(data, trigger, cfg, device, progress, [])
+        run._write(cache_dir, overwrite=True)
     return run
+
+
+def _load_cached(cache_dir: Path, cfg: TrainConfig, data: Dataset, device,
+                 warn: bool) -> BackdoorRun | None:
+    """The cached run of `cfg`, or None (with a warning naming the reason when `warn` and an
+    entry exists but fails a check: it will be retrained and replaced)."""
+    if not cache_dir.exists():
+        return None
+    try:
+        run = load_run(cache_dir, device)
+        _check_cached(run, cfg, data)
+        return run
+    except (OSError, ValueError) as exc:
+        if warn:
+            warnings.warn(f"Cached run {cache_dir} is not usable ({exc}); retraining it and "
+                          "replacing the entry.", RuntimeWarning, stacklevel=3)
+        return None
 
 
 def _prepare(data, trigger, rate, target, model, epochs, seed, batch_size, lr, weight_decay,
@@ -223,21 +302,26 @@ def _prepare(data, trigger, rate, target, model, epochs, seed, batch_size, lr, w
     rate = check_float("rate", rate, 0.0, 1.0)
     target = check_int("target", target, 0, data.num_classes - 1)
     check_choice("model", model, MODELS)
-    check_int("seed", seed, low=0)
+    seed = check_seed("seed", seed, generator=False)
     d = DEFAULTS.get(data.name, DEFAULTS["digits"])
-    epochs = check_int("epochs", d["epochs"] if epochs is None else epochs, low=1)
+    epochs = check_int("epochs", d["epochs"] if epochs is None else epochs, low=1, high=10_000)
     batch_size = check_int("batch_size", d["batch_size"] if batch_size is None else batch_size, low=1)
-    lr = check_float("lr", d["lr"] if lr is None else lr, 0.0, None, low_open=True)
-    weight_decay = check_float("weight_decay", weight_decay, 0.0)
+    lr = check_float("lr", d["lr"] if lr is None else lr, 0.0, 10.0, low_open=True)
+    weight_decay = check_float("weight_decay", weight_decay, 0.0, 10.0)
     if max_train is not None:
-        check_int("max_train", max_train, low=1)
+        max_train = check_int("max_train", max_train, low=1)
+    for name in ("x_train", "x_test"):
+        check_images(f"data.{name}", getattr(data, name))
     trigger(data.x_test[:1])  # fails now, not after training, if the trigger does not fit
     name = data.name
     if data.info.get("max_train") or data.info.get("max_test"):
         # a truncated dataset is a different experiment: keep it out of the full run's cache slot
         name = f"{data.name}[{data.info.get('max_train')},{data.info.get('max_test')}]"
+    from . import __version__
+
     cfg = TrainConfig(name, trigger.to_config(), rate, target, model, epochs, batch_size, lr,
-                      weight_decay, seed, max_train)
+                      weight_decay, seed, max_train, data.fingerprint, data.info.get("max_test"),
+                      __version__)
     return data, trigger, cfg
 
 
@@ -245,10 +329,12 @@ def is_cached(data: Dataset | str = "digits", trigger: Trigger | None = None, ra
               target: int = 0, model: str = "small-cnn", epochs: int | None = None, seed: int = 0,
               *, batch_size: int | None = None, lr: float | None = None, weight_decay: float = 0.0,
               max_train: int | None = None) -> bool:
-    """Whether `train_backdoor` with these arguments would load a cached run."""
-    _, _, cfg = _prepare(data, trigger, rate, target, model, epochs, seed, batch_size, lr,
-                         weight_decay, max_train)
-    return (data_dir() / "runs" / cfg.key() / "run.json").is_file()
+    """Whether `train_backdoor` with these arguments would load a cached run (the entry exists and
+    passes every check a load makes)."""
+    data, _, cfg = _prepare(data, trigger, rate, target, model, epochs, seed, batch_size, lr,
+                            weight_decay, max_train)
+    return _load_cached(data_dir() / "runs" / cfg.key(), cfg, data, torch.device("cpu"),
+                        warn=False) is not None
 
 
 def _train(data: Dataset, trigger: Trigger, cfg: TrainConfig, device, progress, callbacks) -> BackdoorRun:

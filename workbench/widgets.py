@@ -22,7 +22,8 @@ from .experiments import default_sigmas
 from .landscape import DIRECTIONS, landscape_2d
 from .models import MODELS
 from .poison import triggered_pairs
-from .smoothness import compare_smoothness, estimate_smoothness
+from .comparison import compare_smoothness
+from .smoothness import estimate_smoothness
 from .train import BackdoorRun, is_cached, predict, train_backdoor
 from .triggers import CORNERS, TRIGGERS, trigger_from_config
 

@@ -1,0 +1,160 @@
+"""The statistics of the workbench: W_σ of one cell with its uncertainty, the certified radius,
+and the interval and correlation statistics the studies report (no sampling, no plotting).
+
+Entropy of one cell (method.md): W = −Σ_c p̂_c log p̂_c (nats), p̂ the vote frequencies (hard mode)
+or the mean softmax (soft mode) of n noisy copies.
+- Hard mode standard error: the delta method for the multinomial plug-in entropy,
+  Var(Ĥ) ≈ (Σ p (log p)² − H²)/n (Basharin 1959).
+- Soft mode, and the jackknife bias correction: a delete-a-group jackknife over G groups of
+  samples (Efron & Stein 1981), with t quantiles on G − 1 degrees of freedom.
+- Bias: the plug-in entropy is biased low by ≈ (K−1)/(2n); Miller (1955)–Madow add (m−1)/(2n),
+  m = classes seen. Every corrected estimate is clipped to [0, log K], the range of an entropy.
+- A cell whose votes all fell in one class has delta-method SE 0, yet its entropy is only known to
+  be below the entropy of the distribution that puts the Clopper–Pearson upper bound
+  q = 1 − (α/2)^(1/n) on the other classes (spread evenly over them): its interval's upper end.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from scipy import special, stats
+
+from ._validate import check_float
+
+
+def entropy(p: np.ndarray) -> np.ndarray:
+    """−Σ p log p over the last axis (nats), with 0·log 0 = 0 (scipy.special.entr)."""
+    return special.entr(p).sum(-1)
+
+
+def group_sizes(n_used: np.ndarray, groups: int) -> np.ndarray:
+    """(..., G) samples per group when sample i belongs to group i mod G."""
+    g = np.arange(groups)
+    return ((n_used[..., None] - 1 - g) // groups + 1).clip(min=0).astype(float)
+
+
+def one_class_upper(n: np.ndarray, k: int, confidence: float) -> np.ndarray:
+    """Upper bound on W for a cell of n votes that all fell in one class of k.
+
+    The other classes' total mass q is below the Clopper–Pearson upper bound 1 − (α/2)^(1/n)
+    (α = 1 − confidence); the entropy is largest when q is spread evenly over the k − 1 others.
+    """
+    q = 1 - ((1 - confidence) / 2) ** (1 / np.asarray(n, float))
+    q = np.minimum(q, (k - 1) / k)  # beyond the uniform distribution the bound is log k
+    return -(1 - q) * np.log1p(-q) - q * np.log(q / (k - 1))
+
+
+def cell_statistics(sums: np.ndarray, group_sums: np.ndarray | None, n_used: np.ndarray, k: int,
+                    mode: str, normalize: bool, bias_correction: str | None, confidence: float,
+                    groups: int):
+    """Entropy, standard error, interval and frequencies of cells (..., K) of summed votes.
+
+    sums: (N, S, K) vote counts (hard) or softmax sums (soft); group_sums: (N, S, G, K) the same
+    per sample group (soft mode, jackknife correction) or None; n_used: (N, S) samples per cell.
+    Returns (h, se, lo, hi, p), each (N, S) but p (N, S, K); all in nats, or fractions of log K.
+    """
+    n = n_used[..., None].astype(float)
+    p = sums / n
+    h = entropy(p)
+    log_k = math.log(k)
+    if group_sums is not None:
+        loo = (sums[:, :, None] - group_sums) / (n[:, :, None] - group_sizes(n_used, groups)[..., None])
+        h_loo = entropy(loo)  # (N, S, G) leave-one-group-out entropies
+        se_jk = np.sqrt((groups - 1) / groups * ((h_loo - h_loo.mean(-1, keepdims=True)) ** 2).sum(-1))
+    if mode == "hard":
+        with np.errstate(divide="ignore", invalid="ignore"):
+            log_p = np.where(p > 0, np.log(p), 0.0)
+        se = np.sqrt(np.maximum((p * log_p**2).sum(-1) - h**2, 0.0) / n[..., 0])
+    else:
+        se = se_jk
+    if bias_correction == "miller-madow":
+        h = h + ((p > 0).sum(-1) - 1) / (2 * n[..., 0])
+    elif bias_correction == "jackknife":
+        h = groups * h - (groups - 1) * h_loo.mean(-1)
+    h = np.clip(h, 0.0, log_k)  # a corrected estimate can leave the entropy's range
+    # jackknife SEs rest on G − 1 degrees of freedom: t quantiles, not normal ones, or the
+    # intervals undercover (measured: 86% for a nominal 95% with G = 10)
+    z = stats.norm.ppf(0.5 + confidence / 2) if mode == "hard" else stats.t.ppf(
+        0.5 + confidence / 2, groups - 1)
+    lo, hi = np.clip(h - z * se, 0, log_k), np.clip(h + z * se, 0, log_k)
+    if mode == "hard":
+        one_class = (p > 0).sum(-1) == 1
+        hi = np.where(one_class, np.maximum(hi, one_class_upper(n[..., 0], k, confidence)), hi)
+    if normalize:
+        h, se, lo, hi = h / log_k, se / log_k, lo / log_k, hi / log_k
+    return h, se, lo, hi, p
+
+
+def precision_reached(se: np.ndarray, lo: np.ndarray, hi: np.ndarray, target_se: float,
+                      z: float) -> np.ndarray:
+    """(N, S) bool: cells whose uncertainty is at most `target_se`, read from the interval.
+
+    The interval's half-width over z is the SE where the normal interval applies, and the honest
+    uncertainty where it does not: a one-class cell (delta-method SE 0, interval up to the
+    one-class bound) and cells clipped at 0 or log K are not "done" merely because their SE is
+    small."""
+    return np.maximum(se, (hi - lo) / (2 * z)) <= target_se
+
+
+def clopper_pearson_lower(successes: np.ndarray, n: np.ndarray, alpha: float) -> np.ndarray:
+    """One-sided (1 − alpha) Clopper–Pearson lower bound on a binomial proportion (0 where no
+    successes)."""
+    successes, n = np.asarray(successes), np.asarray(n)
+    with np.errstate(invalid="ignore"):
+        low = stats.beta.ppf(alpha, successes, n - successes + 1)
+    return np.where(successes > 0, low, 0.0)
+
+
+def certified_radii(counts: np.ndarray, select_counts: np.ndarray, n_used: np.ndarray,
+                    sigmas: np.ndarray, alpha: float) -> tuple[np.ndarray, np.ndarray]:
+    """Cohen, Rosenfeld & Kolter (ICML 2019) CERTIFY on each cell: ((N, S) radii, (N, S) classes).
+
+    The top class ĉ is chosen on the selection votes (`select_counts`, group 0); its probability
+    is bounded on the other votes only (counts − select_counts), with a one-sided (1 − alpha)
+    Clopper–Pearson bound p̲; R = σ·Φ⁻¹(p̲) where p̲ > 1/2, else 0 (abstain). Each radius holds
+    with probability at least 1 − alpha over the noise.
+    """
+    top = select_counts.argmax(-1)  # (N, S)
+    est = counts - select_counts
+    n_est = est.sum(-1)
+    n_a = np.take_along_axis(est, top[..., None], -1)[..., 0]
+    p_low = clopper_pearson_lower(n_a, n_est, alpha)
+    radius = sigmas[None, :] * stats.norm.ppf(np.clip(p_low, 1e-300, 1.0))
+    return np.where(p_low > 0.5, radius, 0.0), top
+
+
+def t_interval(d, confidence: float = 0.95) -> tuple[float, float, float, float]:
+    """(mean, standard error, low, high): Student's t-interval of the mean of `d` (n >= 2)."""
+    d = np.asarray(d, float)
+    if len(d) < 2:
+        raise ValueError(f"`d` must hold at least 2 values for an interval; got {len(d)}.")
+    mean = float(d.mean())
+    se = float(d.std(ddof=1) / math.sqrt(len(d)))
+    if se == 0:  # scipy's t-test is undefined for constant data: the interval is the point
+        return mean, 0.0, mean, mean
+    ci = stats.ttest_1samp(d, 0.0).confidence_interval(confidence)
+    return mean, se, float(ci.low), float(ci.high)
+
+
+def spearman_ci(x, y, confidence: float = 0.95) -> dict:
+    """Spearman's rank correlation with a Fisher-z interval (SE = sqrt(1.06 / (n − 3)), Fieller,
+    Hartley & Pearson 1957). Needs n >= 4 points."""
+    confidence = check_float("confidence", confidence, 0.0, 1.0, low_open=True, high_open=True)
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    n = len(x)
+    if n < 4:
+        raise ValueError(f"`x` must have at least 4 points for a correlation interval; got {n}.")
+    if len(y) != n:
+        raise ValueError(f"`y` must have as many points as `x` ({n}); got {len(y)}.")
+    res = stats.spearmanr(x, y)
+    rho = float(res.statistic)
+    z = math.atanh(max(min(rho, 0.999999), -0.999999))
+    half = stats.norm.ppf(0.5 + confidence / 2) * math.sqrt(1.06 / (n - 3))
+    return {"rho": rho, "p_value": float(res.pvalue), "ci": (math.tanh(z - half), math.tanh(z + half)),
+            "n": n}
+
+
+__all__ = ["entropy", "cell_statistics", "one_class_upper", "precision_reached",
+           "clopper_pearson_lower", "certified_radii", "t_interval", "spearman_ci", "group_sizes"]
