@@ -72,20 +72,100 @@ def write_idx(root: Path, folder: str, n_train=30, n_test=12, seed=0, gz=False) 
                 (raw / name).write_bytes(blob)
 
 
-def write_cifar(root: Path, n_per_batch=6, seed=0) -> None:
-    """CIFAR-10 python pickle batches in torchvision's layout."""
+def py2_pickle(obj) -> bytes:
+    """`obj` as Python 2's cPickle.dump(obj, f, 2) wrote the official CIFAR-10 files.
+
+    Python 2 `str` become (SHORT_)BINSTRING; a numpy array is rebuilt through
+    `numpy.core.multiarray._reconstruct(numpy.ndarray, (0,), 'b')` and a BUILD with state
+    (1, shape, numpy.dtype('u1', 0, 1) + its state, fortran=False, raw bytes), numpy 1.x's
+    `ndarray.__reduce__`. Handles dict, list, tuple, str, bytes, int, None and arrays of a
+    1-byte dtype.
+    """
+    out = bytearray(b"\x80\x02")
+
+    def string(v):
+        b = v.encode("latin1") if isinstance(v, str) else bytes(v)
+        out.extend((b"U" + bytes([len(b)])) if len(b) < 256 else b"T" + struct.pack("<i", len(b)))
+        out.extend(b)
+
+    def integer(v):
+        if 0 <= v < 256:
+            out.extend(b"K" + bytes([v]))
+        elif 0 <= v < 65536:
+            out.extend(b"M" + struct.pack("<H", v))
+        else:
+            out.extend(b"J" + struct.pack("<i", v))
+
+    def save(o):
+        if isinstance(o, dict):
+            out.extend(b"}(")
+            for k, v in o.items():
+                save(k)
+                save(v)
+            out.extend(b"u")
+        elif isinstance(o, list):
+            out.extend(b"](")
+            for v in o:
+                save(v)
+            out.extend(b"e")
+        elif isinstance(o, tuple):
+            out.extend(b"(" if not 1 <= len(o) <= 3 else b"")
+            for v in o:
+                save(v)
+            out.extend(b"t" if not 1 <= len(o) <= 3 else b"\x85\x86\x87"[len(o) - 1:len(o)])
+        elif isinstance(o, (str, bytes)):
+            string(o)
+        elif o is None:
+            out.extend(b"N")
+        elif isinstance(o, (int, np.integer)):
+            integer(int(o))
+        elif isinstance(o, np.ndarray):
+            assert o.dtype.itemsize == 1, "only 1-byte dtypes (no byte order) are written"
+            out.extend(b"cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\n")
+            out.extend(b"K\x00\x85U\x01b\x87R(K\x01")
+            save(tuple(o.shape))
+            out.extend(b"cnumpy\ndtype\n")
+            string(o.dtype.str[1:])  # "u1"
+            out.extend(b"K\x00K\x01\x87R(K\x03U\x01|NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tb")
+            out.extend(b"\x89")  # not Fortran order
+            string(np.ascontiguousarray(o).tobytes())
+            out.extend(b"tb")
+        else:
+            raise TypeError(f"py2_pickle cannot write {type(o).__name__}")
+
+    save(obj)
+    out.extend(b".")
+    return bytes(out)
+
+
+CIFAR_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
+               "truck"]
+
+
+def write_cifar(root: Path, n_per_batch=6, seed=0, protocol=None) -> None:
+    """CIFAR-10 python pickle batches in torchvision's layout, with random images.
+
+    protocol: None writes each file as the official ones are written (Python 2 cPickle, protocol
+    2, with their keys: see `py2_pickle`); an int writes Python 3 pickles of that protocol, as a
+    user building batches locally would. Not the official data: load with verify_checksums=False.
+    """
     rng = np.random.default_rng(seed)
     base = root / "cifar-10-batches-py"
     base.mkdir(parents=True, exist_ok=True)
+    dump = py2_pickle if protocol is None else (lambda o: pickle.dumps(o, protocol=protocol))
     names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
-    for name in names:
+    for k, name in enumerate(names):
         data = rng.integers(0, 256, (n_per_batch, 3072), dtype=np.uint8)
         labels = [int(i % 10) for i in range(n_per_batch)]
-        with open(base / name, "wb") as f:
-            pickle.dump({"data": data, "labels": labels}, f)  # keys as the py2 files load
-    with open(base / "batches.meta", "wb") as f:
-        pickle.dump({"label_names": ["airplane", "automobile", "bird", "cat", "deer", "dog",
-                                     "frog", "horse", "ship", "truck"]}, f)
+        batch = {"data": data, "labels": labels}
+        if protocol is None:
+            batch.update({"batch_label": f"batch {k + 1} of 6",
+                          "filenames": [f"img_{k}_{i:05d}.png" for i in range(n_per_batch)]})
+        (base / name).write_bytes(dump(batch))
+    meta = {"label_names": CIFAR_NAMES}
+    if protocol is None:
+        meta.update({"num_cases_per_batch": n_per_batch, "num_vis": 3072})
+    (base / "batches.meta").write_bytes(dump(meta))
 
 
 def write_gtsrb(root: Path, classes=(0, 1, 2), per_class=3, n_test=4, seed=0) -> None:

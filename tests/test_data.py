@@ -2,16 +2,20 @@ import dataclasses
 import hashlib
 import json
 import multiprocessing as mp
+import os
+import pickle
+import pickletools
 import time
 import types
 from pathlib import Path
 
 import pytest
+import numpy as np
 import torch
 
 import workbench as wb
 from workbench import data as wb_data
-from helpers import write_cifar, write_gtsrb, write_idx
+from helpers import CIFAR_NAMES, py2_pickle, write_cifar, write_gtsrb, write_idx
 
 
 def _check(ds, name, shape, n_classes):
@@ -61,10 +65,11 @@ def test_fashion_mnist_from_idx_files(tmp_path):
 
 
 def test_cifar10_from_pickle_batches(tmp_path):
-    write_cifar(tmp_path, n_per_batch=6)
-    ds = wb.load_dataset("cifar10", root=tmp_path, download=False)
+    write_cifar(tmp_path, n_per_batch=6)  # laid out as the official files, random images
+    ds = wb.load_dataset("cifar10", root=tmp_path, download=False, verify_checksums=False)
     _check(ds, "cifar10", (3, 32, 32), 10)
     assert len(ds.y_train) == 30 and len(ds.y_test) == 6 and ds.classes[1] == "automobile"
+    assert ds.info["checksums_verified"] is False
 
 
 def test_gtsrb_from_folders(tmp_path):
@@ -233,3 +238,189 @@ def test_real_fashion_mnist_fingerprint_is_fast(tmp_path):
     took = time.perf_counter() - start
     assert len(fp) == 64
     assert took < 5.0, f"fingerprint of Fashion-MNIST took {took:.2f} s"  # about 0.1 s here
+
+
+# --- CIFAR-10: published checksums, and no code from data files ---------------------------------
+
+def _cifar_files(tmp_path):
+    return tmp_path / "cifar-10-batches-py"
+
+
+def test_cifar10_batch_values_labels_and_layout(tmp_path):
+    write_cifar(tmp_path, n_per_batch=4, seed=7)
+    base = _cifar_files(tmp_path)
+    ds = wb.load_dataset("cifar10", root=tmp_path, download=False, verify_checksums=False)
+    raw = pickle.loads((base / "data_batch_2").read_bytes(), encoding="latin1")  # our own file
+    # row = 1024 red, 1024 green, 1024 blue, each 32x32 row-major: image 4 is batch 2's first
+    assert torch.equal(ds.x_train[4], torch.from_numpy(raw["data"][0]).reshape(3, 32, 32) / 255.0)
+    assert ds.y_train.tolist() == [0, 1, 2, 3] * 5 and ds.y_test.tolist() == [0, 1, 2, 3]
+    assert ds.classes == tuple(CIFAR_NAMES)
+
+
+def test_official_cifar10_layout_needs_only_three_numpy_globals(tmp_path):
+    # py2_pickle writes what Python 2's cPickle wrote for the official batches: a dict of py2
+    # strings, a list of ints and numpy 1.x's array reduction. Those name three globals only.
+    write_cifar(tmp_path, n_per_batch=3)
+    blob = (_cifar_files(tmp_path) / "data_batch_1").read_bytes()
+    assert blob[:2] == b"\x80\x02"
+    names = {arg.replace(" ", ".") for op, arg, _ in pickletools.genops(blob)
+             if op.name == "GLOBAL"}
+    assert names == {"numpy.core.multiarray._reconstruct", "numpy.ndarray", "numpy.dtype"}
+    ds = wb.load_dataset("cifar10", root=tmp_path, download=False, verify_checksums=False)
+    assert len(ds.y_train) == 15
+
+
+@pytest.mark.parametrize("protocol", [2, 3, 4, 5])
+def test_cifar10_batches_built_with_python3_pickle_load(tmp_path, protocol):
+    # numpy 2 names numpy._core; protocol 2 rebuilds bytes with _codecs.encode; 5 uses _frombuffer
+    write_cifar(tmp_path, n_per_batch=5, protocol=protocol)
+    ds = wb.load_dataset("cifar10", root=tmp_path, download=False, verify_checksums=False)
+    _check(ds, "cifar10", (3, 32, 32), 10)
+    assert len(ds.y_train) == 25 and ds.classes[-1] == "truck"
+
+
+def test_cifar10_checksums_match_torchvisions_published_ones():
+    from torchvision.datasets import CIFAR10
+
+    assert [list(f) for f in wb_data.CIFAR10_TRAIN_FILES] == CIFAR10.train_list
+    assert [list(f) for f in wb_data.CIFAR10_TEST_FILES] == CIFAR10.test_list
+    assert wb_data.CIFAR10_META_FILE == (CIFAR10.meta["filename"], CIFAR10.meta["md5"])
+
+
+def test_cifar10_wrong_checksum_names_the_file_and_the_opt_out(tmp_path):
+    write_cifar(tmp_path)
+    with pytest.raises(ValueError, match=r"data_batch_1 has MD5 [0-9a-f]{32}, not the published "
+                                         r"c99cafc152244af753f735de768cd75f \(6 more files.*"
+                                         r"verify_checksums=False"):
+        wb.load_dataset("cifar10", root=tmp_path, download=False)
+
+
+def test_cifar10_checksum_is_checked_before_anything_is_unpickled(tmp_path, monkeypatch):
+    write_cifar(tmp_path)
+    monkeypatch.setattr(wb_data, "_CifarUnpickler", None)  # any unpickling would now fail
+    with pytest.raises(ValueError, match="not the published"):
+        wb.load_dataset("cifar10", root=tmp_path, download=False)
+
+
+def test_cifar10_is_never_unpickled_by_torchvision(tmp_path, monkeypatch):
+    import torchvision.datasets.cifar as tv_cifar
+
+    write_cifar(tmp_path)
+    monkeypatch.setattr(tv_cifar, "pickle", None)  # torchvision's reader would fail
+    ds = wb.load_dataset("cifar10", root=tmp_path, download=False, verify_checksums=False)
+    assert len(ds.y_test) == 6
+
+
+def test_verify_checksums_must_be_a_bool(tmp_path):
+    with pytest.raises(TypeError, match=r"`verify_checksums` must be True or False; got 'no'\."):
+        wb.load_dataset("cifar10", root=tmp_path, download=False, verify_checksums="no")
+    with pytest.raises(TypeError, match="`verify_checksums`"):
+        wb.load_dataset("digits", verify_checksums=1)
+
+
+class _RunsShell:
+    """Pickles to `os.system(command)`: unpickling it with plain pickle runs the command."""
+
+    def __init__(self, command):
+        self.command = command
+
+    def __reduce__(self):
+        return os.system, (self.command,)
+
+
+def _crafted(file: str, marker: Path) -> bytes:
+    payload = _RunsShell(f"touch {marker}")
+    if file == "batches.meta":
+        return pickle.dumps({"label_names": payload}, protocol=2)
+    return pickle.dumps({"data": payload, "labels": [0]}, protocol=2)
+
+
+def test_crafted_pickle_really_runs_its_command(tmp_path):
+    # The payload the next tests plant is live: plain pickle runs it.
+    marker = tmp_path / "ran"
+    pickle.loads(_crafted("data_batch_1", marker))
+    assert marker.exists()
+
+
+def _publish(monkeypatch, base):
+    """Pretend the files now in `base` are the official ones: their MD5s become the published."""
+    md5 = lambda f: hashlib.md5((base / f).read_bytes()).hexdigest()  # noqa: E731
+    for table in ("CIFAR10_TRAIN_FILES", "CIFAR10_TEST_FILES"):
+        monkeypatch.setattr(wb_data, table, tuple((f, md5(f)) for f, _ in getattr(wb_data, table)))
+    name = wb_data.CIFAR10_META_FILE[0]
+    monkeypatch.setattr(wb_data, "CIFAR10_META_FILE", (name, md5(name)))
+
+
+def test_cifar10_with_the_published_checksums_loads_verified(tmp_path, monkeypatch):
+    write_cifar(tmp_path, n_per_batch=3)
+    _publish(monkeypatch, _cifar_files(tmp_path))
+    ds = wb.load_dataset("cifar10", root=tmp_path, download=False)
+    assert len(ds.y_train) == 15 and ds.info["checksums_verified"] is True
+
+
+@pytest.mark.parametrize("verify", [True, False])
+@pytest.mark.parametrize("file", ["data_batch_3", "test_batch", "batches.meta"])
+def test_crafted_cifar_file_is_refused_and_runs_nothing(tmp_path, monkeypatch, file, verify):
+    write_cifar(tmp_path)
+    _publish(monkeypatch, _cifar_files(tmp_path))  # every other file is as published
+    marker = tmp_path / "pwned"
+    path = _cifar_files(tmp_path) / file
+    path.write_bytes(_crafted(file, marker))
+    expected = (r"has MD5 [0-9a-f]{32}, not the published [0-9a-f]{32}: it is not the official"
+                if verify else
+                r"refuses to load CIFAR-10 file .*: it references `(posix|nt|os)\.system`, which "
+                r"a CIFAR-10 batch never contains")
+    with pytest.raises(ValueError, match=expected) as info:
+        wb.load_dataset("cifar10", root=tmp_path, download=False, verify_checksums=verify)
+    assert str(path) in str(info.value)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("batch, message", [
+    ([1, 2], "must hold a dict; got list"),
+    ({"labels": [0]}, r"`data` must be a uint8 array of shape \(N, 3072\) with N >= 1; got no"),
+    ({"data": np.zeros((2, 3072), np.float32), "labels": [0, 1]}, "got float32 array"),
+    ({"data": np.zeros((2, 3071), np.uint8), "labels": [0, 1]}, r"shape \(2, 3071\)"),
+    ({"data": np.zeros((2, 3072), np.uint8), "labels": [0]}, "one label per image \\(2\\); got 1"),
+    ({"data": np.zeros((2, 3072), np.uint8), "labels": [0, 10]}, r"in \[0, 9\]; got 10"),
+    ({"data": np.zeros((2, 3072), np.uint8), "labels": [0, True]}, "list of ints"),
+    ({"data": np.zeros((2, 3072), np.uint8), "labels": "01"}, "list of ints; got str"),
+])
+def test_cifar10_batch_structure_is_checked(tmp_path, batch, message):
+    write_cifar(tmp_path)
+    path = _cifar_files(tmp_path) / "data_batch_2"
+    path.write_bytes(pickle.dumps(batch, protocol=4))
+    with pytest.raises(ValueError, match=message) as info:
+        wb.load_dataset("cifar10", root=tmp_path, download=False, verify_checksums=False)
+    assert str(path) in str(info.value)
+
+
+def test_cifar10_meta_and_damaged_files_are_checked(tmp_path):
+    write_cifar(tmp_path)
+    base = _cifar_files(tmp_path)
+    (base / "batches.meta").write_bytes(py2_pickle({"label_names": ["a", "b"]}))
+    with pytest.raises(ValueError, match=r"batches.meta: `label_names` must be a list of 10"):
+        wb.load_dataset("cifar10", root=tmp_path, download=False, verify_checksums=False)
+    (base / "test_batch").write_bytes((base / "data_batch_1").read_bytes()[:500])
+    with pytest.raises(ValueError, match=r"test_batch is not a readable pickle"):
+        wb.load_dataset("cifar10", root=tmp_path, download=False, verify_checksums=False)
+
+
+def test_cifar10_download_goes_through_torchvision_then_the_safe_reader(tmp_path, monkeypatch):
+    import torchvision.datasets.utils as tv_utils
+    from torchvision.datasets import CIFAR10
+
+    calls = []
+
+    def fake_download(url, download_root, filename=None, md5=None, **kwargs):
+        calls.append((url, download_root, filename, md5))
+        write_cifar(Path(download_root), n_per_batch=2)  # stands in for the unpacked archive
+
+    monkeypatch.setattr(tv_utils, "download_and_extract_archive", fake_download)
+    ds = wb.load_dataset("cifar10", root=tmp_path, download=True, verify_checksums=False)
+    assert calls == [(CIFAR10.url, str(tmp_path), CIFAR10.filename, CIFAR10.tgz_md5)]
+    assert len(ds.y_train) == 10
+    # files present: no second download; and without the opt-out the checksums are checked
+    with pytest.raises(ValueError, match="not the published"):
+        wb.load_dataset("cifar10", root=tmp_path, download=True)
+    assert len(calls) == 1

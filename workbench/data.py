@@ -1,10 +1,14 @@
 """Datasets as in-memory tensors: images (N, C, H, W) float32 in [0, 1], labels (N,) int64.
 
 `digits` (scikit-learn's handwritten digits) is embedded and works offline everywhere. The others
-go through torchvision's own loaders and look for files, in order: under the data folder
-(`data/` or `$WORKBENCH_DATA`), for Fashion-MNIST in Debian's `/usr/share/datasets/fashion-mnist`,
-else a download when `download=True` (or `download=None` and the host is reachable), else a clear
-error saying how to get them.
+look for files in torchvision's layout, in order: under the data folder (`data/` or
+`$WORKBENCH_DATA`), for Fashion-MNIST in Debian's `/usr/share/datasets/fashion-mnist`, else a
+download through torchvision when `download=True` (or `download=None` and the host is reachable),
+else a clear error saying how to get them.
+
+CIFAR-10's pickled batches cannot run code: they are checked against their published MD5s and read
+by an unpickler that builds numpy arrays and plain values only (never by torchvision's
+`pickle.load`).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import gzip
 import hashlib
 import json
 import os
+import pickle
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -57,7 +62,8 @@ class Dataset:
         then the class names. Not the name nor `info`: the same tensors under another name or from
         another folder give the same fingerprint, while one changed pixel or label, or a truncation
         (`max_train`), gives another. Computed once per Dataset (0.1 s for Fashion-MNIST's 220 MB
-        on a CPU with SHA instructions) and kept; the tensors are taken as read-only, so do not change them in place.
+        on a CPU with SHA instructions) and kept; the tensors are taken as read-only, so do not
+        change them in place.
         """
         h = hashlib.sha256()
         h.update(f"workbench.Dataset.fingerprint v{FINGERPRINT_VERSION}\n".encode())
@@ -120,13 +126,17 @@ def data_dir() -> Path:
 
 def load_dataset(name: str = "digits", root: str | os.PathLike | None = None, *,
                  download: bool | None = None, max_train: int | None = None,
-                 max_test: int | None = None) -> Dataset:
+                 max_test: int | None = None, verify_checksums: bool = True) -> Dataset:
     """Load a dataset by name as tensors in [0, 1].
 
     name: one of "digits", "fashion-mnist", "mnist", "cifar10", "gtsrb".
     root: folder holding the files in torchvision's layout (default: `data_dir()`).
     download: True downloads missing files, False never does, None tries only if files are missing.
     max_train, max_test: keep only the first so many images of each split (for quick experiments).
+    verify_checksums: for "cifar10", check each file against its published MD5 before reading it
+        (the default). Pass False for batches you built yourself in the same pickle format: they
+        are read all the same with an unpickler that builds numpy arrays and plain values only, so
+        no file can run code either way. Other datasets ignore it.
     """
     check_choice("name", name, DATASETS)
     if max_train is not None:
@@ -135,10 +145,17 @@ def load_dataset(name: str = "digits", root: str | os.PathLike | None = None, *,
         check_int("max_test", max_test, low=1)
     if download not in (None, True, False):
         raise TypeError(f"`download` must be True, False or None; got {download!r}.")
+    if not isinstance(verify_checksums, bool):
+        raise TypeError(f"`verify_checksums` must be True or False; got {verify_checksums!r}.")
     root = Path(root) if root is not None else data_dir()
     loader = {"digits": _load_digits, "fashion-mnist": _load_fashion_mnist, "mnist": _load_mnist,
               "cifar10": _load_cifar10, "gtsrb": _load_gtsrb}[name]
-    ds = loader(root, download) if name != "digits" else loader()
+    if name == "digits":
+        ds = loader()
+    elif name == "cifar10":
+        ds = loader(root, download, verify_checksums)
+    else:
+        ds = loader(root, download)
     if max_train is not None or max_test is not None:
         ds = Dataset(ds.name, ds.x_train[:max_train], ds.y_train[:max_train],
                      ds.x_test[:max_test], ds.y_test[:max_test], ds.classes,
@@ -247,44 +264,191 @@ def _load_mnist(root: Path, download: bool | None) -> Dataset:
 
 
 # --- CIFAR-10 ------------------------------------------------------------------------------------
+#
+# The python version of CIFAR-10 (https://www.cs.toronto.edu/~kriz/cifar.html) is six pickled
+# batches and a pickled batches.meta, written by Python 2's cPickle (protocol 2). Unpickling runs
+# whatever a file names, so torchvision's own reader (plain `pickle.load`) would run a crafted
+# batch's code. They are read here with an unpickler that resolves only the numpy globals an array
+# needs and checks the published MD5 of every file first (opt out for batches built locally).
 
-def _load_cifar10(root: Path, download: bool | None) -> Dataset:
-    from torchvision.datasets import CIFAR10
+CIFAR10_DIR = "cifar-10-batches-py"
+CIFAR10_IMAGE_BYTES = 3 * 32 * 32
+# Published MD5 of each file in cifar-10-python.tar.gz, as torchvision.datasets.CIFAR10 lists them
+# (train_list, test_list, meta; a test checks that the two agree).
+CIFAR10_TRAIN_FILES = (("data_batch_1", "c99cafc152244af753f735de768cd75f"),
+                       ("data_batch_2", "d4bba439e000b95fd0a9bffe97cbabec"),
+                       ("data_batch_3", "54ebc095f3ab1f0389bbae665268c751"),
+                       ("data_batch_4", "634d18415352ddfa80567beed471001a"),
+                       ("data_batch_5", "482c414d41f54cd18b22e5b47cb7c3cb"))
+CIFAR10_TEST_FILES = (("test_batch", "40351d587109b95175f43aff81a1287e"),)
+CIFAR10_META_FILE = ("batches.meta", "5ff9c542aee3614f3951f8cda6e48888")
 
-    class _CIFAR10(CIFAR10):
-        # torchvision checks the md5 of each batch; we check presence so that locally built or
-        # subset batches in the same pickle format load too (a download is still md5-checked).
-        def _check_integrity(self) -> bool:
-            base = Path(self.root) / self.base_folder
-            return all((base / f).exists() for f, _ in self.train_list + self.test_list)
 
-        def _load_meta(self) -> None:
-            import pickle
+def _latin1_encode(obj, encoding="utf-8", errors="strict"):
+    """`_codecs.encode` as Python 3's pickle protocol 2 uses it for bytes, and nothing more."""
+    if not isinstance(obj, str) or encoding not in ("latin1", "latin-1") or errors != "strict":
+        raise pickle.UnpicklingError("`_codecs.encode` is allowed only to rebuild bytes from a "
+                                     f"latin-1 string; got encoding {encoding!r}.")
+    return obj.encode("latin1")
 
-            path = Path(self.root) / self.base_folder / self.meta["filename"]
-            if not path.exists():
-                raise RuntimeError(f"CIFAR-10 metadata file {path} not found.")
-            with open(path, "rb") as f:
-                self.classes = pickle.load(f, encoding="latin1")[self.meta["key"]]
-            self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
 
+@functools.lru_cache(maxsize=None)
+def _cifar_pickle_globals() -> dict:
+    """The only globals a CIFAR-10 pickle may name, each mapped to the object it stands for.
+
+    The official files need three: `numpy.core.multiarray._reconstruct`, `numpy.ndarray` and
+    `numpy.dtype` (the data array; labels and names are plain lists, ints and strings). Batches
+    written by Python 3's pickle name `numpy._core.multiarray` under numpy 2, `_codecs.encode`
+    for bytes under protocol 2, and `numpy._core.numeric._frombuffer` under protocol 5.
+    """
+    try:  # numpy >= 2 moved numpy.core to numpy._core
+        from numpy._core import multiarray, numeric
+    except ImportError:
+        from numpy.core import multiarray, numeric
+    allowed = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype,
+               ("_codecs", "encode"): _latin1_encode}
+    for pkg in ("numpy.core", "numpy._core"):
+        allowed[(f"{pkg}.multiarray", "_reconstruct")] = multiarray._reconstruct
+        allowed[(f"{pkg}.numeric", "_frombuffer")] = numeric._frombuffer
+    return allowed
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Unpickles a CIFAR-10 file, refusing every global outside `_cifar_pickle_globals()`.
+
+    Nothing is imported on the file's say: the allowed objects are looked up in a fixed table, so
+    a file can build numpy arrays, lists, dicts, strings and numbers, and run no other code.
+    """
+
+    def __init__(self, file):
+        super().__init__(file, encoding="latin1")  # Python 2 `str` (names, array bytes) as str
+        self.refused: str | None = None
+
+    def find_class(self, module: str, name: str):
+        obj = _cifar_pickle_globals().get((module, name))
+        if obj is None:
+            self.refused = f"{module}.{name}"
+            raise pickle.UnpicklingError(f"global `{self.refused}` is not allowed")
+        return obj
+
+
+def _read_cifar_pickle(path: Path) -> dict:
+    """The dict pickled in CIFAR-10 file `path`, keys as str; ValueError naming the file if not."""
+    unpickler = None
+    try:
+        with open(path, "rb") as f:
+            unpickler = _CifarUnpickler(f)
+            obj = unpickler.load()
+    except OSError:
+        raise
+    # A malformed pickle can fail with almost any exception type; all mean a damaged file.
+    except Exception as exc:
+        if unpickler is not None and unpickler.refused:
+            raise ValueError(
+                f"The workbench refuses to load CIFAR-10 file {path}: it references "
+                f"`{unpickler.refused}`, which a CIFAR-10 batch never contains (nothing in it was "
+                "run). Delete it and get the official files again.") from None
+        raise ValueError(f"CIFAR-10 file {path} is not a readable pickle ({type(exc).__name__}: "
+                         f"{exc}); delete it and get the official files again.") from exc
+    if not isinstance(obj, dict):
+        raise ValueError(f"CIFAR-10 file {path} must hold a dict; got {type(obj).__name__}.")
+    return {(k.decode("latin1") if isinstance(k, bytes) else k): v for k, v in obj.items()}
+
+
+def _describe(value) -> str:
+    if isinstance(value, np.ndarray):
+        return f"{value.dtype} array of shape {value.shape}"
+    return "nothing" if value is None else type(value).__name__
+
+
+def _read_cifar_batch(path: Path) -> tuple[np.ndarray, list[int]]:
+    """Images (N, 3072) uint8 and labels of one batch, checked against the format on the site."""
+    batch = _read_cifar_pickle(path)
+    data, labels = batch.get("data"), batch.get("labels")
+    if not (isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim == 2
+            and data.shape[0] >= 1 and data.shape[1] == CIFAR10_IMAGE_BYTES):
+        raise ValueError(f"CIFAR-10 batch {path}: `data` must be a uint8 array of shape "
+                         f"(N, {CIFAR10_IMAGE_BYTES}) with N >= 1; got {_describe(data)}.")
+    if not isinstance(labels, list) or any(type(v) is not int for v in labels):
+        raise ValueError(f"CIFAR-10 batch {path}: `labels` must be a list of ints; "
+                         f"got {_describe(labels)}.")
+    if len(labels) != len(data):
+        raise ValueError(f"CIFAR-10 batch {path}: `labels` must hold one label per image "
+                         f"({len(data)}); got {len(labels)}.")
+    bad = [v for v in labels if not 0 <= v < len(CIFAR10_CLASSES)]
+    if bad:
+        raise ValueError(f"CIFAR-10 batch {path}: labels must be in [0, 9]; got {bad[0]} "
+                         f"({len(bad)} out of range).")
+    return data, labels
+
+
+def _read_cifar_meta(path: Path) -> tuple[str, ...]:
+    names = _read_cifar_pickle(path).get("label_names")
+    if isinstance(names, list):
+        names = [n.decode("latin1") if isinstance(n, bytes) else n for n in names]
+    if (not isinstance(names, list) or len(names) != len(CIFAR10_CLASSES)
+            or not all(isinstance(n, str) for n in names)):
+        raise ValueError(f"CIFAR-10 file {path}: `label_names` must be a list of "
+                         f"{len(CIFAR10_CLASSES)} strings; got {names!r:.200}.")
+    return tuple(names)
+
+
+def _md5(path: Path) -> str:
+    h = hashlib.md5(usedforsecurity=False)  # a published checksum, compared; not a secret
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _check_cifar_checksums(base: Path) -> None:
+    wrong = [(base / f, want, got) for f, want in
+             CIFAR10_TRAIN_FILES + CIFAR10_TEST_FILES + (CIFAR10_META_FILE,)
+             if (got := _md5(base / f)) != want]
+    if wrong:
+        path, want, got = wrong[0]
+        more = f" ({len(wrong) - 1} more files differ too)" if len(wrong) > 1 else ""
+        raise ValueError(
+            f"CIFAR-10 file {path} has MD5 {got}, not the published {want}{more}: it is not the "
+            f"official file (damaged, or built locally). Delete {base} and load again with "
+            "download=True; or, for batches you built yourself, pass verify_checksums=False "
+            "(they are still read without running anything from them).")
+
+
+def _load_cifar10(root: Path, download: bool | None, verify_checksums: bool = True) -> Dataset:
+    base = root / CIFAR10_DIR
+    names = [f for f, _ in CIFAR10_TRAIN_FILES + CIFAR10_TEST_FILES + (CIFAR10_META_FILE,)]
     how = ("Run once online with download=True, or unpack cifar-10-python.tar.gz into "
            f"{root}.")
-    try:
-        train, test = _CIFAR10(str(root), train=True), _CIFAR10(str(root), train=False)
-    except RuntimeError:
+    if not all((base / f).is_file() for f in names):
         if not _try_download(download):
-            raise _missing("cifar10", root, how) from None
-        try:
-            train = CIFAR10(str(root), train=True, download=True)
-            test = CIFAR10(str(root), train=False, download=True)
-        except Exception as exc:
+            raise _missing("cifar10", root, how)
+        from torchvision.datasets import CIFAR10
+        from torchvision.datasets import utils as tv_utils
+
+        try:  # torchvision's download: fetches the archive, checks its published MD5, unpacks it
+            tv_utils.download_and_extract_archive(CIFAR10.url, str(root),
+                                                  filename=CIFAR10.filename, md5=CIFAR10.tgz_md5)
+        except Exception as exc:  # network errors come in many types
             raise _missing("cifar10", root, how) from exc
-    to_x = lambda d: torch.from_numpy(d.data).permute(0, 3, 1, 2).float().div_(255.0).contiguous()
-    classes = tuple(train.classes) if getattr(train, "classes", None) else CIFAR10_CLASSES
-    return Dataset("cifar10", to_x(train), torch.tensor(train.targets, dtype=torch.int64),
-                   to_x(test), torch.tensor(test.targets, dtype=torch.int64), classes,
-                   {"source": "torchvision.datasets.CIFAR10", "root": str(root)})
+        if not all((base / f).is_file() for f in names):
+            raise _missing("cifar10", root, how)
+    if verify_checksums:
+        _check_cifar_checksums(base)
+
+    def split(files):
+        parts = [_read_cifar_batch(base / f) for f, _ in files]
+        # row = 1024 red, 1024 green, 1024 blue values, each 32x32 in row-major order
+        x = torch.from_numpy(np.concatenate([d for d, _ in parts]))
+        x = x.reshape(-1, 3, 32, 32).float().div_(255.0)
+        return x, torch.tensor([v for _, ys in parts for v in ys], dtype=torch.int64)
+
+    x_train, y_train = split(CIFAR10_TRAIN_FILES)
+    x_test, y_test = split(CIFAR10_TEST_FILES)
+    classes = _read_cifar_meta(base / CIFAR10_META_FILE[0])
+    return Dataset("cifar10", x_train, y_train, x_test, y_test, classes,
+                   {"source": "CIFAR-10 python batches, https://www.cs.toronto.edu/~kriz/cifar.html",
+                    "root": str(root), "checksums_verified": verify_checksums})
 
 
 # --- GTSRB ---------------------------------------------------------------------------------------
