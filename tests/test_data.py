@@ -424,3 +424,70 @@ def test_cifar10_download_goes_through_torchvision_then_the_safe_reader(tmp_path
     with pytest.raises(ValueError, match="not the published"):
         wb.load_dataset("cifar10", root=tmp_path, download=True)
     assert len(calls) == 1
+
+
+# --- MNIST / Fashion-MNIST: raw IDX files only; GTSRB: PPM only ----------------------------------
+
+def _plant_pickled_cache(root: Path, folder: str, marker: Path) -> None:
+    """torchvision's old `processed/{training,test}.pt` cache, here a pickle that runs a command."""
+    processed = root / folder / "processed"
+    processed.mkdir(parents=True)
+    for name in ("training.pt", "test.pt"):
+        (processed / name).write_bytes(pickle.dumps(_RunsShell(f"touch {marker}"), protocol=2))
+
+
+@pytest.mark.parametrize("name, folder", [("mnist", "MNIST"), ("fashion-mnist", "FashionMNIST")])
+def test_idx_datasets_never_read_torchvisions_pickled_cache(tmp_path, monkeypatch, name, folder):
+    from torchvision.datasets import MNIST
+
+    write_idx(tmp_path / "clean", folder, seed=2)
+    write_idx(tmp_path / "planted", folder, seed=2)
+    marker = tmp_path / "pwned"
+    _plant_pickled_cache(tmp_path / "planted", folder, marker)
+    # torchvision 0.17 loads that cache with torch.load and no weights_only: on torch < 2.6 that
+    # is plain unpickling. Stand in for it here, whatever the installed versions do.
+    legacy = []
+
+    def old_torchvision_load(self):
+        legacy.append(self)
+        with open(os.path.join(self.processed_folder, self.training_file), "rb") as f:
+            return pickle.load(f)
+
+    monkeypatch.setattr(MNIST, "_load_legacy_data", old_torchvision_load)
+    clean = wb.load_dataset(name, root=tmp_path / "clean", download=False)
+    planted = wb.load_dataset(name, root=tmp_path / "planted", download=False)
+    assert not legacy and not marker.exists()
+    assert planted.fingerprint == clean.fingerprint  # the raw files, read as ever
+
+
+def test_pickled_cache_alone_is_not_loaded(tmp_path):
+    marker = tmp_path / "pwned"
+    _plant_pickled_cache(tmp_path, "MNIST", marker)
+    with pytest.raises(FileNotFoundError, match=r"processed are not read: they are torchvision's "
+                                                r"old pickled cache"):
+        wb.load_dataset("mnist", root=tmp_path, download=False)
+    assert not marker.exists()
+
+
+def test_gtsrb_decodes_ppm_only(tmp_path):
+    from PIL import Image
+
+    write_gtsrb(tmp_path, classes=(0, 1), per_class=2, n_test=2)
+    # PostScript named like a GTSRB image: PIL alone would hand it to Ghostscript to render
+    path = tmp_path / "gtsrb" / "GTSRB" / "Training" / "00001" / "00001.ppm"
+    path.write_bytes(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 30 30\nshowpage\n")
+    with Image.open(path) as img:
+        assert img.format == "EPS"
+    with pytest.raises(ValueError, match=rf"GTSRB image {path} is not a PPM image"):
+        wb.load_dataset("gtsrb", root=tmp_path, download=False)
+
+
+@pytest.mark.parametrize("bad", ["../../../secret.ppm", "/etc/hostname", ".."])
+def test_gtsrb_test_csv_cannot_name_files_outside_its_folder(tmp_path, bad):
+    write_gtsrb(tmp_path, classes=(0, 1), per_class=2, n_test=2)
+    csv_path = tmp_path / "gtsrb" / "GT-final_test.csv"
+    lines = csv_path.read_text().splitlines()
+    lines[1] = bad + lines[1][lines[1].index(";"):]
+    csv_path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ValueError, match="names an image outside"):
+        wb.load_dataset("gtsrb", root=tmp_path, download=False)

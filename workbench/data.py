@@ -6,9 +6,10 @@ look for files in torchvision's layout, in order: under the data folder (`data/`
 download through torchvision when `download=True` (or `download=None` and the host is reachable),
 else a clear error saying how to get them.
 
-CIFAR-10's pickled batches cannot run code: they are checked against their published MD5s and read
-by an unpickler that builds numpy arrays and plain values only (never by torchvision's
-`pickle.load`).
+No file in a data folder can run code. CIFAR-10's pickled batches are checked against their
+published MD5s and read by an unpickler that builds numpy arrays and plain values only (never by
+torchvision's `pickle.load`); MNIST and Fashion-MNIST come from the raw IDX files only (never from
+torchvision's old pickled `processed/*.pt` cache); GTSRB images are decoded as PPM only.
 """
 
 from __future__ import annotations
@@ -199,7 +200,24 @@ def _try_download(download: bool | None) -> bool:
     return True if download is None else download
 
 
+def _raw_idx_only(cls):
+    """torchvision's MNIST-style class `cls` that reads the raw IDX files and nothing else.
+
+    When `<root>/<class>/processed/{training,test}.pt` (torchvision's old cache format) exist,
+    torchvision loads those instead of the raw files, with `torch.load`: in torchvision 0.17
+    without `weights_only`, which on torch < 2.6 unpickles anything (code included), and even
+    `weights_only=True` could run code on torch <= 2.5.1 (CVE-2025-32434). The raw IDX files are
+    a header and bytes (torchvision's reader unpickles nothing), so only they are read.
+    """
+    # Same class name: torchvision names the folder after it (<root>/MNIST/raw).
+    return type(cls.__name__, (cls,), {"_check_legacy_exist": lambda self: False})
+
+
 def _idx_dataset(cls, name: str, root: Path, download: bool | None, classes, how: str) -> Dataset:
+    cls = _raw_idx_only(cls)
+    if (root / cls.__name__ / "processed").is_dir():
+        how += (f" (Files under {root / cls.__name__ / 'processed'} are not read: they are "
+                "torchvision's old pickled cache.)")
     try:
         train = cls(str(root), train=True, download=False)
         test = cls(str(root), train=False, download=False)
@@ -457,10 +475,49 @@ GTSRB_SIZE = 32  # images come in many sizes; resized to 32x32 like CIFAR-10
 GTSRB_CLASSES = 43
 
 
-def _load_gtsrb(root: Path, download: bool | None) -> Dataset:
-    from torchvision import transforms
+def _gtsrb_class():
+    """torchvision's GTSRB reading PPM images inside its own image folders only.
+
+    torchvision opens each image with `PIL.Image.open`, which goes by the file's content, not its
+    name: a PostScript file named 00000.ppm would go to Ghostscript, an interpreter (with a
+    history of sandbox escapes). GTSRB ships PPM only, so nothing else is decoded. The final-test
+    CSV names its images; a name that leaves the image folder ("../...", "/...") is refused.
+    """
+    from PIL import Image, UnidentifiedImageError
     from torchvision.datasets import GTSRB
 
+    class _GTSRB(GTSRB):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            folder = Path(self._target_folder)
+            # training images come from walking the class folders; test images from the CSV
+            for path, _ in self._samples if self._split == "test" else ():
+                p = Path(path)
+                if p.parent != folder or p.name in ("", ".", ".."):
+                    raise ValueError(f"GTSRB: {self._base_folder / 'GT-final_test.csv'} names "
+                                     f"an image outside {folder}: {path!r}.")
+
+        def __getitem__(self, index: int):
+            path, target = self._samples[index]
+            try:
+                with Image.open(path, formats=["PPM"]) as img:
+                    sample = img.convert("RGB")
+            except UnidentifiedImageError:
+                raise ValueError(f"GTSRB image {path} is not a PPM image; GTSRB ships PPM only, "
+                                 "and no other format is decoded.") from None
+            if self.transform is not None:
+                sample = self.transform(sample)
+            if self.target_transform is not None:
+                target = self.target_transform(target)
+            return sample, target
+
+    return _GTSRB
+
+
+def _load_gtsrb(root: Path, download: bool | None) -> Dataset:
+    from torchvision import transforms
+
+    GTSRB = _gtsrb_class()
     tf = transforms.Compose([transforms.Resize((GTSRB_SIZE, GTSRB_SIZE)), transforms.PILToTensor()])
     how = ("Run once online with download=True, or unpack the GTSRB training and final-test "
            f"archives into {root / 'gtsrb'}.")
