@@ -286,13 +286,14 @@ def _load_mnist(root: Path, download: bool | None) -> Dataset:
 # The python version of CIFAR-10 (https://www.cs.toronto.edu/~kriz/cifar.html) is six pickled
 # batches and a pickled batches.meta, written by Python 2's cPickle (protocol 2). Unpickling runs
 # whatever a file names, so torchvision's own reader (plain `pickle.load`) would run a crafted
-# batch's code. They are read here with an unpickler that resolves only the numpy globals an array
-# needs and checks the published MD5 of every file first (opt out for batches built locally).
+# batch's code. Here each file's MD5 is checked first (opt out for batches built locally), then it
+# is read with an unpickler that resolves only the few numpy globals an array needs.
 
 CIFAR10_DIR = "cifar-10-batches-py"
 CIFAR10_IMAGE_BYTES = 3 * 32 * 32
-# Published MD5 of each file in cifar-10-python.tar.gz, as torchvision.datasets.CIFAR10 lists them
-# (train_list, test_list, meta; a test checks that the two agree).
+# MD5 of each file of the official cifar-10-python.tar.gz (the site publishes the archive's MD5,
+# c58f30108f718f92721af3b95e74349a), as torchvision.datasets.CIFAR10 lists them in train_list,
+# test_list and meta (a test checks that the two agree).
 CIFAR10_TRAIN_FILES = (("data_batch_1", "c99cafc152244af753f735de768cd75f"),
                        ("data_batch_2", "d4bba439e000b95fd0a9bffe97cbabec"),
                        ("data_batch_3", "54ebc095f3ab1f0389bbae665268c751"),
