@@ -210,7 +210,7 @@ def test_fingerprint_computed_once_and_kept(monkeypatch):
     ds = _tiny()
     first = ds.fingerprint
     assert ds.fingerprint is first and len(made) == 1
-    assert ds.__dict__["fingerprint"] is first  # kept on the object, past the frozen __setattr__
+    assert ds.__dict__["_fingerprint"][1] is first  # kept on the object, past the frozen __setattr__
     with pytest.raises(dataclasses.FrozenInstanceError):
         ds.name = "x"
     assert "fingerprint" not in repr(ds)
@@ -491,3 +491,14 @@ def test_gtsrb_test_csv_cannot_name_files_outside_its_folder(tmp_path, bad):
     csv_path.write_text("\n".join(lines) + "\n")
     with pytest.raises(ValueError, match="names an image outside"):
         wb.load_dataset("gtsrb", root=tmp_path, download=False)
+
+
+def test_fingerprint_follows_in_place_changes(digits):
+    ds = wb.data.Dataset("digits", digits.x_train.clone(), digits.y_train.clone(), digits.x_test,
+                         digits.y_test, digits.classes)
+    before = ds.fingerprint
+    ds.x_train[0, 0, 0, 0] += 0.5  # in place: the kept digest would now be stale
+    assert ds.fingerprint != before
+    ds.y_train[1] = (ds.y_train[1] + 1) % 10
+    after = ds.fingerprint
+    assert after != before and ds.fingerprint is after

@@ -52,9 +52,7 @@ class Dataset:
     classes: tuple[str, ...]  # class names, index = label
     info: dict = field(default_factory=dict)  # provenance: source folder, split seed, resizing
 
-    # Computed on first access and kept in the instance's __dict__: `functools.cached_property`
-    # writes there directly, past the frozen dataclass's __setattr__ (the class has no __slots__).
-    @functools.cached_property
+    @property
     def fingerprint(self) -> str:
         """SHA-256 hex digest of the dataset's content, the same in every process for the same data.
 
@@ -63,9 +61,20 @@ class Dataset:
         then the class names. Not the name nor `info`: the same tensors under another name or from
         another folder give the same fingerprint, while one changed pixel or label, or a truncation
         (`max_train`), gives another. Computed once per Dataset (0.1 s for Fashion-MNIST's 220 MB
-        on a CPU with SHA instructions) and kept; the tensors are taken as read-only, so do not
-        change them in place.
+        on a CPU with SHA instructions) and kept while the tensors stay as they are: an in-place
+        change of any of them (torch counts those in `Tensor._version`) makes the next access
+        hash again, so a stale fingerprint is never returned.
         """
+        state = tuple((t.data_ptr(), t._version) for t in
+                      (self.x_train, self.y_train, self.x_test, self.y_test))
+        kept = self.__dict__.get("_fingerprint")
+        if kept is not None and kept[0] == state:
+            return kept[1]
+        digest = self._hash_content()
+        object.__setattr__(self, "_fingerprint", (state, digest))  # past the frozen __setattr__
+        return digest
+
+    def _hash_content(self) -> str:
         h = hashlib.sha256()
         h.update(f"workbench.Dataset.fingerprint v{FINGERPRINT_VERSION}\n".encode())
         for key in ("x_train", "y_train", "x_test", "y_test"):
