@@ -5,12 +5,13 @@ from __future__ import annotations
 import html
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Iterable
 
 import plotly.graph_objects as go
 import plotly.io as pio
+
+from .fileio import atomic_write
 
 _STYLE = """
 body { font-family: system-ui, -apple-system, 'Segoe UI', sans-serif; max-width: 1100px;
@@ -60,14 +61,5 @@ def write_report(path: str | os.PathLike, title: str,
         parts.append("<h2>Provenance</h2><pre>"
                      + html.escape(json.dumps(metadata, indent=1, default=str)) + "</pre>")
     parts.append("</body></html>")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write("".join(parts))
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; a report is for sharing
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, "".join(parts))  # mode 0644: a report is for sharing
     return path
