@@ -46,6 +46,53 @@ def test_grid_points_and_validation():
 
 SMALL = dict(trigger_sizes=(3,), rates=(0.0, 0.05), n_pairs=10, n_samples=16,
              sigmas=(0.1, 0.3, 0.5))
+# four quick runs (one epoch each): enough rows for a Spearman interval
+FOUR = dict(trigger_sizes=(3,), rates=(0.0, 0.05, 0.1, 0.2), epochs=1, n_pairs=10, n_samples=16,
+            sigmas=(0.1, 0.3, 0.5))
+
+
+def test_trigger_types_come_from_the_trigger_registry():
+    from workbench.triggers import TRIGGERS
+
+    assert set(sw.SWEEPABLE) == set(TRIGGERS) - {"PatternPatch"}  # a pattern cannot be swept by size
+    assert sw.SIZED == ("Patch", "Checkerboard")
+    with pytest.raises(ValueError, match="`trigger type` must be one of 'Patch'"):
+        sw.SweepGrid(trigger_types=("PatternPatch",))
+
+
+def test_keys_cover_the_resolved_settings(monkeypatch):
+    from workbench import experiments, smoothness, train
+
+    def key(**kw):
+        return sw.SweepGrid(**{"trigger_sizes": (3,), "rates": (0.05,), **kw}).points()[0]["key"]
+
+    default = sw.SweepGrid(trigger_sizes=(3,), rates=(0.05,)).points()[0]
+    # defaults are resolved into the point: naming them gives the same key
+    assert default["sigmas"] == experiments.default_sigmas("digits")
+    assert default["epochs"] == train.DEFAULTS["digits"]["epochs"]
+    assert default["estimator"]["mode"] == "hard" and default["estimator"]["noise"] == "gaussian"
+    assert default["versions"]["estimator"] == smoothness.ESTIMATOR_VERSION
+    assert key(sigmas=tuple(experiments.default_sigmas("digits"))) == default["key"]
+    assert key(epochs=train.DEFAULTS["digits"]["epochs"]) == default["key"]
+    # any setting the row depends on gives another key
+    changed = [key(sigmas=(0.1, 0.2)), key(n_samples=65), key(n_pairs=51), key(epochs=3)]
+    monkeypatch.setitem(experiments.DEFAULT_SIGMAS, "digits", (0.05, 0.5))
+    changed.append(key())  # a changed default σ grid
+    monkeypatch.undo()
+    monkeypatch.setattr(smoothness, "ESTIMATOR_VERSION", smoothness.ESTIMATOR_VERSION + 1)
+    changed.append(key())
+    monkeypatch.undo()
+    monkeypatch.setattr(sw, "ROW_FORMAT", sw.ROW_FORMAT + 1)
+    changed.append(key())
+    monkeypatch.undo()
+    monkeypatch.setitem(sw.ESTIMATOR_SETTINGS, "common_noise", True)
+    changed.append(key())
+    monkeypatch.undo()
+    monkeypatch.setitem(train.DEFAULTS, "digits", {**train.DEFAULTS["digits"], "lr": 1e-2})
+    changed.append(key())
+    monkeypatch.undo()
+    assert key() == default["key"]
+    assert len(set(changed)) == len(changed) and default["key"] not in changed
 
 
 def test_sweep_runs_resumes_and_filters(tmp_path, digits_run):
@@ -61,8 +108,10 @@ def test_sweep_runs_resumes_and_filters(tmp_path, digits_run):
     # an interrupted sweep: drop one finished row and tear the last line, then resume
     lines = path.read_text().splitlines()
     path.write_text("\n".join(lines[:2]) + "\n" + lines[2][: len(lines[2]) // 2])
-    again = sw.run_sweep(grid, path, max_workers=1, progress=False)
-    assert len(again) == 2
+    with pytest.warns(UserWarning, match="an interrupted write was repaired"):
+        again = sw.run_sweep(grid, path, max_workers=1, progress=False)
+    assert len(again) == 2 and again.computed == [table.rows[1]["key"]]
+    assert (tmp_path / "sweep.csv.torn").read_text() == lines[2][: len(lines[2]) // 2] + "\n"
     assert sorted(sw.read_table(path).column("rate").tolist()) == [0.0, 0.05]
     assert sw.read_table(path).rows[0]["key"] == table.rows[0]["key"]
     with pytest.raises(FileExistsError, match="nothing was overwritten"):
@@ -122,3 +171,67 @@ def test_sweep_on_local_processes_and_dask(tmp_path, digits_run):
                               progress=False)
     for a, b in zip(local.rows, remote.rows):
         assert a["key"] == b["key"] and a["gap"] == pytest.approx(b["gap"])
+
+
+@pytest.fixture(scope="module")
+def four_runs(tmp_path_factory):
+    """A CSV of the four quick runs (trained once, then from the session's run cache)."""
+    path = tmp_path_factory.mktemp("four") / "sweep.csv"
+    return sw.run_sweep(sw.SweepGrid(**FOUR), path, max_workers=1, progress=False), path
+
+
+def test_a_point_written_twice_counts_once(tmp_path, four_runs):
+    from workbench import paper
+
+    table, src = four_runs
+    path = tmp_path / "sweep.csv"
+    lines = src.read_bytes().splitlines(keepends=True)
+    path.write_bytes(b"".join(lines + lines[1:]))  # two sweeps appended every row
+    read = sw.read_table(path)
+    assert len(read) == 4 and sorted(read.column("key")) == sorted(table.column("key"))
+    head = paper.headline(read)["digits"]
+    ref = sw.spearman_ci(table.column("attack_success_rate"), table.column("gap"))
+    assert head["runs"] == 4 and head["gap"]["ci"] == [round(c, 3) for c in ref["ci"]]
+    assert paper.headline(sw.SweepTable(table.rows * 2))["digits"]["runs"] == 4
+    # a run measured again under other settings (another key) is still one run
+    again = [{**r, "key": r["key"][::-1], "n_samples": 32} for r in table.rows]
+    latest, superseded = paper.latest_per_run(sw.SweepTable(table.rows + again))
+    assert superseded == 4 and latest.column("n_samples").tolist() == [32] * 4
+    assert paper.headline(sw.SweepTable(table.rows + again))["digits"]["runs"] == 4
+
+
+def test_rows_of_other_settings_are_not_reused(tmp_path, four_runs, monkeypatch):
+    from workbench import experiments
+
+    table, src = four_runs
+    path = tmp_path / "sweep.csv"
+    path.write_bytes(src.read_bytes())
+    grid = sw.SweepGrid(**{**FOUR, "rates": (0.0, 0.05), "n_samples": 24})
+    other = sw.run_sweep(grid, path, max_workers=1, progress=False)
+    assert len(other.computed) == 2 and other.column("n_samples").tolist() == [24, 24]
+    # the default σ grid changes: rows made with the old default are computed again
+    grid = sw.SweepGrid(**{**FOUR, "rates": (0.0,), "sigmas": None})
+    first = sw.run_sweep(grid, path, max_workers=1, progress=False)
+    assert len(first.computed) == 1 and first.rows[0]["sigma_max"] == 0.6
+    assert sw.run_sweep(grid, path, max_workers=1, progress=False).computed == []
+    monkeypatch.setitem(experiments.DEFAULT_SIGMAS, "digits", (0.05, 0.3))
+    changed = sw.run_sweep(grid, path, max_workers=1, progress=False)
+    assert len(changed.computed) == 1 and changed.rows[0]["sigma_max"] == 0.3
+    assert len(sw.read_table(path)) == 4 + 2 + 2  # old rows stay in the file, unused
+
+
+def test_a_file_that_is_not_a_sweep_table_is_refused(tmp_path):
+    path = tmp_path / "other.csv"
+    path.write_text("name,value\nx,1\n")
+    with pytest.raises(sw.SweepFileError, match="is not a sweep table"):
+        sw.read_table(path)
+    with pytest.raises(sw.SweepFileError, match="nothing was changed"):
+        sw.run_sweep(sw.SweepGrid(**SMALL), path, max_workers=1, progress=False)
+    assert path.read_text() == "name,value\nx,1\n"
+
+
+def test_to_csv_is_atomic_and_reads_back(tmp_path, four_runs):
+    table, _ = four_runs
+    out = table.to_csv(tmp_path / "copy.csv")
+    assert [p.name for p in tmp_path.iterdir()] == ["copy.csv"]  # no temporary file left
+    assert sw.read_table(out).rows == table.rows

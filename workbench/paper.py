@@ -4,7 +4,6 @@ clean model, and detection (STRIP vs W_σ scores)."""
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -15,6 +14,7 @@ from ._validate import check_choice, check_int
 from .data import DATASET_SHAPES, DATASETS, load_dataset
 from .detection import compare_detectors
 from .experiments import default_sigmas, smoothing_dynamics
+from .fileio import write_json
 from .patterns import measure_patterns, pattern_table, random_patches, universal_patch
 from .poison import triggered_pairs
 from .report import table_html, write_report
@@ -23,8 +23,29 @@ from .train import environment, train_backdoor
 from .triggers import Patch
 
 
+# the columns that name one trained run: rows equal on these measure the same model
+RUN_COLUMNS = ("dataset", "trigger", "rate", "target", "seed", "model", "epochs")
+
+
+def latest_per_run(table: SweepTable) -> tuple[SweepTable, int]:
+    """One row per trained run (the last one in the table) and how many rows were left out.
+
+    A CSV can hold a run twice under different keys (measured again after a change of settings
+    or of the estimator); both rows come from one model, so a correlation over runs counts it
+    once.
+    """
+    latest: dict[tuple, dict] = {}
+    for r in table.rows:
+        k = tuple(r[c] for c in RUN_COLUMNS)
+        latest.pop(k, None)
+        latest[k] = r
+    return SweepTable(list(latest.values())), len(table) - len(latest)
+
+
 def headline(table: SweepTable) -> dict:
-    """Spearman correlations of ASR with the mean-W gap and with the radius gap, per dataset."""
+    """Spearman correlations of ASR with the mean-W gap and with the radius gap, per dataset,
+    over distinct runs (`latest_per_run`): "runs" is the n of the intervals."""
+    table, _ = latest_per_run(table)
     out = {}
     for ds in sorted({r["dataset"] for r in table.rows}):
         rows = table.filter(dataset=ds)
@@ -127,7 +148,7 @@ def paper_report(sweep_csv: str | Path = "reports/sweep.csv", out: str | Path = 
     for name, v in (("n_pairs", n_pairs), ("n_samples", n_samples)):
         if v is not None:
             check_int(name, v, low=4)
-    table = read_table(sweep_csv)
+    table, superseded = latest_per_run(read_table(sweep_csv))
     if not len(table):
         raise FileNotFoundError(f"`sweep_csv` {sweep_csv} holds no rows: run `python -m workbench "
                                 "sweep` first.")
@@ -141,7 +162,7 @@ def paper_report(sweep_csv: str | Path = "reports/sweep.csv", out: str | Path = 
     _, dets = detection_study(dataset, seed=seed, n=n_pairs or 200, n_samples=n_samples or 64)
     first_asr = next((r["epoch"] for r in dyn if r["attack_success_rate"] >= 0.9), None)
     first_gap = next((r["epoch"] for r in dyn if r["gap_ci"][0] > 0), None)
-    summary = {"correlations": head, "dynamics": {"first_epoch_asr_ge_0.9": first_asr,
+    summary = {"correlations": head, "sweep_rows_superseded": superseded, "dynamics": {"first_epoch_asr_ge_0.9": first_asr,
                                                   "first_epoch_gap_ci_above_0": first_gap},
                "patterns_size": largest, "patterns": pattern_table(pats), "patterns_by_size": by_size,
                "detection": [{"method": d.method, "auc": round(d.auc, 4),
@@ -158,7 +179,9 @@ def paper_report(sweep_csv: str | Path = "reports/sweep.csv", out: str | Path = 
                              table_html(corr_rows),
                              "<p class='note'>Claim 4: smoothing grows with the attack's success. "
                              "Rate 0 rows are clean-model controls. Intervals: 95% t-intervals over "
-                             "pairs (gap), Fisher-z (Spearman).</p>",
+                             "pairs (gap), Fisher-z (Spearman). One row per trained run"
+                             + (f" ({superseded} older measurements of the same runs left out)"
+                                if superseded else "") + ".</p>",
                              plots.attack_strength(table), plots.rate_curves(table)]),
         ("Training dynamics", [plots.dynamics(dyn), plots.dynamics_curves(dyn, every=max(1, len(dyn) // 6)),
                                f"<p class='note'>First epoch with ASR ≥ 0.9: {first_asr}; first epoch "
@@ -173,5 +196,5 @@ def paper_report(sweep_csv: str | Path = "reports/sweep.csv", out: str | Path = 
         ("Detection", [table_html(summary["detection"]), plots.roc_figure(dets)]),
     ], metadata={"summary": summary, "sweep_csv": str(sweep_csv), "environment": environment(),
                  "seconds": round(time.perf_counter() - t0, 1)})
-    Path(out).with_suffix(".json").write_text(json.dumps(summary, indent=1, default=str))
+    write_json(Path(out).with_suffix(".json"), summary, default=str)
     return summary

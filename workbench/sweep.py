@@ -4,12 +4,22 @@ Each grid point trains (through the run cache) and measures clean accuracy, ASR 
 gap, giving one row. Rows are appended to a CSV file as they finish, so an interrupted sweep
 continues where it stopped (`resume=True`). Points run on any `concurrent.futures.Executor`:
 local processes by default, a Dask cluster with `distributed.Client(...).get_executor()`.
+
+A row is reused only when its key matches: the key covers everything its numbers depend on (the
+run's settings with the dataset's defaults resolved, the resolved σ grid, the estimator's settings,
+ESTIMATOR_VERSION, the training cache format and ROW_FORMAT), so rows made under other settings or
+by older code never match and are computed again. Several sweeps may share one CSV: appends hold an
+flock on `.NAME.lock` next to it, and a sweep holds a claim (`.NAME.claims/KEY.lock`, flocked) on
+each point it computes, so the others skip it and read its row when it is done; a claim dies with
+its process. A torn last line (a write interrupted by a crash) is moved to `NAME.torn` before the
+next append.
 """
 
 from __future__ import annotations
 
 import concurrent.futures as cf
 import csv
+import ctypes
 import hashlib
 import io
 import itertools
@@ -17,10 +27,16 @@ import json
 import math
 import multiprocessing as mp
 import os
+import signal
+import sys
+import threading
+import time
+import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 import numpy as np
 from scipy import stats
@@ -28,8 +44,28 @@ from tqdm.auto import tqdm
 
 from ._validate import check_choice, check_float, check_int, check_sigmas
 from .data import DATASET_SHAPES, DATASETS
+from .fileio import atomic_write
 from .models import MODELS
+from .triggers import TRIGGERS
 
+try:  # Linux and macOS; elsewhere sweeps sharing one CSV are not coordinated
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None
+
+# Version of the rows' content and of what their keys cover: bump whenever a change in this module
+# can move a number in a row or changes the key, so that rows made by older code never match.
+# 2: keys cover the resolved σ grid and training defaults, the estimator's settings and versions.
+ROW_FORMAT = 2
+
+# The estimator settings every row is measured with: passed explicitly to the estimator by
+# `run_point` and part of every key, so a change here can never reuse rows made with the old ones.
+ESTIMATOR_SETTINGS = {
+    "mode": "hard", "noise": "gaussian", "common_noise": False, "clip": None, "normalize": False,
+    "bias_correction": None, "target_se": None, "precision": "fp32", "paired_noise": True,
+    "summary": "mean", "confidence": 0.95,
+    "radius_threshold": 0.1,  # the radius gap's threshold, as a fraction of log K
+}
 COLUMNS = ["key", "dataset", "trigger", "trigger_type", "trigger_size", "rate", "target", "seed",
            "model", "epochs", "clean_accuracy", "attack_success_rate", "gap", "gap_ci_low",
            "gap_ci_high", "p_value", "radius_gap", "radius_p_value", "clean_mean_W",
@@ -39,13 +75,15 @@ _NUMERIC = {"trigger_size", "rate", "target", "seed", "epochs", "clean_accuracy"
             "attack_success_rate", "gap", "gap_ci_low", "gap_ci_high", "p_value", "radius_gap",
             "radius_p_value", "clean_mean_W", "triggered_mean_W", "n_pairs", "n_samples",
             "sigma_min", "sigma_max", "train_seconds"}
-SIZED = ("Patch", "Checkerboard", "PatternPatch")
+# A grid names triggers by type and size: those whose content must be given (a crafted pattern)
+# cannot be swept.
+SWEEPABLE = tuple(k for k in TRIGGERS if k != "PatternPatch")
+SIZED = tuple(k for k in SWEEPABLE if "size" in TRIGGERS[k]._params)
 
 
 def trigger_config(kind: str, size: int) -> dict:
     """A trigger config from (type, size); size is ignored by triggers without one."""
-    kinds = ("Patch", "Checkerboard", "Pixel", "Blend", "Sinusoid", "Warp")
-    check_choice("trigger type", kind, kinds)
+    check_choice("trigger type", kind, SWEEPABLE)
     check_int("trigger size", size, low=1)
     return {"type": kind, "size": size} if kind in SIZED else {"type": kind}
 
@@ -116,13 +154,26 @@ class SweepGrid:
                 for size in (self.trigger_sizes if kind in SIZED else (1,))]
 
     def points(self) -> list[dict]:
+        """One dict per run, with every default resolved (a dataset's σ grid, epochs, batch size,
+        learning rate) and its `key`: a later change of a default gives other keys, never a stale
+        row."""
+        from .experiments import default_sigmas
+        from .smoothness import ESTIMATOR_VERSION
+        from .train import CACHE_FORMAT, DEFAULTS
+
         pts, seen = [], set()
         for d, trig, rate, target, seed in itertools.product(
                 self.datasets, self._trigger_configs(), self.rates, self.targets, self.seeds):
+            train = DEFAULTS.get(d, DEFAULTS["digits"])
+            sig = self.sigmas if self.sigmas is not None else default_sigmas(d)
             p = {"dataset": d, "trigger": dict(trig), "rate": float(rate), "target": int(target),
-                 "seed": int(seed), "model": self.model, "epochs": self.epochs,
+                 "seed": int(seed), "model": self.model,
+                 "epochs": int(self.epochs if self.epochs is not None else train["epochs"]),
+                 "batch_size": int(train["batch_size"]), "lr": float(train["lr"]),
                  "n_pairs": self.n_pairs, "n_samples": self.n_samples,
-                 "sigmas": list(self.sigmas) if self.sigmas else None}
+                 "sigmas": [float(x) for x in sig], "estimator": dict(ESTIMATOR_SETTINGS),
+                 "versions": {"row_format": ROW_FORMAT, "estimator": ESTIMATOR_VERSION,
+                              "train_cache": CACHE_FORMAT}}
             p["key"] = point_key(p)
             if p["key"] not in seen:
                 seen.add(p["key"])
@@ -131,6 +182,7 @@ class SweepGrid:
 
 
 def point_key(point: dict) -> str:
+    """A hash of everything in the point (see `SweepGrid.points`) but its key."""
     blob = json.dumps({k: v for k, v in point.items() if k != "key"}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
@@ -143,11 +195,14 @@ def _dataset(name: str):
 
 
 def run_point(point: dict) -> dict:
-    """Train (or load) one grid point's run and measure it: one table row. Runs in workers."""
+    """Train (or load) one grid point's run and measure it: one table row. Runs in workers.
+
+    point: one of `SweepGrid.points()` (its settings are used as they are: nothing is defaulted).
+    """
     import torch
 
     from . import __version__
-    from .experiments import default_sigmas, smoothing_analysis
+    from .experiments import smoothing_analysis
     from .smoothness import paired_gap
     from .train import train_backdoor
     from .triggers import trigger_from_config
@@ -156,14 +211,17 @@ def run_point(point: dict) -> dict:
     trig = trigger_from_config(point["trigger"])
     run = train_backdoor(data, trigger=trig, rate=point["rate"], target=point["target"],
                          model=point["model"], epochs=point["epochs"], seed=point["seed"],
-                         progress=False)
-    sig = point["sigmas"] or default_sigmas(data.name)
+                         batch_size=point["batch_size"], lr=point["lr"], progress=False)
+    sig = point["sigmas"]
+    est = dict(point["estimator"])
+    threshold = est.pop("radius_threshold")
     an = smoothing_analysis(run, data, sig, n_pairs=point["n_pairs"], n_samples=point["n_samples"],
-                            seed=point["seed"])
+                            seed=point["seed"], **est)
     c = an.comparison
-    r_c = c.clean.smoothness_radius()
-    r_t = c.triggered.smoothness_radius()
-    rad = paired_gap(r_c, r_t, "radius")
+    scale = 1.0 if est["normalize"] else math.log(c.clean.num_classes)
+    r_c = c.clean.smoothness_radius(threshold * scale)
+    r_t = c.triggered.smoothness_radius(threshold * scale)
+    rad = paired_gap(r_c, r_t, "radius", est["confidence"])
     return {"key": point["key"], "dataset": data.name, "trigger": repr(trig),
             "trigger_type": point["trigger"]["type"], "trigger_size": point["trigger"].get("size", 1),
             "rate": point["rate"], "target": point["target"], "seed": point["seed"],
@@ -183,6 +241,9 @@ class SweepTable:
     """Rows of a sweep: sort, filter, save as CSV, or hand to pandas."""
 
     rows: list[dict] = field(default_factory=list)
+    # keys of the rows that the `run_sweep` call returning this table computed itself (the others
+    # were read back from its CSV: earlier sweeps, or another sweep running at the same time)
+    computed: list[str] = field(default_factory=list, compare=False, repr=False)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -203,15 +264,7 @@ class SweepTable:
         return SweepTable(keep)
 
     def to_csv(self, path: str | os.PathLike) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        with open(tmp, "w", newline="") as f:
-            w = csv.DictWriter(f, COLUMNS)
-            w.writeheader()
-            w.writerows(self.rows)
-        tmp.replace(path)
-        return path
+        return atomic_write(path, (_HEADER + b"".join(_csv_line(r) for r in self.rows)).decode())
 
     def to_pandas(self):
         import pandas as pd  # optional
@@ -226,58 +279,304 @@ class SweepTable:
         return table_html([{k: r[k] for k in show} for r in self.rows])
 
 
-def read_table(path: str | os.PathLike) -> SweepTable:
-    """Rows from a sweep CSV; a damaged last line (an interrupted write) is skipped."""
-    path = Path(path)
-    if not path.exists():
-        return SweepTable([])
+class SweepFileError(ValueError):
+    """A sweep CSV that cannot be appended to safely: not a sweep table, or rows written to it
+    could not be read back."""
+
+
+def _csv_line(row: dict) -> bytes:
+    """One CSV record, on one physical line: the torn-tail repair relies on it."""
+    values = ["" if row.get(c) is None else row.get(c) for c in COLUMNS]
+    for c, v in zip(COLUMNS, values):
+        if isinstance(v, str) and ("\n" in v or "\r" in v):
+            raise ValueError(f"`row[{c!r}]` must be one line of text; got {v!r}.")
+    buf = io.StringIO()
+    csv.writer(buf).writerow(values)
+    return buf.getvalue().encode("utf-8")
+
+
+def _header_line() -> bytes:
+    buf = io.StringIO()
+    csv.writer(buf).writerow(COLUMNS)
+    return buf.getvalue().encode("utf-8")
+
+
+_HEADER = _header_line()
+
+
+def _fields(line: bytes) -> list[str] | None:
+    """The fields of one physical line, or None when it is not one whole record (a torn quote)."""
+    text = line.decode("utf-8", errors="replace").rstrip("\r")
+    try:
+        return next(csv.reader([text], strict=True))
+    except (csv.Error, StopIteration):
+        return None
+
+
+def _is_torn_header(line: bytes) -> bool:
+    """A first line that is a proper beginning of the header: a crash while the file was created
+    (older versions then appended rows after it)."""
+    text = line.rstrip(b"\r")
+    return text != _HEADER.rstrip(b"\r\n") and _HEADER.startswith(text)
+
+
+def _not_a_table(path: Path) -> SweepFileError:
+    return SweepFileError(f"`path` {path} is not a sweep table of this workbench (its first line is "
+                          f"not the header {','.join(COLUMNS[:3])},...): choose another path "
+                          "(nothing was changed).")
+
+
+def _parse(data: bytes, path: Path) -> list[dict]:
+    """Every complete row of a sweep CSV's bytes, in file order, duplicates included.
+
+    Each physical line is parsed on its own, so a line torn inside a quoted field (by older
+    versions, which appended after it) cannot swallow the rows after it; the text after the last
+    newline is a torn write and is left out.
+    """
+    lines = data.split(b"\n")[:-1]
+    if not lines:
+        return []
+    if _fields(lines[0]) != COLUMNS and not _is_torn_header(lines[0]):
+        raise _not_a_table(path)
     rows = []
-    with open(path, newline="") as f:
-        for r in csv.DictReader(f):
-            if None in r or any(r.get(c) is None for c in COLUMNS):
-                continue  # torn line
-            try:
-                rows.append({k: (float(v) if k in _NUMERIC and v != "" else v) for k, v in r.items()})
-            except ValueError:
-                continue
-    for r in rows:
+    for line in lines[1:]:
+        vals = _fields(line)
+        if vals is None or len(vals) != len(COLUMNS) or not vals[0]:
+            continue  # torn by an interrupted write
+        try:
+            r = {k: (float(v) if k in _NUMERIC and v != "" else v) for k, v in zip(COLUMNS, vals)}
+        except ValueError:
+            continue
         for k in ("trigger_size", "target", "seed", "epochs", "n_pairs", "n_samples"):
             if isinstance(r[k], float) and math.isfinite(r[k]):
                 r[k] = int(r[k])
-    return SweepTable(rows)
+        rows.append(r)
+    return rows
 
 
-def _append_row(path: Path, row: dict) -> None:
-    new = not path.exists() or path.stat().st_size == 0
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, COLUMNS)
-    if new:
-        w.writeheader()
-    w.writerow(row)
-    torn = False
-    if not new:
-        with open(path, "rb") as f:
-            f.seek(-1, os.SEEK_END)
-            torn = f.read(1) != b"\n"  # an interrupted write: start the row on a line of its own
-    with open(path, "a", newline="") as f:  # one write per row: earlier rows are never rewritten
-        f.write(("\n" if torn else "") + buf.getvalue())
-        f.flush()
-        os.fsync(f.fileno())
+def _latest_by_key(rows: list[dict]) -> dict[str, dict]:
+    """One row per key: the last complete one (two sweeps, or older versions, may have written a
+    key twice; counting both would weigh that point twice)."""
+    out: dict[str, dict] = {}
+    for r in rows:
+        out.pop(r["key"], None)
+        out[r["key"]] = r
+    return out
 
 
-def _init_worker(threads: int) -> None:
+def read_table(path: str | os.PathLike) -> SweepTable:
+    """Rows from a sweep CSV, one per key (the last complete one); damaged lines (interrupted
+    writes) are skipped. Raises SweepFileError when the file is not a sweep table."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return SweepTable([])
+    return SweepTable(list(_latest_by_key(_parse(data, path)).values()))
+
+
+class _Store:
+    """The CSV of a sweep with its lock and claims (see the module's docstring)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.lock_path = path.with_name(f".{path.name}.lock")
+        self.claims = path.with_name(f".{path.name}.claims")
+        self.torn_path = path.with_name(f"{path.name}.torn")
+        self._seen: tuple | None = None  # (inode, size, mtime) of the last parse
+        self._rows: list[dict] = []
+        self._written: dict[str, bytes] = {}  # key -> the line this sweep appended
+
+    @contextmanager
+    def locked(self):
+        if fcntl is None:  # pragma: no cover - Windows
+            yield
+            return
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # closing releases the lock
+
+    def _read(self) -> list[dict]:
+        try:
+            st = self.path.stat()
+        except FileNotFoundError:
+            self._seen, self._rows = None, []
+            return self._rows
+        seen = (st.st_ino, st.st_size, st.st_mtime_ns)
+        if seen != self._seen:
+            self._rows, self._seen = _parse(self.path.read_bytes(), self.path), seen
+        return self._rows
+
+    def finished(self) -> dict[str, dict]:
+        """key -> row of every point finished so far, after repairing a torn tail."""
+        with self.locked():
+            self._repair()
+            return _latest_by_key(self._read())
+
+    def _repair(self) -> None:
+        """Make the file end with a complete record, the lock held. A torn tail (a write cut by a
+        crash) would otherwise glue the next row onto it, or, torn inside a quoted field, swallow
+        it; a torn header would hide every row. Fragments go to NAME.torn, never deleted."""
+        try:
+            with open(self.path, "rb") as f:  # the usual case, a sound file, without reading it all
+                head = f.read(len(_HEADER))
+                size = f.seek(0, os.SEEK_END)
+                f.seek(max(0, size - 1))
+                if not size or (head == _HEADER and f.read(1) == b"\n"):
+                    return
+        except FileNotFoundError:
+            return
+        data = self.path.read_bytes()
+        first = data.find(b"\n") + 1  # 0: no complete line
+        header_ok = first > 0 and _fields(data[:first - 1]) == COLUMNS
+        if first and not header_ok and not _is_torn_header(data[:first - 1]):
+            raise _not_a_table(self.path)
+        end = data.rfind(b"\n") + 1
+        if header_ok and end == len(data):
+            return
+        fragments = [data[end:]] if end < len(data) else []
+        if header_ok:
+            self._set_aside(fragments)
+            os.truncate(self.path, end)
+        else:  # the header was torn: no complete row can precede it, so rewrite it in place
+            body = _HEADER + (data[first:end] if first else b"")
+            self._set_aside(([data[:first]] if first else []) + fragments)
+            atomic_write(self.path, body)
+        warnings.warn(f"{self.path}: an interrupted write was repaired (the torn text is kept in "
+                      f"{self.torn_path}); its row will be computed again.", stacklevel=4)
+
+    def _set_aside(self, fragments: list[bytes]) -> None:
+        with open(self.torn_path, "ab") as f:
+            for frag in fragments:
+                f.write(frag if frag.endswith(b"\n") else frag + b"\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def append(self, row: dict) -> None:
+        """Append one row, then check that every row this sweep wrote reads back."""
+        line = _csv_line(row)
+        with self.locked():
+            self._repair()
+            new = not self.path.exists() or self.path.stat().st_size == 0
+            with open(self.path, "ab") as f:  # one write per row: earlier rows are never rewritten
+                f.write((_HEADER if new else b"") + line)
+                f.flush()
+                os.fsync(f.fileno())
+            self._written[row["key"]] = line.rstrip(b"\r\n")
+            data = self.path.read_bytes()
+            lines = {ln.rstrip(b"\r") for ln in data.split(b"\n")[:-1]}
+            keys = {r["key"] for r in _parse(data, self.path)}
+            lost = [k for k, ln in self._written.items() if ln not in lines or k not in keys]
+            if lost:
+                raise SweepFileError(
+                    f"{self.path}: {len(lost)} of the {len(self._written)} rows this sweep wrote "
+                    f"do not read back (first: key {lost[0]}); something else changed the file. "
+                    "Run the sweep again to recompute the missing rows.")
+
+    def claim(self, key: str) -> int | None:
+        """An flocked claim file for `key`'s point, or None when another sweep holds it."""
+        if fcntl is None:  # pragma: no cover - Windows
+            return -1
+        self.claims.mkdir(exist_ok=True)
+        p = self.claims / f"{key}.lock"
+        while True:
+            fd = os.open(p, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                return None
+            try:  # its last holder may have removed it between our open and our lock
+                current = os.stat(p).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                current = False
+            if current:
+                os.write(fd, f"{os.getpid()}\n".encode())  # for a person looking: who computes it
+                return fd
+            os.close(fd)
+
+    def release(self, key: str, fd: int | None) -> None:
+        if fd is None or fd < 0:
+            return
+        try:
+            (self.claims / f"{key}.lock").unlink(missing_ok=True)  # while still held: see claim
+        finally:
+            os.close(fd)
+
+
+def _init_worker(threads: int, parent: int | None = None) -> None:
+    """Set up a worker: torch's threads; with `parent` (the sweep's process id), ignore Ctrl-C
+    (the sweep stops its workers itself) and exit when the parent dies."""
     import torch
 
     torch.set_num_threads(threads)
     os.environ.setdefault("TQDM_DISABLE", "1")
+    if parent is not None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        _exit_with_parent(parent)
+        # tqdm's default lock is a multiprocessing semaphore, which a worker stopped by Ctrl-C
+        # cannot release: the resource tracker would then warn of a leak. Workers draw no bars.
+        from tqdm import tqdm as _tqdm
+
+        _tqdm.set_lock(threading.RLock())
+
+
+def _exit_with_parent(parent: int) -> None:
+    """A worker whose sweep was killed would otherwise finish its run (minutes, hundreds of MB)
+    for nobody: Linux kills it with the parent (PR_SET_PDEATHSIG); elsewhere a thread notices the
+    new parent within a second."""
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+        except (OSError, AttributeError):  # pragma: no cover - no prctl: the thread below
+            pass
+    if os.getppid() != parent:  # died before the line above
+        os._exit(1)
+
+    def watch():
+        while True:
+            time.sleep(1.0)
+            if os.getppid() != parent:
+                os._exit(1)
+
+    threading.Thread(target=watch, name="workbench-exit-with-parent", daemon=True).start()
 
 
 def local_executor(max_workers: int | None = None) -> cf.Executor:
-    """A process pool (spawned, so no forked torch threads), threads shared fairly."""
+    """A process pool (spawned, so no forked torch threads), threads shared fairly. Its workers
+    ignore Ctrl-C and exit when this process dies."""
     n = max_workers or max(1, (os.cpu_count() or 1) // 2)
     threads = max(1, (os.cpu_count() or 1) // n)
     return cf.ProcessPoolExecutor(n, mp_context=mp.get_context("spawn"), initializer=_init_worker,
-                                  initargs=(threads,))
+                                  initargs=(threads, os.getpid()))
+
+
+def _stop_workers(ex: cf.ProcessPoolExecutor) -> None:
+    """End a pool's workers now, running points included (an interrupted sweep must not wait for
+    them; exiting would, in concurrent.futures' exit handler)."""
+    terminate = getattr(ex, "terminate_workers", None)  # Python >= 3.14
+    if terminate is not None:
+        terminate()
+        return
+    procs = list((getattr(ex, "_processes", None) or {}).values())  # shutdown() forgets them
+    for p in procs:
+        p.terminate()
+    ex.shutdown(wait=True, cancel_futures=True)  # quick: the pool sees its workers gone
+
+
+class _Inline(cf.Executor):
+    """Runs each point in this process when it is submitted."""
+
+    def submit(self, fn, /, *args, **kwargs):
+        f = cf.Future()
+        try:
+            f.set_result(fn(*args, **kwargs))
+        except Exception as exc:  # noqa: BLE001 - reported with its point by SweepError
+            f.set_exception(exc)
+        return f
 
 
 def dask_executor(client, threads_per_worker: int | None = None) -> cf.Executor:
@@ -300,6 +599,9 @@ def dask_executor(client, threads_per_worker: int | None = None) -> cf.Executor:
     return client.get_executor()
 
 
+_POLL = 0.5  # seconds between looks at points another sweep is computing
+
+
 def run_sweep(grid: SweepGrid, path: str | os.PathLike | None = "reports/sweep.csv",
               executor: cf.Executor | None = None, max_workers: int | None = None,
               resume: bool = True, progress: bool = True) -> SweepTable:
@@ -307,62 +609,105 @@ def run_sweep(grid: SweepGrid, path: str | os.PathLike | None = "reports/sweep.c
 
     executor: any concurrent.futures.Executor (None: a local process pool of `max_workers`,
     or in-process when max_workers == 1). Rows are appended to `path` as they finish.
+    Other sweeps may use `path` at the same time: a point one of them is computing is not
+    computed again here; its row is read back when it is done. Ctrl-C (KeyboardInterrupt) stops
+    the local workers at once; finished rows stay in `path`. Raises SweepFileError when `path` is
+    not a sweep table or a row written to it does not read back, SweepError when runs failed.
     """
     if not isinstance(grid, SweepGrid):
         raise TypeError(f"`grid` must be a SweepGrid; got {type(grid).__name__}.")
     if max_workers is not None:
         check_int("max_workers", max_workers, low=1)
     points = grid.points()
-    path = Path(path) if path is not None else None
+    store = None
     done: dict[str, dict] = {}
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if resume:
-            done = {r["key"]: r for r in read_table(path).rows}
-        elif path.exists():
+        path = Path(path)
+        if not resume and path.exists():
             raise FileExistsError(f"`path` {path} exists; pass resume=True to continue it or "
                                   "choose another path (nothing was overwritten).")
-    todo = [p for p in points if p["key"] not in done]
-    bar = tqdm(total=len(points), initial=len(points) - len(todo), desc="sweep", unit="run",
+        path.parent.mkdir(parents=True, exist_ok=True)
+        store = _Store(path)
+        done = store.finished()
+    waiting = [p for p in points if p["key"] not in done]
+    bar = tqdm(total=len(points), initial=len(points) - len(waiting), desc="sweep", unit="run",
                disable=not progress)
-    own = executor is None and (max_workers or 0) != 1 and len(todo) > 1
-    ex = local_executor(max_workers) if own else executor
+    own = executor is None and (max_workers or 0) != 1 and len(waiting) > 1
+    ex = local_executor(max_workers) if own else (executor or _Inline())
+    # claim no more points than can run at once, so that other sweeps can take the rest
+    if isinstance(ex, _Inline):
+        limit = 1
+    else:
+        limit = max_workers or getattr(ex, "_max_workers", None) or max(1, len(waiting))
     failures: list[tuple[dict, BaseException]] = []
+    computed: list[str] = []
+    running: dict[cf.Future, tuple[dict, int | None]] = {}
+    finished_ok = False
     try:
-        for point, outcome in _outcomes(todo, ex):
-            if isinstance(outcome, BaseException):  # one failed run does not stop the others
-                failures.append((point, outcome))
-                bar.set_postfix(failed=len(failures))
-            else:
-                done[outcome["key"]] = outcome
-                if path is not None:
-                    _append_row(path, outcome)
-            bar.update(1)
+        while waiting or running:
+            for p in list(waiting):
+                if len(running) >= limit:
+                    break
+                claim = store.claim(p["key"]) if store is not None else None
+                if store is not None and claim is None:
+                    continue  # another sweep is computing it
+                waiting.remove(p)
+                submitted = False
+                try:
+                    row = store.finished().get(p["key"]) if store is not None else None
+                    if row is not None:  # another sweep finished it since we looked
+                        done[p["key"]] = row
+                        bar.update(1)
+                        continue
+                    try:
+                        running[ex.submit(run_point, p)] = (p, claim)
+                        submitted = True
+                    except Exception as exc:  # noqa: BLE001 - e.g. a pool broken by a lost worker
+                        failures.append((p, exc))
+                        bar.update(1)
+                finally:
+                    if not submitted and store is not None:
+                        store.release(p["key"], claim)
+            if not running:
+                if waiting:  # every point left is another sweep's: look again soon
+                    bar.set_postfix(waiting_for_other_sweep=len(waiting))
+                    time.sleep(_POLL)
+                continue
+            ready, _ = cf.wait(running, timeout=_POLL if waiting else None,
+                               return_when=cf.FIRST_COMPLETED)
+            for f in ready:
+                point, claim = running.pop(f)
+                try:
+                    try:
+                        row = f.result()
+                    except Exception as exc:  # noqa: BLE001 - a run's error, or a lost worker
+                        failures.append((point, exc))  # one failed run does not stop the others
+                        bar.set_postfix(failed=len(failures))
+                        row = None
+                    if row is not None and store is not None:
+                        store.append(row)
+                finally:
+                    if store is not None:
+                        store.release(point["key"], claim)
+                if row is not None:
+                    done[row["key"]] = row
+                    computed.append(row["key"])
+                bar.update(1)
+        finished_ok = True
     finally:
+        for point, claim in running.values():
+            if store is not None:
+                store.release(point["key"], claim)
         bar.close()
         if own:
-            ex.shutdown(wait=True, cancel_futures=True)
-    table = SweepTable([_normalise(done[p["key"]]) for p in points if p["key"] in done])
+            if finished_ok:
+                ex.shutdown(wait=True, cancel_futures=True)
+            else:
+                _stop_workers(ex)
+    table = SweepTable([_normalise(done[p["key"]]) for p in points if p["key"] in done], computed)
     if failures:
         raise SweepError(failures, table, path)
     return table
-
-
-def _outcomes(todo: list[dict], ex: cf.Executor | None) -> Iterator[tuple[dict, object]]:
-    """(point, row or the exception it raised) for each point, in order of completion."""
-    if ex is None:
-        for p in todo:
-            try:
-                yield p, run_point(p)
-            except Exception as exc:  # noqa: BLE001 - reported with its point by SweepError
-                yield p, exc
-        return
-    futures = {ex.submit(run_point, p): p for p in todo}
-    for f in cf.as_completed(futures):
-        try:
-            yield futures[f], f.result()
-        except Exception as exc:  # noqa: BLE001 - a worker's error, or a lost worker
-            yield futures[f], exc
 
 
 class SweepError(RuntimeError):
@@ -408,5 +753,6 @@ def spearman_ci(x, y, confidence: float = 0.95) -> dict:
             "n": n}
 
 
-__all__ = ["SweepGrid", "SweepTable", "run_sweep", "read_table", "run_point", "spearman_ci",
-           "local_executor", "dask_executor", "trigger_config"]
+__all__ = ["SweepGrid", "SweepTable", "SweepError", "SweepFileError", "run_sweep", "read_table",
+           "run_point", "point_key", "spearman_ci", "local_executor", "dask_executor",
+           "trigger_config", "ROW_FORMAT", "ESTIMATOR_SETTINGS"]
