@@ -2,6 +2,7 @@
 
     python -m workbench demo [--dataset digits] [--out reports/demo.html]
     python -m workbench sweep [--datasets digits fashion-mnist] [--workers 2] [--dask ADDRESS]
+        (resumable: Ctrl-C keeps the finished runs; the same command continues)
     python -m workbench report [--sweep reports/sweep.csv] [--out reports/paper.html]
 """
 
@@ -9,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
+import signal
 import sys
 import time
 from pathlib import Path
@@ -65,11 +68,11 @@ def _demo(args) -> int:
 
 
 def _sweep(args) -> int:
-    from .sweep import SweepError, SweepGrid, run_sweep
+    from .sweep import SweepError, SweepGrid, read_table, run_sweep
 
     grid = SweepGrid(datasets=tuple(args.datasets), trigger_types=tuple(args.triggers),
                      trigger_sizes=tuple(args.sizes), rates=tuple(args.rates),
-                     targets=tuple(args.targets), seeds=tuple(args.seeds),
+                     targets=tuple(args.targets), seeds=tuple(args.seeds), epochs=args.epochs,
                      n_pairs=args.pairs, n_samples=args.samples)
     executor = None
     if args.dask:
@@ -85,15 +88,31 @@ def _sweep(args) -> int:
                           progress=not args.quiet)
     except SweepError as exc:
         table, failed = exc.table, exc
+    except KeyboardInterrupt:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not print a traceback
+        keys = {p["key"] for p in grid.points()}
+        try:
+            saved = str(sum(r["key"] in keys for r in read_table(args.out).rows))
+        except (OSError, ValueError):  # the message matters more than the count
+            saved = "some"
+        print(f"interrupted: {saved} of {len(keys)} runs are saved in {args.out}; to resume, run "
+              f"the same command again: {_command(args)}", file=sys.stderr)
+        return 130
     for r in table.rows:
         print(f"{r['dataset']:>13} {r['trigger_type']:>12} {r['trigger_size']} rate {r['rate']:<6} "
               f"acc {r['clean_accuracy']:.4f} ASR {r['attack_success_rate']:.4f} "
               f"gap {r['gap']:+.4f} [{r['gap_ci_low']:+.4f}, {r['gap_ci_high']:+.4f}]")
-    print(f"{len(table)} runs in {time.perf_counter() - t0:.1f} s -> {args.out}")
+    n = len(table.computed)
+    print(f"{len(table)} runs in {time.perf_counter() - t0:.1f} s -> {args.out} ({n} computed now, "
+          f"{len(table) - n} read from the file)")
     if failed is not None:
         print(f"error: {failed}", file=sys.stderr)
         return 1
     return 0
+
+
+def _command(args) -> str:
+    return "python -m workbench " + shlex.join(args.argv)
 
 
 def _report(args) -> int:
@@ -128,6 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--rates", nargs="+", type=float, default=[0, 0.001, 0.005, 0.01, 0.02, 0.05, 0.1])
     s.add_argument("--targets", nargs="+", type=int, default=[0])
     s.add_argument("--seeds", nargs="+", type=int, default=[0])
+    s.add_argument("--epochs", type=int, default=None, help="training epochs (default: the "
+                   "dataset's)")
     s.add_argument("--pairs", type=int, default=50)
     s.add_argument("--samples", type=int, default=64)
     s.add_argument("--workers", type=int, default=None, help="local worker processes")
@@ -144,12 +165,18 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--samples", type=int, default=None,
                    help="noisy samples per input and σ (default: 32 dynamics, 64 otherwise)")
     r.set_defaults(func=_report)
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = p.parse_args(argv)
+    args.argv = argv
     try:
         return args.func(args)
     except (ValueError, TypeError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # 128 + SIGINT, as a shell reports it
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        print(f"interrupted: {args.command} stopped", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":  # pragma: no cover
