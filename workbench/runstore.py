@@ -10,9 +10,9 @@ in one step: `renameat2(RENAME_EXCHANGE)` on Linux swaps the two folders atomica
 always finds a complete run (the old one or the new one), never a missing folder. Where the swap
 is not available, NAME is first renamed to `.NAME.old` and the new folder renamed into place; a
 crash between the two renames is repaired by the next save or load of NAME, which moves the old
-run back. Writers of one NAME are serialised by a lock file `.NAME.lock` beside it (the `filelock`
-package: an OS lock, released by the kernel when its holder dies, so a killed writer never
-blocks the others). Whoever holds the lock also removes leftovers of killed writers
+run back. Writers of one NAME are serialised by a lock file `.NAME.lock` beside it (`flock`; the
+`filelock` package where there is none: an OS lock, released by the kernel when its holder dies,
+so a killed writer never blocks the others). Whoever holds the lock also removes leftovers of killed writers
 (`.NAME.<random>` folders).
 
 Loading checks everything before it is trusted: the JSON's structure and the metrics' types and
@@ -38,7 +38,11 @@ from pathlib import Path
 from typing import Iterator
 
 import torch
-from filelock import FileLock
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None
 
 from .fileio import fsync_dir
 
@@ -58,12 +62,28 @@ def lock_path(path: Path) -> Path:
 
 
 @contextmanager
-def locked(path: Path, timeout: float = -1) -> Iterator[None]:
-    """Hold the writers' lock of run folder `path` (blocking; re-entrant within one process)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(str(lock_path(path)), timeout=timeout)
-    with lock:
-        yield
+def locked(path: Path) -> Iterator[None]:
+    """Hold the writers' lock of run folder `path` (blocking). An OS lock (`flock`; the `filelock`
+    package where there is none): the kernel releases it when its holder dies, so a killed
+    writer never blocks the others."""
+    lock = lock_path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as exc:
+        raise OSError(exc.errno, f"cannot lock the run folder {path} for writing: {exc.strerror}",
+                      str(path)) from None
+    try:
+        if fcntl is not None:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        else:  # pragma: no cover - Windows
+            from filelock import FileLock
+
+            with FileLock(str(lock)):
+                yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the flock
 
 
 def recover(path: Path) -> None:
