@@ -42,6 +42,7 @@ bench: $(DEV)  ## run the benchmarks (prints ratios; see benchmarks/RESULTS.md)
 	$(PY) benchmarks/smoothness.py
 	$(PY) benchmarks/widgets.py
 	$(PY) benchmarks/sweep.py
+	$(PY) benchmarks/cache.py
 
 clean-runs:  ## delete cached runs (they retrain on next use)
 	rm -rf data/runs

@@ -1,11 +1,11 @@
 import dataclasses
 import hashlib
+import re
 import json
 import multiprocessing as mp
 import os
 import pickle
 import pickletools
-import time
 import types
 from pathlib import Path
 
@@ -231,13 +231,11 @@ def test_fingerprint_same_for_chunks_views_and_copies(monkeypatch):
 
 @pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist").is_dir(),
                     reason="Debian's dataset-fashion-mnist is not installed")
-def test_real_fashion_mnist_fingerprint_is_fast(tmp_path):
+def test_real_fashion_mnist_fingerprint_is_stable(tmp_path):
+    # its time (about 0.1 s) is measured in benchmarks/cache.py, not asserted here
     ds = wb.load_dataset("fashion-mnist", root=tmp_path, download=False)
-    start = time.perf_counter()
-    fp = ds.fingerprint
-    took = time.perf_counter() - start
-    assert len(fp) == 64
-    assert took < 5.0, f"fingerprint of Fashion-MNIST took {took:.2f} s"  # about 0.1 s here
+    again = wb.load_dataset("fashion-mnist", root=tmp_path / "other", download=False)
+    assert re.fullmatch(r"[0-9a-f]{64}", ds.fingerprint) and ds.fingerprint == again.fingerprint
 
 
 # --- CIFAR-10: published checksums, and no code from data files ---------------------------------

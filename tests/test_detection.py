@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 import torch
+from scipy import stats
 from sklearn.metrics import roc_auc_score
 
 import workbench as wb
@@ -42,4 +43,12 @@ def test_detectors_separate_triggered_inputs(digits, digits_run):
                             wb.default_sigmas("digits"), n_samples=32, n_blend=32)
     assert [r.method.split()[0] for r in res] == ["STRIP", "W_σ", "W_σ"]
     assert res[0].auc > 0.8  # STRIP finds a BadNets patch
-    assert all(0 <= r.auc <= 1 and 0 <= r.tpr_at_5_fpr <= 1 for r in res)
+    # AUC = P(triggered score > clean score) + ½·P(tie): the Mann–Whitney U statistic / (n·m)
+    for r in res:
+        u = stats.mannwhitneyu(r.triggered_scores, r.clean_scores).statistic
+        assert r.auc == pytest.approx(u / (len(r.triggered_scores) * len(r.clean_scores)))
+    # the W_σ scores are the estimator's own summaries, oriented higher = more triggered
+    sig = wb.default_sigmas("digits")
+    w = wb.estimate_smoothness(digits_run.model, pairs.triggered, sig, 32, seed=0)
+    assert np.allclose(res[1].triggered_scores, -w.mean_entropy())
+    assert np.allclose(res[2].triggered_scores, w.smoothness_radius())

@@ -20,8 +20,15 @@ def test_bad_model_name():
         wb.build_model("vgg", 1, 10, (16, 16))
 
 
-def test_default_device_is_cpu_without_accelerators():
+def test_default_device_prefers_cuda_then_mps_then_cpu():
     dev = wb.default_device()
-    assert dev.type in ("cpu", "cuda", "mps")
-    if not torch.cuda.is_available():
-        assert dev.type in ("cpu", "mps")
+    mps = getattr(torch.backends, "mps", None)
+    if torch.cuda.is_available():
+        assert dev == torch.device("cuda")
+    elif mps is not None and mps.is_available():
+        assert dev == torch.device("mps")
+    else:
+        assert dev == torch.device("cpu")
+    # and a model there runs
+    m = wb.build_model("small-cnn", 1, 10, (16, 16)).to(dev)
+    assert m(torch.rand(2, 1, 16, 16, device=dev)).shape == (2, 10)

@@ -3,7 +3,6 @@ import io
 import json
 import pickle
 import re
-import time
 from pathlib import Path
 
 import pytest
@@ -24,11 +23,12 @@ def test_digits_backdoor_meets_the_bar(digits_run):
     assert digits_run.trigger == Patch(size=3)
 
 
-def test_cached_run_reopens_at_once(digits, digits_run):
-    t = time.perf_counter()
+def test_cached_run_reopens_at_once(digits, digits_run, monkeypatch):
+    # a load, not a retrain (load time vs training time: benchmarks/cache.py)
+    monkeypatch.setattr(wb.train, "_train", lambda *a, **k: pytest.fail("retrained"))
     again = wb.train_backdoor(digits, trigger=Patch(size=3), rate=0.05, target=0, progress=False)
-    assert time.perf_counter() - t < 5  # a load, not a retrain (which takes several seconds)
     assert again.path is not None and again.config == digits_run.config
+    assert again.train_seconds == digits_run.train_seconds
     x = digits.x_test[:50]
     assert torch.equal(wb.predict(again.model, x), wb.predict(digits_run.model, x))
 
@@ -80,11 +80,10 @@ def test_crafted_checkpoint_cannot_run_code(tmp_path, digits_run):
     (dict(trigger="patch"), TypeError, "`trigger`"),
     (dict(trigger=Patch(size=20)), ValueError, "`size` must fit"),
 ])
-def test_bad_arguments_fail_before_training(digits, kwargs, exc, match):
-    t = time.perf_counter()
+def test_bad_arguments_fail_before_training(digits, kwargs, exc, match, monkeypatch):
+    monkeypatch.setattr(wb.train, "_train", lambda *a, **k: pytest.fail("training started"))
     with pytest.raises(exc, match=match):
         wb.train_backdoor(digits, progress=False, cache=False, **kwargs)
-    assert time.perf_counter() - t < 1.0
 
 
 def test_clean_model_has_low_asr(digits):

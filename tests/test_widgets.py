@@ -1,6 +1,5 @@
 """Widget callbacks in plain pytest: setting a control's value changes the figures' data."""
 
-import time
 
 import numpy as np
 import pytest
@@ -61,10 +60,10 @@ def test_smoothness_explorer_reacts_to_controls(digits, digits_run):
     n_traces = len(ex.curves.data)
     ex.per_input.value = True
     assert len(ex.curves.data) == n_traces + 2 * 6
-    # unchanged settings come from the memo, not a recomputation
-    t = time.perf_counter()
+    # unchanged settings come from the memo, not a recomputation (its speed: benchmarks/widgets.py)
+    shown = ex.comparison
     ex.per_input.value = False
-    assert time.perf_counter() - t < 0.5
+    assert ex.comparison is shown and len(ex._cache) == 3
 
 
 def test_landscape_explorer_reacts_to_controls(digits, digits_run):
