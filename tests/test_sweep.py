@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
+import workbench as wb
 from workbench import sweep as sw
 
 
@@ -141,21 +142,38 @@ def damaged_mnist():
     sw._dataset.cache_clear()
 
 
-@pytest.mark.parametrize("workers", [1, 2])
-def test_a_failed_run_does_not_lose_the_others(tmp_path, digits_run, damaged_mnist, workers):
-    from concurrent.futures import ThreadPoolExecutor
-
+def test_damaged_data_fails_before_any_run(tmp_path, damaged_mnist):
+    # the grid's keys hold each dataset's fingerprint, so its files are read (and found damaged)
+    # before any run starts, and nothing is written
     path = tmp_path / "sweep.csv"
     grid = sw.SweepGrid(**{**SMALL, "datasets": ("mnist", "digits"), "rates": (0.05,)})
+    with pytest.raises(ValueError, match=r"Dataset 'mnist'.*damaged"):
+        sw.run_sweep(grid, path, max_workers=1, progress=False)
+    assert not path.exists()
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_failed_run_does_not_lose_the_others(tmp_path, digits_run, workers, monkeypatch):
+    from concurrent.futures import ThreadPoolExecutor
+
+    real = sw.run_point
+
+    def flaky(point):  # a run that breaks in its worker
+        if point["rate"] == 0.05:
+            raise RuntimeError("worker lost")
+        return real(point)
+
+    monkeypatch.setattr(sw, "run_point", flaky)
+    path = tmp_path / "sweep.csv"
+    grid = sw.SweepGrid(**{**SMALL, "rates": (0.0, 0.05)})
     executor = ThreadPoolExecutor(workers) if workers > 1 else None
     with pytest.raises(sw.SweepError, match=r"1 of 2 runs failed \(1 finished, saved in") as info:
         sw.run_sweep(grid, path, executor=executor, max_workers=1, progress=False)
     err = info.value
-    assert "mnist Patch 3 rate 0.05 target 0 seed 0: ValueError: Dataset 'mnist'" in str(err)
-    assert "damaged" in str(err) and len(err.failures) == 1
-    assert err.failures[0][0]["dataset"] == "mnist"
-    assert [r["dataset"] for r in err.table.rows] == ["digits"]
-    assert sw.read_table(path).column("dataset").tolist() == ["digits"]  # the finished run is saved
+    assert "digits Patch 3 rate 0.05 target 0 seed 0: RuntimeError: worker lost" in str(err)
+    assert len(err.failures) == 1 and err.failures[0][0]["rate"] == 0.05
+    assert [r["rate"] for r in err.table.rows] == [0.0]
+    assert sw.read_table(path).column("rate").tolist() == [0.0]  # the finished run is saved
     if executor is not None:
         executor.shutdown()
 
@@ -235,3 +253,13 @@ def test_to_csv_is_atomic_and_reads_back(tmp_path, four_runs):
     out = table.to_csv(tmp_path / "copy.csv")
     assert [p.name for p in tmp_path.iterdir()] == ["copy.csv"]  # no temporary file left
     assert sw.read_table(out).rows == table.rows
+
+
+def test_keys_cover_the_datas_content(monkeypatch):
+    p = sw.SweepGrid(**SMALL).points()[0]
+    assert p["data"] == wb.load_dataset("digits").fingerprint
+    # other files under the same name would be another experiment: another key
+    other = wb.load_dataset("digits", max_train=500)
+    sw._dataset.cache_clear()
+    monkeypatch.setattr(sw, "_dataset", lambda name: other)
+    assert sw.SweepGrid(**SMALL).points()[0]["key"] != p["key"]
