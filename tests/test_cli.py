@@ -5,6 +5,7 @@ import json
 import re
 
 import pytest
+from scipy import stats
 
 from workbench import cli
 from workbench import sweep as sw
@@ -44,9 +45,11 @@ def test_sweep_then_report_commands(tmp_path, digits_run, capsys):
         assert section in page
     summary = json.loads(html.with_suffix(".json").read_text())
     corr = summary["correlations"]["digits"]
-    assert corr["runs"] == 4 and -1 <= corr["gap"]["rho"] <= 1
+    rho = stats.spearmanr(table.column("attack_success_rate"), table.column("gap")).statistic
+    assert corr["runs"] == 4 and corr["gap"]["rho"] == pytest.approx(rho, abs=5e-4)
     assert any(d["method"].startswith("STRIP") for d in summary["detection"])
-    assert all(0 <= d["auc"] <= 1 for d in summary["detection"])
+    strip = [d for d in summary["detection"] if d["method"].startswith("STRIP")][0]
+    assert strip["auc"] > 0.7  # STRIP finds the BadNets patch of the detection study
     assert summary["patterns"][0]["pattern"] == "universal patch" and summary["patterns_size"] == 8
     assert {r["size"] for r in summary["patterns_by_size"]} == {4, 6, 8}  # a quarter .. half of 16
     assert "Artificial patterns by size" in page

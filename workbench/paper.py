@@ -18,7 +18,8 @@ from .fileio import write_json
 from .patterns import measure_patterns, pattern_table, random_patches, universal_patch
 from .poison import triggered_pairs
 from .report import table_html, write_report
-from .sweep import SweepTable, read_table, spearman_ci
+from .stats import spearman_ci
+from .sweep import SweepTable, read_table
 from .train import environment, train_backdoor
 from .triggers import Patch
 

@@ -7,13 +7,13 @@ are blue, triggered inputs vermillion, everywhere.
 
 from __future__ import annotations
 
-import math
 from typing import Sequence
 
 import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
-from scipy import stats
+
+from .stats import t_interval
 
 OKABE_ITO = ("#0072B2", "#D55E00", "#009E73", "#E69F00", "#56B4E9", "#CC79A7", "#F0E442", "#000000")
 CLEAN, TRIGGERED = OKABE_ITO[0], OKABE_ITO[1]
@@ -89,8 +89,9 @@ def mean_band(values: np.ndarray, confidence: float = 0.95) -> tuple[np.ndarray,
     m = v.mean(0)
     if len(v) < 2:
         return m, m, m
-    half = stats.t.ppf(0.5 + confidence / 2, len(v) - 1) * v.std(0, ddof=1) / math.sqrt(len(v))
-    return m, m - half, m + half
+    # per column, the same Student interval as the gap's (workbench.stats.t_interval)
+    bands = [t_interval(col, confidence) for col in v.T]
+    return m, np.array([b[2] for b in bands]), np.array([b[3] for b in bands])
 
 
 def _band_traces(fig, x, m, lo, hi, colour, name, **kw):
@@ -149,17 +150,6 @@ def save_png(fig: go.Figure, path, scale: float = 2.0) -> None:
     fig.write_image(str(path), scale=scale)
 
 
-def landscape_heatmap(land, colour_by: str = "class", class_names: Sequence[str] | None = None,
-                      title: str = "") -> go.Figure:
-    """A 2-D landscape coloured by predicted class or by local W_σ, with its marked points."""
-    fig = go.Figure()
-    _add_landscape(fig, land, colour_by, class_names)
-    fig.update_layout(template=TEMPLATE, title=title, height=420, width=480,
-                      xaxis_title=f"{land.directions[0]} direction (L2)",
-                      yaxis_title=f"{land.directions[1]} direction (L2)")
-    return fig
-
-
 def _class_colourscale(k: int):
     cols = [OKABE_ITO[i % len(OKABE_ITO)] for i in range(k)]
     scale = []
@@ -188,12 +178,6 @@ def landscape_traces(land, colour_by: str, class_names=None, k: int = 10, showsc
                        marker=dict(symbol="x", size=11, color="white", line=dict(width=2, color="black")),
                        showlegend=False, hoverinfo="text")
     return heat, marks
-
-
-def _add_landscape(fig, land, colour_by, class_names, **kw):
-    k = max(int(land.predicted.max()) + 1, len(class_names) if class_names else 0, 2)
-    for tr in landscape_traces(land, colour_by, class_names, k):
-        fig.add_trace(tr, **kw)
 
 
 def landscape_pair(clean_land, triggered_land, colour_by: str = "class",

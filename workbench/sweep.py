@@ -39,13 +39,13 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-from scipy import stats
 from tqdm.auto import tqdm
 
 from ._validate import check_choice, check_float, check_int, check_sigmas
 from .data import DATASET_SHAPES, DATASETS
 from .fileio import atomic_write
 from .models import MODELS
+from .stats import spearman_ci  # noqa: F401 - re-exported: it used to live here
 from .triggers import TRIGGERS
 
 try:  # Linux and macOS; elsewhere sweeps sharing one CSV are not coordinated
@@ -744,21 +744,6 @@ def _describe(point: dict) -> str:
 
 def _normalise(row: dict) -> dict:
     return {k: row.get(k) for k in COLUMNS}
-
-
-def spearman_ci(x, y, confidence: float = 0.95) -> dict:
-    """Spearman's rank correlation with a Fisher-z interval (SE = sqrt(1.06 / (n − 3)), Fieller,
-    Hartley & Pearson 1957). Needs n >= 4 points."""
-    x, y = np.asarray(x, float), np.asarray(y, float)
-    n = len(x)
-    if n < 4:
-        raise ValueError(f"`x` must have at least 4 points for a correlation interval; got {n}.")
-    res = stats.spearmanr(x, y)
-    rho = float(res.statistic)
-    z = math.atanh(max(min(rho, 0.999999), -0.999999))
-    half = stats.norm.ppf(0.5 + confidence / 2) * math.sqrt(1.06 / (n - 3))
-    return {"rho": rho, "p_value": float(res.pvalue), "ci": (math.tanh(z - half), math.tanh(z + half)),
-            "n": n}
 
 
 __all__ = ["SweepGrid", "SweepTable", "SweepError", "SweepFileError", "run_sweep", "read_table",
