@@ -132,14 +132,22 @@ def test_kill_between_the_two_renames_is_repaired(tmp_path, digits_run):
 
 
 def test_concurrent_saves_and_loads(tmp_path, digits_run):
-    """Four processes overwrite one folder in loops (4 x 40 saves) while one loads it in a loop
-    (150 loads): no save fails, every load finds a complete, consistent run."""
+    """Four processes overwrite one folder in loops (4 x 150 saves) while one loads it in a loop
+    (400 loads), all released at once: no save fails, every load finds a complete, consistent
+    run. (Before the fix: `Directory not empty` and `.old` errors in saves, missing folders in
+    loads.)"""
     target = tmp_path / "shared"
+    go = tmp_path / "go"
     digits_run.save(target)
-    saver = f"""
+    wait = f"""
         run = wb.load_run({str(target)!r})
+        print("ready", flush=True)
+        while not os.path.exists({str(go)!r}):
+            time.sleep(0.001)
         fails = 0
-        for i in range(40):
+    """
+    saver = wait + f"""
+        for i in range(150):
             run.clean_accuracy = (os.getpid() % 1000) / 1000
             try:
                 run.save({str(target)!r}, overwrite=True)
@@ -148,9 +156,8 @@ def test_concurrent_saves_and_loads(tmp_path, digits_run):
                 print(repr(exc), file=sys.stderr)
         print(fails)
     """
-    reader = f"""
-        fails = 0
-        for i in range(150):
+    reader = wait + f"""
+        for i in range(400):
             try:
                 r = wb.load_run({str(target)!r})
                 assert r.history and r.config["rate"] == 0.05
@@ -160,6 +167,9 @@ def test_concurrent_saves_and_loads(tmp_path, digits_run):
         print(fails)
     """
     procs = [_spawn(saver, tmp_path) for _ in range(4)] + [_spawn(reader, tmp_path)]
+    for p in procs:
+        assert p.stdout.readline().strip() == "ready"
+    go.touch()
     outs = [p.communicate(timeout=300) for p in procs]
     assert all(p.returncode == 0 for p in procs), [o[1][-1500:] for o in outs]
     fails = [int(o[0].strip().splitlines()[-1]) for o in outs]
