@@ -11,7 +11,7 @@ from torch import nn
 
 from ._validate import check_choice, check_int
 
-MODELS = ("small-cnn", "mlp", "lenet5", "resnet18")
+MODELS = ("small-cnn", "mlp", "lenet5", "resnet18", "small-cnn-bn")
 
 
 class SmallCNN(nn.Module):
@@ -25,6 +25,33 @@ class SmallCNN(nn.Module):
             nn.Conv2d(width, 2 * width, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2),
         )
         # the full feature map feeds the head: pooling it further cost Fashion-MNIST ~4 points
+        h, w = image_size[0] // 4, image_size[1] // 4
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(2 * width * h * w, hidden),
+                                  nn.ReLU(inplace=True), nn.Linear(hidden, num_classes))
+
+    def forward(self, x):
+        return self.head(self.features(x))
+
+
+class SmallCNNBN(nn.Module):
+    """The small CNN with BatchNorm after each convolution and a third conv block at a quarter of
+    the resolution: three BatchNorm layers, for detectors that scale BatchNorm parameters
+    (IBD-PSC, `workbench.detection`). Costs about 1.4x the small CNN's forward pass.
+
+    BatchNorm2d only (none in the head): BatchNorm1d fails on a last minibatch of one image.
+    """
+
+    def __init__(self, in_channels: int, num_classes: int, image_size=(28, 28), width: int = 16,
+                 hidden: int = 128):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(in_channels, width, 3, padding=1, bias=False), nn.BatchNorm2d(width),
+            nn.ReLU(inplace=True), nn.MaxPool2d(2),
+            nn.Conv2d(width, 2 * width, 3, padding=1, bias=False), nn.BatchNorm2d(2 * width),
+            nn.ReLU(inplace=True), nn.MaxPool2d(2),
+            nn.Conv2d(2 * width, 2 * width, 3, padding=1, bias=False), nn.BatchNorm2d(2 * width),
+            nn.ReLU(inplace=True),
+        )
         h, w = image_size[0] // 4, image_size[1] // 4
         self.head = nn.Sequential(nn.Flatten(), nn.Linear(2 * width * h * w, hidden),
                                   nn.ReLU(inplace=True), nn.Linear(hidden, num_classes))
@@ -83,6 +110,8 @@ def build_model(name: str, in_channels: int, num_classes: int, image_size: tuple
         return MLP(in_channels * h * w, num_classes)
     if name == "lenet5":
         return LeNet5(in_channels, num_classes)
+    if name == "small-cnn-bn":
+        return SmallCNNBN(in_channels, num_classes, (h, w))
     return resnet18_small(in_channels, num_classes)
 
 
