@@ -125,10 +125,24 @@ def test_kill_between_the_two_renames_is_repaired(tmp_path, digits_run):
     target = tmp_path / "r"
     digits_run.save(target)
     os.rename(target, tmp_path / ".r.old")
-    (tmp_path / ".r.abcd1234").mkdir()  # and an unfinished temporary folder
+    (tmp_path / ".r.tmp-abcd1234").mkdir()  # and an unfinished temporary folder
     assert wb.load_run(target).config == digits_run.config
     digits_run.save(target, overwrite=True)
     assert _leftovers(tmp_path) == []
+
+
+def test_recovery_touches_only_its_own_leftovers(tmp_path, digits_run):
+    # `exp` must not take `exp.v2`'s run caught between renames, nor a live writer's folder,
+    # nor names that a glob pattern would match (`run[1]` vs `.run1.old`)
+    digits_run.save(tmp_path / "exp.v2")
+    os.rename(tmp_path / "exp.v2", tmp_path / ".exp.v2.old")
+    (tmp_path / ".exp.v2.tmp-live1234").mkdir()
+    (tmp_path / ".run1.old").mkdir()
+    digits_run.save(tmp_path / "exp")
+    digits_run.save(tmp_path / "run[1]")
+    assert (tmp_path / ".exp.v2.old").is_dir() and (tmp_path / ".exp.v2.tmp-live1234").is_dir()
+    assert (tmp_path / ".run1.old").is_dir()
+    assert wb.load_run(tmp_path / "exp.v2").config == digits_run.config  # restored by its own load
 
 
 def test_concurrent_saves_and_loads(tmp_path, digits_run):

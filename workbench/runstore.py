@@ -13,7 +13,7 @@ crash between the two renames is repaired by the next save or load of NAME, whic
 run back. Writers of one NAME are serialised by a lock file `.NAME.lock` beside it (`flock`; the
 `filelock` package where there is none: an OS lock, released by the kernel when its holder dies,
 so a killed writer never blocks the others). Whoever holds the lock also removes leftovers of killed writers
-(`.NAME.<random>` folders).
+(`.NAME.tmp-*` folders; the match is exact, so `exp` never touches `.exp.v2.old`).
 
 Loading checks everything before it is trusted: the JSON's structure and the metrics' types and
 ranges, the weights' checksum against the one recorded at save time (a truncated, swapped or
@@ -29,9 +29,11 @@ import io
 import json
 import math
 import os
+import re
 import shutil
 import sys
 import tempfile
+import time
 from contextlib import contextmanager
 from numbers import Integral, Real
 from pathlib import Path
@@ -86,19 +88,28 @@ def locked(path: Path) -> Iterator[None]:
         os.close(fd)  # closing the descriptor releases the flock
 
 
+def _is_leftover(name: str, path: Path) -> bool:
+    """Whether folder entry `name` is a leftover of a writer of exactly `path`: `.NAME.old` or a
+    temporary `.NAME.tmp-XXXXXXXX` (a prefix match would take other runs' folders: `exp` must
+    never touch `.exp.v2.old`)."""
+    return re.fullmatch(rf"\.{re.escape(path.name)}\.(old|tmp-[A-Za-z0-9_]+)", name) is not None
+
+
 def recover(path: Path) -> None:
     """Repair what killed writers left around `path` (call with the lock held).
 
     A `.NAME.old` with no NAME is a user's run caught between the two renames of an overwrite:
-    it goes back into place. Other `.NAME.*` folders are unfinished or superseded saves.
+    it goes back into place. `.NAME.tmp-*` folders are unfinished or superseded saves.
     """
     old = path.with_name(f".{path.name}.old")
     if old.is_dir() and not path.exists():
         os.rename(old, path)
         fsync_dir(path.parent)
-    for leftover in path.parent.glob(f".{path.name}.*"):
-        if leftover.is_dir() and leftover.name != lock_path(path).name:
-            shutil.rmtree(leftover, ignore_errors=True)
+    if not path.parent.is_dir():
+        return
+    for entry in os.scandir(path.parent):
+        if entry.is_dir(follow_symlinks=False) and _is_leftover(entry.name, path):
+            shutil.rmtree(entry.path, ignore_errors=True)
 
 
 # --- saving --------------------------------------------------------------------------------------
@@ -130,10 +141,25 @@ def _exchange(a: Path, b: Path) -> bool:
 _exchange.available = True
 
 
-def _umask_mode(mode: int = 0o777) -> int:
-    um = os.umask(0)
+def _read_umask() -> int:
+    """The process's umask, read without changing it where the OS tells (Linux /proc); else the
+    set-and-restore dance, once, at import (not while other threads create files)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    um = os.umask(0o022)
     os.umask(um)
-    return mode & ~um
+    return um
+
+
+_UMASK = _read_umask()
+
+
+def _umask_mode(mode: int = 0o777) -> int:
+    return mode & ~_UMASK
 
 
 def write_run(path: Path, state: dict, meta: dict, overwrite: bool) -> None:
@@ -145,7 +171,7 @@ def write_run(path: Path, state: dict, meta: dict, overwrite: bool) -> None:
         raise FileExistsError(f"`path` {path} exists; pass overwrite=True to replace it.")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     except OSError as exc:
         raise OSError(exc.errno, f"cannot save a run to {path}: {exc.strerror}", str(path)) from None
     try:
@@ -198,6 +224,9 @@ def read_run_files(path: Path, retries: int = 50) -> tuple[dict, bytes]:
         try:
             fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
         except FileNotFoundError:
+            if path.with_name(f".{path.name}.old").is_dir():  # a writer between its two renames
+                time.sleep(0.01)
+                continue
             raise FileNotFoundError(f"{need}; it does not exist.") from None
         except NotADirectoryError:
             raise FileNotFoundError(f"{need}; it is a file.") from None
@@ -236,7 +265,9 @@ def _parse_json(file: Path, blob: bytes) -> dict:
 
 def check_meta(file: Path, meta: dict) -> None:
     """The types and ranges of run.json's fields (what `BackdoorRun` and its repr rely on)."""
-    missing = [k for k in META_KEYS if k not in meta]
+    # runs saved before the checksum existed load too (load_run warns): their weights are still
+    # checked for names, shapes and finite values
+    missing = [k for k in META_KEYS if k not in meta and k != "weights_sha256"]
     if missing:
         raise RunFileError(f"{file} lacks {', '.join(missing)}; it was not written by this "
                            "version of the workbench or is damaged.")
@@ -262,7 +293,8 @@ def check_meta(file: Path, meta: dict) -> None:
         bad("poison_indices", "a list of ints >= 0")
     if not isinstance(meta["environment"], dict):
         bad("environment", "an object")
-    if not isinstance(meta["weights_sha256"], str) or len(meta["weights_sha256"]) != 64:
+    sha = meta.get("weights_sha256")
+    if sha is not None and (not isinstance(sha, str) or len(sha) != 64):
         bad("weights_sha256", "a SHA-256 hex digest")
     cfg = meta["config"]
     if not isinstance(cfg, dict):
@@ -284,9 +316,10 @@ def check_meta(file: Path, meta: dict) -> None:
         raise RunFileError(f"{file}: `config.target` must be a class in [0, {k - 1}]; got {t!r}.")
 
 
-def load_state(file: Path, blob: bytes, expected_sha256: str, model: torch.nn.Module) -> dict:
-    """The state dict in `blob`, checked against its checksum and against `model`'s weights."""
-    if hashlib.sha256(blob).hexdigest() != expected_sha256:
+def load_state(file: Path, blob: bytes, expected_sha256: str | None, model: torch.nn.Module) -> dict:
+    """The state dict in `blob`, checked against its checksum (None: a run saved before
+    checksums, not checked) and against `model`'s weights."""
+    if expected_sha256 is not None and hashlib.sha256(blob).hexdigest() != expected_sha256:
         raise RunFileError(f"{file} does not match the checksum recorded in run.json: it was "
                            "truncated, edited or replaced after the run was saved.")
     try:
