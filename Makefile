@@ -7,7 +7,7 @@ DEV    := $(VENV)/.installed-dev
 # Progress bars off in tests (headless notebook runs would store every bar in the notebook).
 export TQDM_DISABLE ?= 1
 
-.PHONY: help demo test test-fast lab bench clean-runs clean
+.PHONY: help demo test test-fast lab app bench clean-runs clean
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
 
@@ -35,7 +35,15 @@ test-fast: $(DEV)  ## the tests that train nothing big and start no browser
 	$(PY) -m pytest -ra -m "not slow and not browser"
 
 lab: $(STAMP)  ## open JupyterLab on notebooks/ (localhost only, token on)
-	$(VENV)/bin/jupyter lab --ip=127.0.0.1 --notebook-dir=notebooks
+	JUPYTER_CONFIG_PATH=$(CURDIR)/jupyter $(VENV)/bin/jupyter lab --ip=127.0.0.1 --notebook-dir=notebooks
+
+# The classroom app. On a LAN: make app APP_IP=0.0.0.0 APP_ARGS=--token=<a-secret> (see README).
+APP_IP   ?= 127.0.0.1
+APP_PORT ?= 8866
+APP_ARGS ?=
+app: $(STAMP)  ## serve the classroom (notebooks/classroom.ipynb) with Voila at http://127.0.0.1:8866
+	JUPYTER_CONFIG_PATH=$(CURDIR)/jupyter $(VENV)/bin/voila notebooks/classroom.ipynb --no-browser \
+		--port=$(APP_PORT) --Voila.ip=$(APP_IP) $(APP_ARGS)
 
 bench: $(DEV)  ## run the benchmarks (prints ratios; see benchmarks/RESULTS.md)
 	$(PY) benchmarks/training.py

@@ -1,0 +1,263 @@
+"""The classroom app: its page logic in plain pytest, then the Voilà app in real headless Chromium
+(one visitor trains and moves σ; three visitors at once each see their own results). Screenshots
+and the measured kernel memory are kept in test-artifacts/."""
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import ipywidgets as W
+import pytest
+
+import workbench as wb
+from workbench.classroom import Classroom, POISONING_MODES
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+needs_chromium = pytest.mark.skipif(
+    not Path(CHROMIUM).exists(),
+    reason="Debian's chromium is not installed (apt-get install chromium); .ci/run installs it")
+VISITOR_TARGETS = (3, 5, 8)  # the three simultaneous visitors' target classes
+
+
+def _controls(page):
+    return [w for w in _walk(page) if hasattr(w, "disabled") and not isinstance(w, W.IntProgress)]
+
+
+def _walk(w):
+    yield w
+    for c in getattr(w, "children", ()):
+        yield from _walk(c)
+
+
+def test_page_before_any_run(digits):
+    page = Classroom(digits, open_cached=False)
+    assert page.run is None and page.smoothness is None
+    assert page.attack.train_button.description == "Train"
+    assert page.mode.options == POISONING_MODES and page.mode.disabled
+    assert "dirty-label" in wb.classroom.EXPLAIN["attack"]
+    assert "Train a model in step 2 first" in page._smooth_box.children[0].value
+    before = {id(w): w.disabled for w in _controls(page)}
+    with page.busy("testing…"):
+        assert all(w.disabled for w in _controls(page))
+        assert "paused" in page.status.value
+    assert {id(w): w.disabled for w in _controls(page)} == before  # restored, the mode stays off
+    assert "Ready" in page.status.value
+
+
+@pytest.mark.slow
+def test_page_opens_cached_run_and_stays_busy_while_training(digits, digits_run):
+    page = Classroom(digits)  # the default configuration is the cached demo run
+    assert page.run is not None and page.run.attack_success_rate == digits_run.attack_success_rate
+    assert "attack success rate" in page.attack.result.value
+    assert page.smoothness.comparison is not None and page.landscape.landscapes is not None
+    seen = []
+    page.attack.progress.observe(lambda _c: seen.append(page.attack.rate.disabled
+                                                        and page.designer.kind.disabled),
+                                 names="value")
+    page.smoothness.sigma_max.value = 0.4
+    assert max(max(tr.x) for tr in page.smoothness.curves.data if tr.x is not None) == 0.4
+    page.attack.train()
+    assert seen and all(seen)  # every progress update came while the controls were disabled
+    assert not page.attack.train_button.disabled and not page.designer.kind.disabled
+
+
+# ---------------------------------------------------------------------------------------------
+# Voilà in Chromium
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def voila(tmp_path_factory, digits, digits_run):
+    """`voila notebooks/classroom.ipynb` on a free port, with the session's run cache (warmed for
+    the default configuration and the three visitors'); stopped with its kernels at the end."""
+    import psutil
+
+    for t in VISITOR_TARGETS:
+        wb.train_backdoor(digits, trigger=wb.triggers.Patch(size=3), rate=0.05, target=t,
+                          progress=False)
+    work = tmp_path_factory.mktemp("voila")
+    port = _free_port()
+    env = {**os.environ, "TQDM_DISABLE": "1", "JUPYTER_RUNTIME_DIR": str(work / "runtime"),
+           "JUPYTER_CONFIG_PATH": str(ROOT / "jupyter")}
+    log = open(work / "voila.log", "w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "voila", str(ROOT / "notebooks" / "classroom.ipynb"), "--no-browser",
+         f"--port={port}", "--Voila.ip=127.0.0.1", "--show_tracebacks=True"],
+        env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+    for _ in range(240):
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                break
+        if proc.poll() is not None:
+            break
+        time.sleep(0.5)
+    else:
+        proc.kill()
+        pytest.fail("Voila did not start: " + (work / "voila.log").read_text()[-2000:])
+    if proc.poll() is not None:
+        pytest.fail("Voila exited: " + (work / "voila.log").read_text()[-2000:])
+    server = psutil.Process(proc.pid)
+    yield f"http://127.0.0.1:{port}/", server
+    kernels = server.children(recursive=True)
+    proc.terminate()
+    try:
+        proc.wait(20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    for k in kernels:  # kernels the server did not stop
+        if k.is_running():
+            k.kill()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync", "--no-first-run"])
+        yield b
+        b.close()
+
+
+def _open(context, url):
+    """Open the app in a new page; wait until the cached run is shown and the page is idle."""
+    page = context.new_page()
+    errors = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(url, timeout=180_000)
+    page.wait_for_selector(".classroom", timeout=240_000)
+    _wait_ready(page)
+    return page, errors
+
+
+def _wait_ready(page, timeout=240_000):
+    page.wait_for_function(
+        "() => { const s = document.querySelector('.classroom-status');"
+        " return s && s.textContent.includes('Ready. Current model'); }", timeout=timeout,
+        polling=500)
+
+
+def _result(page):
+    return page.locator(".classroom-step-2 .workbench-panel .widget-html").filter(
+        has_text="attack success rate").first.inner_text()
+
+
+def _curve_x(page):
+    return page.locator(".classroom-step-3 .js-plotly-plot").first.evaluate(
+        "el => el.data.map(t => Array.from(t.x || []))")
+
+
+def _no_error(page, errors):
+    text = page.inner_text("body")
+    assert "Error displaying widget" not in text
+    assert "Traceback" not in text
+    assert not errors, errors
+
+
+def _kernel_rss_mib(server):
+    return sorted(p.memory_info().rss / 2**20 for p in server.children(recursive=True)
+                  if "ipykernel" in " ".join(p.cmdline()))
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+@needs_chromium
+def test_classroom_in_browser_train_and_move_sigma(voila, browser, artifacts):
+    url, server = voila
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    page, errors = _open(context, url)
+    assert page.locator(".classroom-step-1 .js-plotly-plot").count() >= 1
+    assert "attack success rate" in _result(page)  # the cached default run, opened at once
+    # step 1: a 2x2 checkerboard trigger
+    page.locator(".classroom-step-1 select").first.select_option("Checkerboard")
+    page.wait_for_timeout(500)
+    before = _result(page)
+    page.locator(".classroom-step-2 button", has_text="Train").click()
+    page.wait_for_function(  # busy: the Train button is disabled while the kernel trains
+        "() => [...document.querySelectorAll('.classroom-step-2 button')]"
+        ".some(b => b.textContent.includes('Train') && b.disabled)", timeout=60_000, polling=100)
+    page.wait_for_function(
+        "before => { const s = document.querySelector('.classroom-status');"
+        " const r = [...document.querySelectorAll('.classroom-step-2 .widget-html')]"
+        "   .map(e => e.textContent).find(t => t.includes('attack success rate'));"
+        " return s.textContent.includes('Ready. Current model') && r && r !== before; }",
+        arg=before, timeout=300_000, polling=500)
+    result = _result(page)
+    assert "attack success rate" in result
+    asr = float(result.split("attack success rate")[1].split()[0])
+    assert 0.0 <= asr <= 1.0
+    rss = _kernel_rss_mib(server)
+    (artifacts / "classroom-kernel-rss.txt").write_text(
+        f"one visitor after opening the page and training: kernel RSS {rss} MiB\n")
+    assert len(rss) == 1 and rss[0] < 3000
+    # step 3: move the largest-σ slider as a person would; the curves redraw
+    x0 = _curve_x(page)
+    handle = page.locator(".classroom-step-3 .widget-slider", has_text="largest σ").locator(
+        ".noUi-handle")
+    handle.scroll_into_view_if_needed()
+    handle.focus()
+    page.keyboard.press("ArrowLeft")
+    page.keyboard.press("ArrowLeft")
+    page.wait_for_function(
+        "x0 => { const el = document.querySelector('.classroom-step-3 .js-plotly-plot');"
+        " const x = el.data.map(t => Array.from(t.x || []));"
+        " return JSON.stringify(x) !== JSON.stringify(x0); }", arg=x0, timeout=120_000,
+        polling=500)
+    _wait_ready(page)
+    assert max(max(x) for x in _curve_x(page) if x) < max(max(x) for x in x0 if x)
+    page.set_viewport_size({"width": 1400, "height": 3600})  # Voila scrolls inside its page
+    page.wait_for_timeout(2500)
+    page.screenshot(path=str(artifacts / "classroom.png"))
+    _no_error(page, errors)
+    context.close()
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+@needs_chromium
+def test_classroom_three_visitors_at_once(voila, browser, artifacts):
+    url, server = voila
+    contexts = [browser.new_context(viewport={"width": 1200, "height": 900}) for _ in VISITOR_TARGETS]
+    pages = []
+    for c in contexts:  # three visitors: three kernels, opened together
+        p = c.new_page()
+        errs = []
+        p.on("pageerror", lambda e, errs=errs: errs.append(str(e)))
+        p.goto(url, timeout=180_000, wait_until="commit")
+        pages.append((p, errs))
+    for p, _ in pages:
+        p.wait_for_selector(".classroom", timeout=300_000)
+        _wait_ready(p, timeout=300_000)
+    for (p, _), t in zip(pages, VISITOR_TARGETS):  # each its own target, then Train in each
+        p.locator(".classroom-step-2 .widget-dropdown", has_text="target").locator("select").select_option(
+            label=f"{t}: {t}")
+    for p, _ in pages:
+        p.locator(".classroom-step-2 button", has_text="Train").click()
+    for (p, errs), t in zip(pages, VISITOR_TARGETS):
+        p.wait_for_function(
+            "t => [...document.querySelectorAll('.classroom-step-2 .widget-html')]"
+            ".some(e => e.textContent.includes('backdoor target class ' + t))",
+            arg=str(t), timeout=300_000, polling=500)
+        _wait_ready(p)
+        result = _result(p)
+        assert f"backdoor target class {t}" in result
+        assert not any(f"backdoor target class {o}" in result for o in VISITOR_TARGETS if o != t)
+        _no_error(p, errs)
+    rss = _kernel_rss_mib(server)
+    with open(artifacts / "classroom-kernel-rss.txt", "a") as f:
+        f.write(f"three visitors at once, after training: kernel RSS {rss} MiB\n")
+    assert len(rss) >= 3
+    for c in contexts:
+        c.close()
