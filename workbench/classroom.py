@@ -72,6 +72,17 @@ def _descendants(widget):
         yield from _descendants(child)
 
 
+def _fresh_figures(panel, *names):
+    """Swap a panel's figure widgets for new ones holding their current data (updates sent to a
+    figure before Voila's page connected never reach the browser)."""
+    for name in names:
+        old = getattr(panel, name)
+        fresh = go.FigureWidget(old)
+        panel.children = tuple(fresh if c is old else c for c in panel.children)
+        setattr(panel, name, fresh)
+        old.close()  # before the page connects: the browser never builds it
+
+
 def _step(number: int, title: str, explain: str, body: W.Widget) -> W.VBox:
     head = W.HTML(f"<h3 style='margin:0.6em 0 0.2em'>{number}. {title}</h3>")
     note = W.HTML(explain, layout=W.Layout(width="27%", min_width="16em", padding="0 1em 0 0"))
@@ -100,11 +111,8 @@ class _Attack(AttackPanel):
         # A fresh figure view with the run's data: updates sent to a figure before the page had
         # drawn it (a cached run opened while Voila renders) would be lost in the browser.
         super()._show(run)
-        if self._page._shown:
-            return
-        fresh = go.FigureWidget(self.confusion)
-        self.children = tuple(fresh if c is self.confusion else c for c in self.children)
-        self.confusion = fresh
+        if not self._page._shown:
+            _fresh_figures(self, "confusion")
 
 
 class _Smoothness(SmoothnessExplorer):
@@ -228,3 +236,6 @@ class Classroom(W.VBox):
         self._smooth_box.children = (self.smoothness,)
         self.landscape = _Landscape(self, run, self.data, resolution=self.resolution)
         self._land_box.children = (self.landscape,)
+        if not self._shown:  # see _Attack._show: figures filled before the page drew them
+            _fresh_figures(self.smoothness, "curves", "distribution")
+            _fresh_figures(self.landscape, "plane", "curve")

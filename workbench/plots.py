@@ -174,7 +174,11 @@ def landscape_traces(land, colour_by: str, class_names=None, k: int = 10, showsc
                           hovertemplate="a=%{x:.2f}, b=%{y:.2f}<br>W=%{z:.3f}<extra></extra>")
     names = list(land.markers)
     marks = go.Scatter(x=[land.markers[m][0] for m in names], y=[land.markers[m][1] for m in names],
-                       mode="markers+text", text=names, textposition="top center",
+                       mode="markers+text", text=names,
+                       # labels on opposite sides of their markers (the input and its twin are often
+                       # close), with a halo so they read on any colour
+                       textposition=["bottom left" if i % 2 == 0 else "top right" for i in range(len(names))],
+                       textfont=dict(color="black", size=12, shadow="0px 0px 3px white"),
                        marker=dict(symbol="x", size=11, color="white", line=dict(width=2, color="black")),
                        showlegend=False, hoverinfo="text")
     return heat, marks
