@@ -16,7 +16,7 @@ def test_models_map_images_to_logits(name, shape):
 
 
 def test_bad_model_name():
-    with pytest.raises(ValueError, match="`model` must be one of 'small-cnn'"):
+    with pytest.raises(ValueError, match="`name` must be one of 'small-cnn'"):
         wb.build_model("vgg", 1, 10, (16, 16))
 
 

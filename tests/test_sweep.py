@@ -57,7 +57,7 @@ def test_trigger_types_come_from_the_trigger_registry():
 
     assert set(sw.SWEEPABLE) == set(TRIGGERS) - {"PatternPatch"}  # a pattern cannot be swept by size
     assert sw.SIZED == ("Patch", "Checkerboard")
-    with pytest.raises(ValueError, match="`trigger type` must be one of 'Patch'"):
+    with pytest.raises(ValueError, match="`trigger_types` must be one of 'Patch'"):
         sw.SweepGrid(trigger_types=("PatternPatch",))
 
 

@@ -59,6 +59,8 @@ def check_choice(name: str, value: Any, choices: Sequence[Any]) -> Any:
 
 def check_sigmas(name: str, values: Iterable[Any]) -> list[float]:
     """A non-empty, strictly increasing sequence of non-negative finite floats."""
+    if isinstance(values, (str, bytes)):  # iterable, but "0.5" is not a grid of noise scales
+        raise TypeError(f"`{name}` must be a sequence of floats >= 0; got {values!r}.")
     try:
         vals = [float(v) for v in values]
     except (TypeError, ValueError):
@@ -165,3 +167,15 @@ def check_labels(name: str, y: Any, n: int) -> None:
         raise ValueError(f"`{name}` must hold at least one label; got none.")
     if int(y.min()) < 0:
         raise ValueError(f"`{name}` must hold class indices >= 0; got {int(y.min())}.")
+
+
+def check_forwards(total: int, detail: str) -> None:
+    """Refuse, before any work, a call whose W_σ estimates would each run more noisy forward
+    passes than `smoothness.MAX_FORWARDS` (each estimate would refuse it, but only when its turn
+    comes, after the work before it). `detail`: how `total` was counted."""
+    from .smoothness import MAX_FORWARDS
+
+    if total > MAX_FORWARDS:
+        raise ValueError(f"`n_samples` asks for up to {total:.3g} noisy forward passes per estimate "
+                         f"({detail}): the work must stay within {MAX_FORWARDS:.3g} (see "
+                         "estimate_smoothness's `max_forwards`). Use fewer.")

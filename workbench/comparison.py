@@ -82,6 +82,8 @@ def _as_summaries(name: str, values) -> np.ndarray:
         a = np.asarray(values, dtype=float)
     except (TypeError, ValueError):
         raise TypeError(f"`{name}` must be a 1-D array of numbers; got {type(values).__name__}.") from None
+    if a.ndim == 0:  # a number (or None) where one per pair is needed
+        raise TypeError(f"`{name}` must be a 1-D array of numbers; got {values!r}.")
     if a.ndim != 1:
         raise ValueError(f"`{name}` must be a 1-D array (one number per pair); got shape {a.shape}.")
     if not np.isfinite(a).all():

@@ -20,7 +20,7 @@ import torch
 from sklearn.metrics import roc_auc_score, roc_curve
 from torch import nn
 
-from ._validate import check_choice, check_images, check_int, check_seed, check_sigmas
+from ._validate import check_choice, check_forwards, check_images, check_int, check_seed, check_sigmas
 from .poison import make_generator
 from .models import preserve_model
 from .sampling import check_model as _check_model, check_model_input, model_device as _model_device
@@ -43,6 +43,7 @@ def strip_entropy(model: nn.Module, inputs: torch.Tensor, clean_pool: torch.Tens
                          f"got {tuple(clean_pool.shape[1:])}.")
     dev = _model_device(model)
     check_model_input(model, inputs, "inputs")
+    inputs, clean_pool = inputs.float(), clean_pool.float()  # float64 too (the models are float32)
     g = make_generator(seed)
     # the same blend partners for every input: a paired design, and reproducible
     idx = torch.randint(0, len(clean_pool), (n_blend,), generator=g)
@@ -80,8 +81,29 @@ class DetectionResult:
     tpr_at_5_fpr: float  # true-positive rate at 5% false-positive rate (interpolated)
 
 
+def _as_scores(name: str, values) -> np.ndarray:
+    """Scores as a flat float array (at least one, finite: checked by the caller)."""
+    try:
+        a = np.asarray(values, dtype=float)
+    except (TypeError, ValueError):
+        raise TypeError(f"`{name}` must be an array of numbers (one score per input); got "
+                        f"{type(values).__name__}.") from None
+    if a.ndim == 0:  # a number (or None) where one per input is needed
+        raise TypeError(f"`{name}` must be an array of numbers (one score per input); got "
+                        f"{values!r}.")
+    return a.ravel()
+
+
 def roc_analysis(method: str, clean_scores, triggered_scores) -> DetectionResult:
-    c, t = np.asarray(clean_scores, float), np.asarray(triggered_scores, float)
+    if not isinstance(method, str):
+        raise TypeError(f"`method` must be a str naming the detector; got {method!r}.")
+    c, t = _as_scores("clean_scores", clean_scores), _as_scores("triggered_scores", triggered_scores)
+    for name, v in (("clean_scores", c), ("triggered_scores", t)):
+        if not len(v):
+            raise ValueError(f"`{name}` must hold at least one score; got none.")
+        if not np.isfinite(v).all():
+            raise ValueError(f"`{name}` must hold finite values; got "
+                             f"{int((~np.isfinite(v)).sum())} NaN or infinite.")
     y = np.r_[np.zeros(len(c)), np.ones(len(t))]
     s = np.r_[c, t]
     fpr, tpr, _ = roc_curve(y, s)
@@ -97,8 +119,14 @@ def compare_detectors(model: nn.Module, clean: torch.Tensor, triggered: torch.Te
     for name, x in (("clean", clean), ("triggered", triggered), ("clean_pool", clean_pool)):
         check_images(name, x)
         check_model_input(model, x, name)
-    check_sigmas("sigmas", sigmas)
+    # float64 images too, as the estimator takes them (the models are float32)
+    clean, triggered, clean_pool = clean.float(), triggered.float(), clean_pool.float()
+    sig = check_sigmas("sigmas", sigmas)
     check_int("n_samples", n_samples, low=1)
+    # the W_σ estimates come after other detectors' work: refuse an impossible one now
+    n_est = max(len(clean), len(triggered))
+    check_forwards(n_est * len(sig) * n_samples,
+                   f"{n_est} inputs × {len(sig)} σ × {n_samples} samples")
     check_int("n_blend", n_blend, low=1)
     check_seed("seed", seed, generator=False)
     out = [roc_analysis("STRIP (50/50 blend, mean entropy)",

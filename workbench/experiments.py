@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._validate import check_choice, check_int, check_sigmas
+from ._validate import check_choice, check_forwards, check_int, check_sigmas
 from .data import Dataset
 from .poison import TriggeredPairs, triggered_pairs
 from .comparison import ComparisonResult, compare_smoothness
@@ -23,6 +23,12 @@ DEFAULT_SIGMAS = {
     "cifar10": tuple(np.round(np.linspace(0.02, 0.3, 12), 3)),
     "gtsrb": tuple(np.round(np.linspace(0.02, 0.3, 12), 3)),
 }
+
+
+def _check_dataset(data) -> None:
+    if not isinstance(data, Dataset):
+        raise TypeError(f"`data` must be a workbench Dataset (see load_dataset); got "
+                        f"{type(data).__name__}.")
 
 
 def default_sigmas(dataset: str) -> list[float]:
@@ -48,6 +54,10 @@ def smoothing_analysis(run: BackdoorRun, data: Dataset, sigmas=None, n_pairs: in
                        n_samples: int = 128, seed: int = 0, summary: str = "mean",
                        **kwargs) -> SmoothingAnalysis:
     """Pick `n_pairs` random non-target test inputs, trigger them, and compare their W_σ curves."""
+    if not isinstance(run, BackdoorRun):
+        raise TypeError(f"`run` must be a workbench BackdoorRun (from train_backdoor or load_run); "
+                        f"got {type(run).__name__}.")
+    _check_dataset(data)
     sig = check_sigmas("sigmas", default_sigmas(data.name) if sigmas is None else sigmas)
     check_int("n_pairs", n_pairs, low=2)
     pairs = triggered_pairs(data.x_test, data.y_test, run.trigger, run.target, n=n_pairs, seed=seed)
@@ -65,12 +75,22 @@ def smoothing_dynamics(data: Dataset, trigger=None, rate: float = 0.05, target: 
     Returns one row per epoch: epoch, loss, clean_accuracy, attack_success_rate, gap, gap_ci,
     p_value, and the mean W_σ curves of clean and triggered inputs (on the same fixed pairs).
     """
-    from .train import train_backdoor
+    from .train import _prepare, train_backdoor
     from .triggers import Patch
 
+    # everything is checked here, before training: the measurements run in a callback after the
+    # first epoch, which is too late to find out that one of their settings is wrong
+    _check_dataset(data)
     trigger = Patch(size=3) if trigger is None else trigger
+    _prepare(data, trigger, rate, target, model, epochs, seed, None, None, 0.0, None)
     sig = check_sigmas("sigmas", default_sigmas(data.name) if sigmas is None else sigmas)
+    check_int("n_pairs", n_pairs, low=2)
+    check_int("n_samples", n_samples, low=1)
+    if not isinstance(progress, bool):
+        raise TypeError(f"`progress` must be a bool; got {progress!r}.")
     pairs = triggered_pairs(data.x_test, data.y_test, trigger, target, n=n_pairs, seed=seed)
+    check_forwards(len(pairs.clean) * len(sig) * n_samples,
+                   f"{len(pairs.clean)} pairs × {len(sig)} σ × {n_samples} samples, every epoch")
     rows: list[dict] = []
 
     def measure(epoch, net, entry):

@@ -49,13 +49,57 @@ def _unit(v: torch.Tensor) -> torch.Tensor:
     return v / n if n > 0 else v
 
 
+def _check_trigger(trigger, needed: bool) -> None:
+    if trigger is not None and not isinstance(trigger, Trigger):
+        raise TypeError(f"`trigger` must be a workbench.triggers.Trigger or None; got "
+                        f"{type(trigger).__name__}.")
+    if needed and trigger is None:
+        raise ValueError("`trigger` must be given for the 'trigger' direction.")
+
+
+def _check_clean(clean, x: torch.Tensor) -> None:
+    """`clean`: None or one image of the shape of `x` (C, H, W), as (C, H, W) or (1, C, H, W)."""
+    if clean is None:
+        return
+    if not isinstance(clean, torch.Tensor):
+        raise TypeError(f"`clean` must be None or one image, a torch.Tensor of the shape of `x` "
+                        f"{tuple(x.shape)}; got {type(clean).__name__}.")
+    if clean.reshape(-1).shape != x.reshape(-1).shape:
+        raise ValueError(f"`clean` must be one image of the shape of `x` {tuple(x.shape)}; got "
+                         f"{tuple(clean.shape)}.")
+    check_images("clean", clean.reshape(1, *x.shape))
+
+
+def _check_image(x, four_d: bool) -> torch.Tensor:
+    """One image `x` (C, H, W) (or (1, C, H, W) where `four_d`), checked, as (C, H, W) float32."""
+    shapes = "(C, H, W) or (1, C, H, W)" if four_d else "(C, H, W)"
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"`x` must be one image, a torch.Tensor of shape {shapes}; got "
+                        f"{type(x).__name__}.")
+    if four_d and x.ndim == 4 and len(x) == 1:
+        x = x[0]
+    if x.ndim != 3:
+        raise ValueError(f"`x` must be one image, of shape {shapes}; got shape {tuple(x.shape)}.")
+    check_images("x", x[None])
+    return x.float()  # float64 too, as the estimator takes it (the models are float32)
+
+
 def direction(model: nn.Module, x: torch.Tensor, kind: str, trigger: Trigger | None = None,
               seed: int = 0, clean: torch.Tensor | None = None) -> torch.Tensor:
     """One unnormalised direction (C, H, W) at input x (C, H, W)."""
-    check_choice("direction", kind, DIRECTIONS)
+    check_choice("kind", kind, DIRECTIONS)
+    _check_model(model)
+    x = _check_image(x, four_d=False)
+    seed = check_seed("seed", seed, generator=False)
+    _check_trigger(trigger, kind == "trigger")
+    _check_clean(clean, x)
+    if clean is not None:
+        clean = clean.reshape(x.shape).float()
+    return _direction(model, x, kind, trigger, seed, clean)
+
+
+def _direction(model, x, kind, trigger, seed, clean) -> torch.Tensor:
     if kind == "trigger":
-        if trigger is None:
-            raise ValueError("`trigger` must be given for the 'trigger' direction.")
         base = x if clean is None else clean
         return (trigger(base[None])[0] - base[None][0]).detach()
     if kind == "random":
@@ -80,9 +124,10 @@ def landscape_2d(model: nn.Module, x: torch.Tensor, directions=("trigger", "rand
     extent: half-width of the square in L2 units. sigma: also compute W_σ at every point.
     """
     _check_model(model)
-    if x.ndim == 4:
-        x = x[0]
-    check_images("x", x[None])
+    x = _check_image(x, four_d=True)
+    if isinstance(directions, str) or not isinstance(directions, (tuple, list)):
+        raise TypeError(f"`directions` must be a pair of different names from {DIRECTIONS}; "
+                        f"got {directions!r}.")
     if len(directions) != 2 or directions[0] == directions[1]:
         raise ValueError(f"`directions` must be two different names from {DIRECTIONS}; "
                          f"got {directions!r}.")
@@ -94,20 +139,14 @@ def landscape_2d(model: nn.Module, x: torch.Tensor, directions=("trigger", "rand
         sigma = check_float("sigma", sigma, 0.0, None, low_open=True)
     n_samples = check_int("n_samples", n_samples, low=1)
     seed = check_seed("seed", seed, generator=False)
-    if trigger is not None and not isinstance(trigger, Trigger):
-        raise TypeError(f"`trigger` must be a workbench.triggers.Trigger or None; got "
-                        f"{type(trigger).__name__}.")
+    _check_trigger(trigger, "trigger" in directions)
+    _check_clean(clean, x)
     dev = _model_device(model)
     check_model_input(model, x[None], "x")
-    if clean is not None:
-        if not isinstance(clean, torch.Tensor) or clean.reshape(-1).shape != x.reshape(-1).shape:
-            raise ValueError(f"`clean` must be one image of the shape of `x` {tuple(x.shape)}; got "
-                             f"{tuple(getattr(clean, 'shape', ())) or type(clean).__name__}.")
-        check_images("clean", clean.reshape(1, *x.shape))
     with preserve_model(model):
         x = x.to(dev)
-        c_ = None if clean is None else (clean[0] if clean.ndim == 4 else clean).to(dev)
-        raw = [direction(model, x, d, trigger, seed + i, c_) for i, d in enumerate(directions)]
+        c_ = None if clean is None else clean.reshape(x.shape).to(dev, torch.float32)
+        raw = [_direction(model, x, d, trigger, seed + i, c_) for i, d in enumerate(directions)]
         u = _unit(raw[0])
         v = raw[1] - (raw[1] * u).sum() * u  # Gram–Schmidt: v ⟂ u
         v = _unit(v)

@@ -4,6 +4,7 @@ built for the image size of their dataset (`build_model(..., image_size)`)."""
 from __future__ import annotations
 
 from contextlib import contextmanager
+from numbers import Integral
 from typing import Iterator
 
 import torch
@@ -98,12 +99,24 @@ def resnet18_small(in_channels: int, num_classes: int) -> nn.Module:
     return net
 
 
+# The smallest image side each architecture's layers leave a feature map of (measured): smaller
+# images fail in the first forward pass, or give a model with an empty layer.
+MIN_IMAGE_SIZE = {"small-cnn": 4, "small-cnn-bn": 4, "lenet5": 12}
+
+
 def build_model(name: str, in_channels: int, num_classes: int, image_size: tuple[int, int]) -> nn.Module:
     """A fresh, randomly initialised model (uses torch's global RNG: seed it with fork_rng)."""
-    check_choice("model", name, MODELS)
+    check_choice("name", name, MODELS)
     check_int("in_channels", in_channels, low=1)
     check_int("num_classes", num_classes, low=2)
-    h, w = image_size
+    low = MIN_IMAGE_SIZE.get(name, 1)
+    allowed = f"a (height, width) pair of ints >= {low} for {name!r}"
+    if not isinstance(image_size, (tuple, list)) or not all(
+            isinstance(s, Integral) and not isinstance(s, bool) for s in image_size):
+        raise TypeError(f"`image_size` must be {allowed}; got {image_size!r}.")
+    if len(image_size) != 2 or min(image_size) < low:
+        raise ValueError(f"`image_size` must be {allowed}; got {tuple(image_size)!r}.")
+    h, w = int(image_size[0]), int(image_size[1])
     if name == "small-cnn":
         return SmallCNN(in_channels, num_classes, (h, w))
     if name == "mlp":

@@ -22,13 +22,14 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ._validate import check_float, check_images, check_int, check_labels, check_seed
+from ._validate import (check_float, check_forwards, check_images, check_int, check_labels,
+                        check_seed, check_sigmas)
 from .poison import make_generator, triggered_pairs
 from .comparison import ComparisonResult, compare_smoothness
 from .models import preserve_model
 from .sampling import check_model as _check_model, check_model_input, model_device as _model_device
 from .train import attack_success_rate
-from .triggers import PatternPatch
+from .triggers import PatternPatch, Trigger
 
 
 def universal_patch(model: nn.Module, x_clean: torch.Tensor, y_clean: torch.Tensor, target: int,
@@ -42,13 +43,17 @@ def universal_patch(model: nn.Module, x_clean: torch.Tensor, y_clean: torch.Tens
     check_labels("y_clean", y_clean, len(x_clean))
     target = check_int("target", target, 0, k - 1)
     size = check_int("size", size, low=1, high=min(x_clean.shape[2:]))
+    # the patch's place (position, margin) must fit the images: fails now, not after optimising
+    PatternPatch(torch.full((x_clean.shape[1], size, size), 0.5), position, margin)(x_clean[:1])
     steps = check_int("steps", steps, low=1)
     lr = check_float("lr", lr, 0.0, None, low_open=True)
     batch_size = check_int("batch_size", batch_size, low=1)
     check_seed("seed", seed)
+    if not isinstance(progress, bool):
+        raise TypeError(f"`progress` must be a bool; got {progress!r}.")
     dev = _model_device(model)
     keep = y_clean != target
-    x = x_clean[keep].to(dev)
+    x = x_clean[keep].to(dev, torch.float32)
     if not len(x):
         raise ValueError("`x_clean` must hold inputs of classes other than `target`.")
     g = make_generator(seed)
@@ -75,6 +80,8 @@ def random_patches(n: int, size: int, channels: int = 1, position="center", marg
                    seed: int = 0) -> list[PatternPatch]:
     """`n` patches of uniform random content: controls for crafted patterns."""
     check_int("n", n, low=1)
+    size = check_int("size", size, low=1)
+    channels = check_int("channels", channels, low=1)
     g = make_generator(seed)
     return [PatternPatch(torch.rand((channels, size, size), generator=g), position, margin)
             for _ in range(n)]
@@ -91,7 +98,30 @@ class PatternMeasurement:
 def measure_patterns(model: nn.Module, x_test: torch.Tensor, y_test: torch.Tensor, target: int,
                      patterns: dict[str, PatternPatch], sigmas, n_pairs: int = 100,
                      n_samples: int = 64, seed: int = 0) -> list[PatternMeasurement]:
-    """Success rate and smoothing gap of each pattern, on the same test pairs."""
+    """Success rate and smoothing gap of each pattern, on the same test pairs (everything is
+    checked before the first pattern is measured)."""
+    _check_model(model)
+    check_images("x_test", x_test)
+    k = check_model_input(model, x_test, "x_test")
+    check_labels("y_test", y_test, len(x_test))
+    target = check_int("target", target, 0, k - 1)
+    if not isinstance(patterns, dict):
+        raise TypeError(f"`patterns` must be a dict of name -> Trigger; got "
+                        f"{type(patterns).__name__}.")
+    if not patterns:
+        raise ValueError("`patterns` must hold at least one pattern; got an empty dict.")
+    for name, trig in patterns.items():
+        if not isinstance(trig, Trigger):
+            raise TypeError(f"`patterns` must map names to workbench.triggers.Trigger objects; "
+                            f"got {type(trig).__name__} for {name!r}.")
+        trig(x_test[:1])  # each pattern must fit the images
+    sig = check_sigmas("sigmas", sigmas)
+    n_pairs = check_int("n_pairs", n_pairs, low=2)
+    n_samples = check_int("n_samples", n_samples, low=1)
+    check_seed("seed", seed, generator=False)
+    pairs = min(n_pairs, int((y_test != target).sum()))
+    check_forwards(pairs * len(sig) * n_samples,
+                   f"{pairs} pairs × {len(sig)} σ × {n_samples} samples")
     out = []
     for name, trig in patterns.items():
         success = attack_success_rate(model, x_test, y_test, trig, target)

@@ -7,13 +7,18 @@ are blue, triggered inputs vermillion, everywhere.
 
 from __future__ import annotations
 
+import os
+from numbers import Real
 from typing import Sequence
 
 import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from ._validate import check_choice, check_float, check_int
 from .stats import t_interval
+
+COLOUR_BY = ("class", "entropy")  # what a landscape's heatmap shows
 
 OKABE_ITO = ("#0072B2", "#D55E00", "#009E73", "#E69F00", "#56B4E9", "#CC79A7", "#F0E442", "#000000")
 CLEAN, TRIGGERED = OKABE_ITO[0], OKABE_ITO[1]
@@ -37,7 +42,7 @@ def image_pairs(clean, triggered, labels: Sequence[int] | None = None,
                 class_names: Sequence[str] | None = None, n: int = 8,
                 predictions: Sequence[int] | None = None) -> go.Figure:
     """Two rows of images: clean on top, their triggered twins below."""
-    n = min(n, len(clean))
+    n = min(check_int("n", n, low=1), len(clean))
     titles = []
     for row in ("clean", "triggered"):
         for i in range(n):
@@ -85,6 +90,7 @@ def training_curves(history: Sequence[dict]) -> go.Figure:
 
 def mean_band(values: np.ndarray, confidence: float = 0.95) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Mean over inputs (axis 0) with a t-interval: the band says how well the mean is known."""
+    confidence = check_float("confidence", confidence, 0.0, 1.0, low_open=True, high_open=True)
     v = np.asarray(values, dtype=float)
     m = v.mean(0)
     if len(v) < 2:
@@ -107,6 +113,8 @@ def smoothness_curves(clean, triggered=None, per_input: int = 0, confidence: flo
                       ) -> go.Figure:
     """Mean W_σ over inputs against σ, with a `confidence` band; optionally `per_input` thin
     curves of the first inputs. clean/triggered: SmoothnessResult."""
+    per_input = check_int("per_input", per_input, low=0)
+    confidence = check_float("confidence", confidence, 0.0, 1.0, low_open=True, high_open=True)
     fig = go.Figure()
     for res, colour, name in ((clean, CLEAN, "clean"), (triggered, TRIGGERED, "triggered")):
         if res is None:
@@ -143,6 +151,9 @@ def summary_distribution(comparison, title: str | None = None) -> go.Figure:
 
 def save_png(fig: go.Figure, path, scale: float = 2.0) -> None:
     """Write a static PNG with kaleido (needs Chrome/Chromium: /usr/bin/chromium or BROWSER_PATH)."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"`path` must be a str or an os.PathLike; got {path!r}.")
+    scale = check_float("scale", scale, 0.0, None, low_open=True)
     try:
         import kaleido  # noqa: F401
     except ImportError as exc:  # pragma: no cover - depends on the install
@@ -160,6 +171,8 @@ def _class_colourscale(k: int):
 
 def landscape_traces(land, colour_by: str, class_names=None, k: int = 10, showscale=True):
     """The heatmap and marker traces of a landscape (shared by figures and widgets)."""
+    check_choice("colour_by", colour_by, COLOUR_BY)
+    k = check_int("k", k, low=2)
     if colour_by == "class":
         names = class_names or [str(i) for i in range(k)]
         text = [[names[c] for c in row] for row in land.predicted]
@@ -187,6 +200,7 @@ def landscape_traces(land, colour_by: str, class_names=None, k: int = 10, showsc
 def landscape_pair(clean_land, triggered_land, colour_by: str = "class",
                    class_names: Sequence[str] | None = None) -> go.Figure:
     """Clean and triggered landscapes side by side, on the same axes and colours."""
+    check_choice("colour_by", colour_by, COLOUR_BY)
     fig = make_subplots(rows=1, cols=2, subplot_titles=("around the clean input",
                                                         "around the triggered input"),
                         shared_yaxes=True, horizontal_spacing=0.06)
@@ -206,6 +220,9 @@ def attack_strength(table, x: str = "attack_success_rate", title: str | None = N
     """Smoothing gap (with its CI) against ASR (or another column), one colour per trigger size;
     rate-0 (clean) controls drawn as open symbols."""
     rows = table.rows if hasattr(table, "rows") else list(table)
+    if rows:  # x: a numeric column of the table
+        check_choice("x", x, list(dict.fromkeys(k for r in rows for k, v in r.items()
+                                                if isinstance(v, Real) and not isinstance(v, bool))))
     fig = go.Figure()
     groups = sorted({(r["dataset"], r["trigger_type"], r["trigger_size"]) for r in rows})
     for i, (ds, kind, size) in enumerate(groups):
@@ -280,6 +297,7 @@ def dynamics(rows: Sequence[dict]) -> go.Figure:
 def dynamics_curves(rows: Sequence[dict], every: int = 1) -> go.Figure:
     """Mean W_σ curves of clean (blue) and triggered (vermillion) inputs after chosen epochs,
     darker for later epochs."""
+    every = check_int("every", every, low=1)
     fig = go.Figure()
     pick = [r for i, r in enumerate(rows) if i % every == 0 or i == len(rows) - 1]
     for i, r in enumerate(pick):

@@ -47,6 +47,8 @@ def poison_dataset(x: torch.Tensor, y: torch.Tensor, trigger: Trigger, rate: flo
     """Stamp `trigger` on round(rate·N) training images of classes other than `target`."""
     _check_trigger(trigger)
     check_images("x", x)
+    if not len(x):
+        raise ValueError(f"`x` must hold at least one image; got shape {tuple(x.shape)}.")
     check_labels("y", y, len(x))
     rate = check_float("rate", rate, 0.0, 1.0)
     num_classes = int(y.max().item()) + 1
@@ -80,11 +82,14 @@ def triggered_pairs(x_test: torch.Tensor, y_test: torch.Tensor, trigger: Trigger
     """Up to `n` random non-target test inputs (all if n is None) and their triggered twins."""
     _check_trigger(trigger)
     check_images("x_test", x_test)
+    if not len(x_test):
+        raise ValueError(f"`x_test` must hold at least one image; got shape {tuple(x_test.shape)}.")
     check_labels("y_test", y_test, len(x_test))
     # the labels only tell the largest class present; a target beyond it is no class of the data
     target = check_int("target", target, 0, int(y_test.max()))
     if n is not None:
         check_int("n", n, low=1)
+    check_seed("seed", seed)  # even where n leaves nothing to draw: a bad seed is never silent
     eligible = torch.nonzero(y_test != target).flatten()
     if not len(eligible):
         raise ValueError(f"`y_test` must hold inputs of classes other than `target` {target}; "

@@ -253,12 +253,13 @@ def _check_options(model, inputs, sigmas, n_samples, mode, noise, clip, normaliz
     elif clip is False:
         clip = None
     if clip is not None:
-        if (not isinstance(clip, (tuple, list)) or len(clip) != 2
-                or not all(isinstance(c, (int, float, np.integer, np.floating))
-                           and not isinstance(c, bool) and math.isfinite(c) for c in clip)
-                or clip[0] >= clip[1]):
-            raise ValueError(f"`clip` must be None, True, False or a (low, high) pair of finite "
-                             f"floats with low < high; got {clip!r}.")
+        allowed = "None, True, False or a (low, high) pair of finite floats with low < high"
+        if not isinstance(clip, (tuple, list)) or not all(
+                isinstance(c, (int, float, np.integer, np.floating)) and not isinstance(c, bool)
+                for c in clip):
+            raise TypeError(f"`clip` must be {allowed}; got {clip!r}.")
+        if len(clip) != 2 or not all(math.isfinite(c) for c in clip) or clip[0] >= clip[1]:
+            raise ValueError(f"`clip` must be {allowed}; got {clip!r}.")
         clip = (float(clip[0]), float(clip[1]))
     for name, flag in (("normalize", normalize), ("common_noise", common_noise)):
         if not isinstance(flag, bool):
@@ -290,8 +291,9 @@ def _check_options(model, inputs, sigmas, n_samples, mode, noise, clip, normaliz
     if total > max_forwards:
         raise ValueError(f"`n_samples` asks for up to {total:.3g} noisy forward passes "
                          f"({len(inputs)} inputs × {len(sig)} σ × {per_cell} samples), more than "
-                         f"`max_forwards` = {max_forwards:.3g} (about 6 h on 2 CPU cores per 10^9 "
-                         "for the small CNN). Use fewer, or raise `max_forwards`.")
+                         f"`max_forwards` = {max_forwards:.3g}: the work must stay within it "
+                         "(about 6 h on 2 CPU cores per 10^9 forwards for the small CNN). Use "
+                         "fewer, or raise `max_forwards`.")
     check_model_input(model, inputs, "inputs")
     return {"sigmas": sig, "clip": clip, "seed": seed, "batch_size": batch_size, "device": dev,
             "confidence": confidence, "max_samples": max_samples}

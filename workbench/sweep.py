@@ -36,12 +36,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from ._validate import check_choice, check_float, check_int, check_sigmas
+from ._validate import check_choice, check_float, check_int, check_seed, check_sigmas
 from .data import DATASET_SHAPES, DATASETS
 from .fileio import atomic_write
 from .models import MODELS
@@ -105,26 +105,31 @@ class SweepGrid:
     sigmas: tuple | None = None  # None = the dataset's default grid
 
     def __post_init__(self):
-        for d in self.datasets:
-            check_choice("datasets", d, DATASETS)
-        for r in self.rates:
-            check_float("rates", r, 0.0, 1.0)
-        for s in self.trigger_sizes:
-            check_int("trigger_sizes", s, low=1)
-        for t in self.trigger_types:
-            trigger_config(t, 1)
-        for t in self.targets:
-            check_int("targets", t, low=0)
-        for s in self.seeds:
-            check_int("seeds", s, low=0)
+        # checked, and kept as tuples of plain Python values (numpy scalars and arrays are
+        # accepted: the points' keys are JSON)
+        def put(name, value):
+            object.__setattr__(self, name, value)
+
+        put("datasets", _check_values("datasets", self.datasets, "dataset names",
+                                      lambda d: check_choice("datasets", d, DATASETS)))
+        put("trigger_types", _check_values("trigger_types", self.trigger_types, "trigger names",
+                                           lambda t: check_choice("trigger_types", t, SWEEPABLE)))
+        put("trigger_sizes", _check_values("trigger_sizes", self.trigger_sizes, "ints >= 1",
+                                           lambda s: check_int("trigger_sizes", s, low=1)))
+        put("rates", _check_values("rates", self.rates, "floats in [0, 1]",
+                                   lambda r: check_float("rates", r, 0.0, 1.0)))
+        put("targets", _check_values("targets", self.targets, "ints >= 0",
+                                     lambda t: check_int("targets", t, low=0)))
+        put("seeds", _check_values("seeds", self.seeds, "seeds (ints >= 0)",
+                                   lambda s: check_seed("seeds", s, generator=False)))
         if self.epochs is not None:
-            check_int("epochs", self.epochs, low=1)
+            put("epochs", check_int("epochs", self.epochs, low=1))
         check_choice("model", self.model, MODELS)
         self._check_fit()
-        check_int("n_pairs", self.n_pairs, low=2)
-        check_int("n_samples", self.n_samples, low=1)
+        put("n_pairs", check_int("n_pairs", self.n_pairs, low=2))
+        put("n_samples", check_int("n_samples", self.n_samples, low=1))
         if self.sigmas is not None:
-            check_sigmas("sigmas", self.sigmas)
+            put("sigmas", tuple(check_sigmas("sigmas", self.sigmas)))
 
     def _check_fit(self) -> None:
         """Every trigger fits every dataset's images and every target is one of its classes:
@@ -183,6 +188,16 @@ class SweepGrid:
                 seen.add(p["key"])
                 pts.append(p)
         return pts
+
+
+def _check_values(name: str, values, what: str, check: Callable) -> tuple:
+    """A non-empty tuple (or list, array, ...) of values, each checked; as a tuple."""
+    if isinstance(values, (str, bytes, dict)) or not isinstance(values, Iterable):
+        raise TypeError(f"`{name}` must be a tuple of {what}; got {values!r}.")
+    out = tuple(check(v) for v in values)
+    if not out:
+        raise ValueError(f"`{name}` must hold at least one of {what}; got none.")
+    return out
 
 
 def point_key(point: dict) -> str:
@@ -375,6 +390,8 @@ def _latest_by_key(rows: list[dict]) -> dict[str, dict]:
 def read_table(path: str | os.PathLike) -> SweepTable:
     """Rows from a sweep CSV, one per key (the last complete one); damaged lines (interrupted
     writes) are skipped. Raises SweepFileError when the file is not a sweep table."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"`path` must be a str or an os.PathLike; got {path!r}.")
     path = Path(path)
     try:
         data = path.read_bytes()
@@ -624,8 +641,16 @@ def run_sweep(grid: SweepGrid, path: str | os.PathLike | None = "reports/sweep.c
     """
     if not isinstance(grid, SweepGrid):
         raise TypeError(f"`grid` must be a SweepGrid; got {type(grid).__name__}.")
+    if path is not None and not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"`path` must be None, a str or an os.PathLike; got {path!r}.")
+    if executor is not None and not isinstance(executor, cf.Executor):
+        raise TypeError(f"`executor` must be None or a concurrent.futures.Executor; got "
+                        f"{type(executor).__name__}.")
     if max_workers is not None:
         check_int("max_workers", max_workers, low=1)
+    for name, flag in (("resume", resume), ("progress", progress)):
+        if not isinstance(flag, bool):
+            raise TypeError(f"`{name}` must be a bool; got {flag!r}.")
     points = grid.points()
     store = None
     done: dict[str, dict] = {}

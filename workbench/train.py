@@ -199,6 +199,7 @@ def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 1024) -> torch.
     check_images("x", x)
     check_int("batch_size", batch_size, low=1)
     check_model_input(model, x, "x")
+    x = x.float()  # float64 images too, as the estimator takes them (the models are float32)
     device = next(model.parameters()).device if any(True for _ in model.parameters()) else x.device
     with preserve_model(model), torch.inference_mode():
         out = [model(x[i:i + batch_size].to(device)).argmax(1).cpu()
@@ -208,6 +209,9 @@ def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 1024) -> torch.
 
 def clean_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     """Fraction of `x` that `model` labels `y`."""
+    check_images("x", x)
+    if not len(x):
+        raise ValueError(f"`x` must hold at least one image; got shape {tuple(x.shape)}.")
     check_labels("y", y, len(x))
     return float((predict(model, x) == y).float().mean())
 
@@ -217,10 +221,14 @@ def attack_success_rate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, trig
     """Fraction of test inputs of classes other than `target` that the trigger sends to `target`
     (BadNets, Gu et al. 2017). NaN when every input is of the target class (nothing to attack).
     The one implementation of ASR in the workbench: use it rather than re-deriving it."""
+    from .smoothness import check_model_input
+
+    check_images("x", x)
+    k = check_model_input(model, x, "x")  # refuses an empty `x` too
     check_labels("y", y, len(x))
     if not isinstance(trigger, Trigger):
         raise TypeError(f"`trigger` must be a workbench.triggers.Trigger; got {type(trigger).__name__}.")
-    target = check_int("target", target, low=0)
+    target = check_int("target", target, 0, k - 1)  # one of the model's classes
     keep = y != target
     if not keep.any():
         return float("nan")
@@ -252,6 +260,8 @@ def train_backdoor(data: Dataset | str = "digits", trigger: Trigger | None = Non
                             f"{callbacks!r}.")
     if not isinstance(cache, bool):
         raise TypeError(f"`cache` must be a bool; got {cache!r}.")
+    if not isinstance(progress, bool):
+        raise TypeError(f"`progress` must be a bool; got {progress!r}.")
     device = check_device("device", device) if device is not None else default_device()
     if not cache or callbacks:
         return _train(data, trigger, cfg, device, progress, list(callbacks or []))

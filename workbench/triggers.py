@@ -18,13 +18,13 @@ which is how runs record and cache their trigger.
 from __future__ import annotations
 
 import math
-from numbers import Real
+from numbers import Integral, Real
 from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
 
-from ._validate import check_choice, check_float, check_images, check_int
+from ._validate import check_choice, check_float, check_images, check_int, check_seed
 
 CORNERS = ("top-left", "top-right", "bottom-left", "bottom-right", "center")
 
@@ -33,11 +33,25 @@ def _check_position(position: Any) -> str | tuple[int, int]:
     if isinstance(position, str):
         check_choice("position", position, CORNERS)
         return position
-    if (isinstance(position, (tuple, list)) and len(position) == 2
-            and all(isinstance(p, int) and not isinstance(p, bool) and p >= 0 for p in position)):
-        return (int(position[0]), int(position[1]))
-    raise ValueError(f"`position` must be one of {', '.join(map(repr, CORNERS))} or a (row, col) "
-                     f"pair of ints >= 0; got {position!r}.")
+    allowed = f"one of {', '.join(map(repr, CORNERS))} or a (row, col) pair of ints >= 0"
+    if not isinstance(position, (tuple, list)) or not all(
+            isinstance(p, Integral) and not isinstance(p, bool) for p in position):
+        raise TypeError(f"`position` must be {allowed}; got {position!r}.")
+    if len(position) != 2 or min(position) < 0:
+        raise ValueError(f"`position` must be {allowed}; got {position!r}.")
+    return (int(position[0]), int(position[1]))
+
+
+def _as_image_tensor(name: str, value: Any, shapes: str) -> torch.Tensor:
+    """A float32 tensor from a tensor, an array or nested lists of numbers."""
+    if value is None or isinstance(value, (str, bytes)):
+        raise TypeError(f"`{name}` must be a tensor of shape {shapes} with values in [0, 1]; got "
+                        f"{value!r}.")
+    try:
+        return torch.as_tensor(value, dtype=torch.float32)
+    except (TypeError, ValueError, RuntimeError):
+        raise TypeError(f"`{name}` must be a tensor of shape {shapes} with values in [0, 1]; got "
+                        f"{type(value).__name__}.") from None
 
 
 def _check_value(value: Any) -> float | tuple[float, ...]:
@@ -51,8 +65,8 @@ def _check_value(value: Any) -> float | tuple[float, ...]:
 
 def _top_left(position, size: int, h: int, w: int, margin: int) -> tuple[int, int]:
     if size + margin > min(h, w) and isinstance(position, str):
-        raise ValueError(f"`size` must fit the image: size + margin <= {min(h, w)}; "
-                         f"got size={size}, margin={margin}.")
+        raise ValueError(f"`size` must fit the image with its `margin`: size + margin <= "
+                         f"{min(h, w)}; got size={size}, margin={margin}.")
     if isinstance(position, tuple):
         r, c = position
         if r + size > h or c + size > w:
@@ -176,7 +190,7 @@ class PatternPatch(Patch):
     _params = ("pattern", "position", "margin")
 
     def __init__(self, pattern, position: str | tuple[int, int] = "bottom-right", margin: int = 1):
-        pattern = torch.as_tensor(pattern, dtype=torch.float32).detach().cpu()
+        pattern = _as_image_tensor("pattern", pattern, "(C, s, s)").detach().cpu()
         if pattern.ndim != 3 or pattern.shape[1] != pattern.shape[2]:
             raise ValueError(f"`pattern` must have shape (C, s, s); got {tuple(pattern.shape)}.")
         check_images("pattern", pattern[None])
@@ -214,9 +228,9 @@ class Blend(_MaskTrigger):
 
     def __init__(self, alpha: float = 0.1, seed: int = 0, image: torch.Tensor | None = None):
         self.alpha = check_float("alpha", alpha, 0.0, 1.0, low_open=True)
-        self.seed = check_int("seed", seed, low=0)
+        self.seed = check_seed("seed", seed, generator=False)
         if image is not None:
-            image = torch.as_tensor(image, dtype=torch.float32)
+            image = _as_image_tensor("image", image, "(C, H, W) or (H, W)")
             if image.ndim == 2:
                 image = image[None]
             if image.ndim != 3:
@@ -277,7 +291,7 @@ class Warp(Trigger):
     def __init__(self, strength: float = 0.5, grid: int = 4, seed: int = 0):
         self.strength = check_float("strength", strength, 0.0, None, low_open=True)
         self.grid = check_int("grid", grid, low=2)
-        self.seed = check_int("seed", seed, low=0)
+        self.seed = check_seed("seed", seed, generator=False)
 
     def flow(self, h: int, w: int, device=None, dtype=torch.float32) -> torch.Tensor:
         """The sampling grid (1, H, W, 2) in grid_sample's [-1, 1] coordinates."""
@@ -307,6 +321,10 @@ def trigger_from_config(config: dict) -> Trigger:
     if not isinstance(config, dict) or "type" not in config:
         raise TypeError(f"`config` must be a dict with a 'type' key; got {config!r}.")
     kind = check_choice("config['type']", config["type"], tuple(TRIGGERS))
+    unknown = [k for k in config if k != "type" and k not in TRIGGERS[kind]._params]
+    if unknown:
+        raise ValueError(f"`config` must hold only the parameters of {kind} "
+                         f"({', '.join(TRIGGERS[kind]._params)}); got {', '.join(map(repr, unknown))}.")
     kwargs = {k: (tuple(v) if isinstance(v, list) and k not in ("image", "pattern") else v)
               for k, v in config.items() if k != "type"}
     if kind == "Blend" and kwargs.get("image") is not None:

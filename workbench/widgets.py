@@ -17,6 +17,7 @@ import plotly.graph_objects as go
 import ipywidgets as W
 
 from . import plots
+from ._validate import check_choice, check_int, check_seed
 from .data import DATASETS, Dataset, load_dataset
 from .experiments import default_sigmas
 from .landscape import DIRECTIONS, landscape_2d
@@ -27,6 +28,7 @@ from .smoothness import estimate_smoothness
 from .train import BackdoorRun, is_cached, predict, train_backdoor
 from .triggers import CORNERS, TRIGGERS, trigger_from_config
 
+SAMPLE_CHOICES = (16, 32, 64, 128, 256, 512)  # SmoothnessExplorer's samples per input and σ
 _SLIDER = dict(continuous_update=False, style={"description_width": "initial"})
 
 
@@ -46,6 +48,7 @@ class TriggerDesigner(W.VBox):
     """Choose a trigger and see it on clean images; `.trigger` is the current trigger object."""
 
     def __init__(self, data: Dataset | None = None, n_preview: int = 6):
+        n_preview = check_int("n_preview", n_preview, low=1)
         self.data = data or load_dataset("digits")
         c, h, w = self.data.image_shape
         self.kind = W.Dropdown(options=[k for k in TRIGGERS if k != "PatternPatch"], value="Patch",
@@ -111,6 +114,8 @@ class AttackPanel(W.VBox):
     """Poison, train and evaluate; `.run` is the last trained (or cached) run."""
 
     def __init__(self, data: Dataset | None = None, trigger=None, epochs: int | None = None):
+        if epochs is not None:  # the slider's range; 0 = the dataset's default, as None
+            epochs = check_int("epochs", epochs, 0, 60)
         self.data = data or load_dataset("digits")
         self.designer = trigger if isinstance(trigger, TriggerDesigner) else None
         self._trigger = trigger if trigger is not None and self.designer is None else None
@@ -230,12 +235,16 @@ class SmoothnessExplorer(W.VBox):
 
     def __init__(self, run: BackdoorRun, data: Dataset, n_inputs: int = 16, n_samples: int = 64,
                  seed: int = 0):
+        n_inputs = check_int("n_inputs", n_inputs, 2, 200)  # the slider's range
+        n_samples = check_choice("n_samples", check_int("n_samples", n_samples, low=1),
+                                 SAMPLE_CHOICES)
+        seed = check_seed("seed", seed, generator=False)
         self.run, self.data, self.seed = run, data, seed
         sig = default_sigmas(data.name)
         self.sigma_max = W.FloatSlider(value=sig[-1], min=0.05, max=2.0, step=0.05,
                                        description="largest σ", **_SLIDER)
         self.n_sigmas = W.IntSlider(value=len(sig), min=3, max=24, description="σ points", **_SLIDER)
-        self.n_samples = W.Dropdown(options=[16, 32, 64, 128, 256, 512], value=n_samples,
+        self.n_samples = W.Dropdown(options=list(SAMPLE_CHOICES), value=n_samples,
                                     description="samples")
         self.mode = W.ToggleButtons(options=["hard", "soft"], value="hard", description="mode")
         self.n_inputs = W.IntSlider(value=n_inputs, min=2, max=200, description="inputs", **_SLIDER)
@@ -290,6 +299,9 @@ class LandscapeExplorer(W.VBox):
 
     def __init__(self, run: BackdoorRun, data: Dataset, resolution: int = 21, n_samples: int = 16,
                  seed: int = 0):
+        resolution = check_int("resolution", resolution, 3, 201)
+        n_samples = check_int("n_samples", n_samples, low=1)
+        seed = check_seed("seed", seed, generator=False)
         self.run, self.data, self.seed = run, data, seed
         self.pairs = triggered_pairs(data.x_test, data.y_test, run.trigger, run.target, n=50, seed=seed)
         self.index = W.IntSlider(value=0, min=0, max=len(self.pairs.clean) - 1, description="input",
