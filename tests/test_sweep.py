@@ -263,3 +263,14 @@ def test_keys_cover_the_datas_content(monkeypatch):
     sw._dataset.cache_clear()
     monkeypatch.setattr(sw, "_dataset", lambda name: other)
     assert sw.SweepGrid(**SMALL).points()[0]["key"] != p["key"]
+
+
+def test_keys_cover_trigger_defaults_and_training_defaults(monkeypatch):
+    p = sw.SweepGrid(**SMALL).points()[0]
+    assert p["trigger"] == wb.triggers.Patch(size=3).to_config()  # position, value, margin too
+    assert p["weight_decay"] == 0.0 and p["max_train"] is None
+    # a changed default position of the trigger class is another trigger: another key
+    monkeypatch.setattr(wb.triggers.Patch.__init__, "__defaults__",
+                        tuple("top-left" if d == "bottom-right" else d
+                              for d in wb.triggers.Patch.__init__.__defaults__))
+    assert sw.SweepGrid(**SMALL).points()[0]["key"] != p["key"]

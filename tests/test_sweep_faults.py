@@ -275,3 +275,14 @@ def test_ctrl_c_stops_a_sweep_cleanly_and_the_same_command_resumes(tmp_path, qui
     assert "6 runs in" in again.stdout and _computed(again.stdout) == 6 - kept
     keys = _keys_in_file(path)
     assert len(keys) == 6 and set(keys.values()) == {1}
+
+
+def test_a_one_line_file_that_is_not_a_table_is_left_alone(tmp_path):
+    notes = tmp_path / "notes.csv"
+    notes.write_bytes(b"my notes, do not touch")
+    grid = sw.SweepGrid(trigger_sizes=(3,), rates=(0.0,), epochs=1, n_pairs=4, n_samples=8,
+                        sigmas=(0.1, 0.3))
+    with pytest.raises(ValueError, match="not a sweep table"):
+        sw.run_sweep(grid, notes, max_workers=1, progress=False)
+    assert notes.read_bytes() == b"my notes, do not touch"
+    assert not (tmp_path / "notes.csv.torn").exists()

@@ -207,3 +207,11 @@ def test_numpy_integers_are_accepted(digits):
 
     run = wb.train_backdoor(digits, **_tiny(seed=np.int64(5), target=np.int32(1)))
     assert run.config["seed"] == 5 and isinstance(run.config["seed"], int)
+
+
+def test_runs_saved_before_checksums_load_with_a_warning(tmp_path, digits_run):
+    path = digits_run.save(tmp_path / "old")
+    _edit_json(path, lambda m: m.pop("weights_sha256"))
+    with pytest.warns(UserWarning, match="without a weights checksum"):
+        run = wb.load_run(path)
+    assert run.config == digits_run.config

@@ -178,3 +178,87 @@ def test_mean_gap_is_bounded_by_log_k(digits_run, digits):
     pairs = wb.triggered_pairs(digits.x_test, digits.y_test, digits_run.trigger, 0, n=10, seed=0)
     cmp = wb.compare_smoothness(digits_run.model, pairs.clean, pairs.triggered, [0.2, 0.6], 32)
     assert (np.abs(cmp.differences) <= math.log(10) + 1e-12).all()
+
+
+def test_preserve_model_gives_back_gradients_after_a_move():
+    m = wb.build_model("small-cnn", 1, 10, (16, 16)).train()
+    m(torch.rand(2, 1, 16, 16)).sum().backward()
+    grads = [p.grad.clone() for p in m.parameters()]
+    strides = [p.grad.stride() for p in m.parameters()]
+    with preserve_model(m):
+        m.double().to(memory_format=torch.channels_last)
+    assert all(p.dtype == torch.float32 and p.grad.dtype == torch.float32 for p in m.parameters())
+    assert [p.grad.stride() for p in m.parameters()] == strides
+    assert all(torch.equal(p.grad, g) for p, g in zip(m.parameters(), grads)) and m.training
+    wb.estimate_smoothness(m, torch.rand(2, 1, 16, 16), [0.1], 16, channels_last=True)
+    assert [p.grad.stride() for p in m.parameters()] == strides
+
+
+def test_nan_logits_are_refused_wherever_predictions_are_made(digits):
+    class NaNModel(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.zeros(1))
+
+        def forward(self, x):
+            return torch.full((len(x), 10), float("nan")) + self.w
+
+    m, x = NaNModel(), digits.x_test[:20]
+    for call in (lambda: wb.predict(m, x), lambda: wb.clean_accuracy(m, x, digits.y_test[:20]),
+                 lambda: wb.attack_success_rate(m, x, digits.y_test[:20], wb.triggers.Patch(size=3), 0),
+                 lambda: wb.landscape_2d(m, x[0], ("random", "gradient"))):
+        with pytest.raises(FloatingPointError, match="NaN or infinite logits"):
+            call()
+
+
+def test_diverged_training_is_refused_not_cached(digits, monkeypatch):
+    class Exploding(torch.optim.Adam):  # fault injection: an update that overflows
+        def step(self, closure=None):
+            super().step(closure)
+            with torch.no_grad():
+                for group in self.param_groups:
+                    for p in group["params"]:
+                        p.mul_(float("inf"))
+
+    monkeypatch.setattr(wb.train.torch.optim, "Adam", Exploding)
+    kw = dict(trigger=wb.triggers.Patch(size=2), rate=0.1, epochs=1, max_train=200, seed=1)
+    with pytest.raises(FloatingPointError, match="Training diverged.*epoch 1"):
+        wb.train_backdoor(digits, progress=False, **kw)
+    monkeypatch.undo()
+    assert not wb.is_cached(digits, **kw)
+
+
+def test_training_with_callbacks_fills_the_cache(digits):
+    seen = []
+    kw = dict(trigger=wb.triggers.Patch(size=2), rate=0.1, target=2, epochs=1, max_train=200, seed=9)
+    run = wb.train_backdoor(digits, progress=False, callbacks=[lambda e, m, entry: seen.append(e)],
+                            **kw)
+    assert seen == [1] and wb.is_cached(digits, **kw)
+    assert wb.train_backdoor(digits, progress=False, **kw).train_seconds == run.train_seconds
+
+
+def test_analysis_refuses_data_the_run_was_not_trained_on(digits_run):
+    other = wb.load_dataset("digits", max_test=200)  # another test split: other content
+    with pytest.raises(ValueError, match="`data` must be the dataset the run was trained on"):
+        wb.smoothing_analysis(digits_run, other, n_pairs=4, n_samples=8)
+
+
+def test_certified_radius_pays_for_adaptive_stopping(digits_run, digits):
+    x = digits.x_test[:4]
+    fixed = wb.estimate_smoothness(digits_run.model, x, [0.1, 0.3], 64, seed=0)
+    adaptive = wb.estimate_smoothness(digits_run.model, x, [0.1, 0.3], 64, seed=0,
+                                      target_se=1e-9, max_samples=256)
+    assert (adaptive.n_samples == 256).all()  # every cell went to the end: 3 possible stops
+    # the same votes as a fixed run of 256, bounded at alpha / 3
+    ref = wb.estimate_smoothness(digits_run.model, x, [0.1, 0.3], 256, seed=0)
+    assert np.allclose(adaptive.certified_radius(0.003), ref.certified_radius(0.001))
+    assert fixed.settings["target_se"] is None
+
+
+def test_statistics_refuse_non_finite_values():
+    from workbench.stats import spearman_ci, t_interval
+
+    with pytest.raises(ValueError, match="`d` must hold finite values"):
+        t_interval([1.0, float("nan"), 2.0])
+    with pytest.raises(ValueError, match="`y` must hold finite values"):
+        spearman_ci([1, 2, 3, 4], [1, 2, float("inf"), 4])

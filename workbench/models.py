@@ -156,6 +156,10 @@ def preserve_model(model: nn.Module, *, train: bool = False,
     modes = [(m, m.training) for m in model.modules()]
     params = [(p, p.data, p.requires_grad, p.grad) for p in model.parameters()]
     buffers = [(m, name, b) for m in model.modules() for name, b in m._buffers.items()]
+    for p in model.parameters():
+        # `.to()` inside the block would convert a set `.grad` in place (the very tensor kept
+        # above) and then refuse it back: lend the parameters without their gradients
+        p.grad = None
     model.train(train)
     if requires_grad is not None:
         for p in model.parameters():
@@ -163,12 +167,16 @@ def preserve_model(model: nn.Module, *, train: bool = False,
     try:
         yield model
     finally:
-        for p, data, flag, grad in params:
-            if p.data is not data:
-                p.data = data
-            p.requires_grad_(flag)
-            p.grad = grad
-        for m, name, b in buffers:
-            m._buffers[name] = b
-        for m, mode in modes:
-            m.training = mode
+        try:
+            for p, data, flag, grad in params:
+                if p.data is not data:
+                    p.data = data
+                p.requires_grad_(flag)
+                p.grad = grad
+        finally:
+            try:
+                for m, name, b in buffers:
+                    m._buffers[name] = b
+            finally:
+                for m, mode in modes:
+                    m.training = mode

@@ -167,22 +167,29 @@ class SweepGrid:
         from .smoothness import ESTIMATOR_VERSION
         from .train import CACHE_FORMAT, DEFAULTS
 
+        from .triggers import trigger_from_config
+
         pts, seen = [], set()
+        # the data's content, not only its name: other files under one name are another
+        # experiment (each dataset loaded once per process, hashed once here: 0.1 s for Fashion)
+        fingerprints = {d: _dataset(d).fingerprint for d in self.datasets}
         for d, trig, rate, target, seed in itertools.product(
                 self.datasets, self._trigger_configs(), self.rates, self.targets, self.seeds):
             train = DEFAULTS.get(d, DEFAULTS["digits"])
             sig = self.sigmas if self.sigmas is not None else default_sigmas(d)
-            p = {"dataset": d, "trigger": dict(trig), "rate": float(rate), "target": int(target),
+            # every trigger parameter, defaults included (position, value, margin, ...): a changed
+            # default is another trigger, so another key
+            full_trigger = trigger_from_config(trig).to_config()
+            p = {"dataset": d, "trigger": full_trigger, "rate": float(rate), "target": int(target),
                  "seed": int(seed), "model": self.model,
                  "epochs": int(self.epochs if self.epochs is not None else train["epochs"]),
                  "batch_size": int(train["batch_size"]), "lr": float(train["lr"]),
+                 "weight_decay": 0.0, "max_train": None,  # train_backdoor's defaults, as used
                  "n_pairs": self.n_pairs, "n_samples": self.n_samples,
                  "sigmas": [float(x) for x in sig], "estimator": dict(ESTIMATOR_SETTINGS),
                  "versions": {"row_format": ROW_FORMAT, "estimator": ESTIMATOR_VERSION,
                               "train_cache": CACHE_FORMAT, "workbench": __version__},
-                 # the data's content, not only its name: other files under one name are another
-                 # experiment (loaded once per process; 0.1 s to hash Fashion-MNIST)
-                 "data": _dataset(d).fingerprint}
+                 "data": fingerprints[d]}
             p["key"] = point_key(p)
             if p["key"] not in seen:
                 seen.add(p["key"])
@@ -234,7 +241,9 @@ def run_point(point: dict) -> dict:
     trig = trigger_from_config(point["trigger"])
     run = train_backdoor(data, trigger=trig, rate=point["rate"], target=point["target"],
                          model=point["model"], epochs=point["epochs"], seed=point["seed"],
-                         batch_size=point["batch_size"], lr=point["lr"], progress=False)
+                         batch_size=point["batch_size"], lr=point["lr"],
+                         weight_decay=point["weight_decay"], max_train=point["max_train"],
+                         progress=False)
     sig = point["sigmas"]
     est = dict(point["estimator"])
     threshold = est.pop("radius_threshold")
@@ -457,7 +466,8 @@ class _Store:
         data = self.path.read_bytes()
         first = data.find(b"\n") + 1  # 0: no complete line
         header_ok = first > 0 and _fields(data[:first - 1]) == COLUMNS
-        if first and not header_ok and not _is_torn_header(data[:first - 1]):
+        line = data[:first - 1] if first else data  # one line without newline: all of the file
+        if not header_ok and not _is_torn_header(line):
             raise _not_a_table(self.path)
         end = data.rfind(b"\n") + 1
         if header_ok and end == len(data):

@@ -169,7 +169,12 @@ def load_run(path: str | os.PathLike, device: str | torch.device | None = None) 
                                     f"trigger ({exc}).") from None
     shape = cfg["image_shape"]
     model = build_model(cfg["model"], shape[0], cfg["num_classes"], tuple(shape[1:]))
-    state = runstore.load_state(path / "model.pt", blob, meta["weights_sha256"], model)
+    if meta.get("weights_sha256") is None:
+        warnings.warn(f"{path} was saved by an older workbench without a weights checksum: its "
+                      "model.pt cannot be checked for truncation or replacement (its names, "
+                      "shapes and values still are). Save it again to add one.", UserWarning,
+                      stacklevel=2)
+    state = runstore.load_state(path / "model.pt", blob, meta.get("weights_sha256"), model)
     model.load_state_dict(state)
     model.eval().to(dev)
     return BackdoorRun(model, cfg, float(meta["clean_accuracy"]),
@@ -201,9 +206,14 @@ def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 1024) -> torch.
     check_model_input(model, x, "x")
     x = x.float()  # float64 images too, as the estimator takes them (the models are float32)
     device = next(model.parameters()).device if any(True for _ in model.parameters()) else x.device
+    out = []
     with preserve_model(model), torch.inference_mode():
-        out = [model(x[i:i + batch_size].to(device)).argmax(1).cpu()
-               for i in range(0, len(x), batch_size)]
+        for i in range(0, len(x), batch_size):
+            logits = model(x[i:i + batch_size].to(device))
+            if not bool(torch.isfinite(logits).all()):  # argmax of NaN would answer class 0
+                raise FloatingPointError("The model returned NaN or infinite logits for `x`; its "
+                                         "predictions (accuracy, ASR) would be meaningless.")
+            out.append(logits.argmax(1).cpu())
     return torch.cat(out) if out else torch.empty(0, dtype=torch.int64)
 
 
@@ -250,7 +260,8 @@ def train_backdoor(data: Dataset | str = "digits", trigger: Trigger | None = Non
         asking for one new configuration at once train it once: the first trains and saves, the
         others wait for it and load the result.
     callbacks: functions called as cb(epoch, model, entry) after each epoch (entry is the
-    history dict); a cached run is reused only when no callbacks are given.
+    history dict); with callbacks the run is always trained (so they see it happen) and then
+    saved to the cache like any other.
     """
     data, trigger, cfg = _prepare(data, trigger, rate, target, model, epochs, seed, batch_size,
                                   lr, weight_decay, max_train)
@@ -263,18 +274,21 @@ def train_backdoor(data: Dataset | str = "digits", trigger: Trigger | None = Non
     if not isinstance(progress, bool):
         raise TypeError(f"`progress` must be a bool; got {progress!r}.")
     device = check_device("device", device) if device is not None else default_device()
-    if not cache or callbacks:
-        return _train(data, trigger, cfg, device, progress, list(callbacks or []))
+    callbacks = list(callbacks or [])
+    if not cache:
+        return _train(data, trigger, cfg, device, progress, callbacks)
     cache_dir = data_dir() / "runs" / cfg.key()
-    run = _load_cached(cache_dir, cfg, data, device, warn=False)  # the common case: no lock
-    if run is not None:
-        return run
-    with runstore.locked(cache_dir):  # one trainer per configuration; the others wait, then load
-        runstore.recover(cache_dir)
-        run = _load_cached(cache_dir, cfg, data, device, warn=True)
+    if not callbacks:  # callbacks must see the training happen: they always train (and save)
+        run = _load_cached(cache_dir, cfg, data, device, warn=False)  # common case: no lock
         if run is not None:
             return run
-        run = _train(data, trigger, cfg, device, progress, [])
+    with runstore.locked(cache_dir):  # one trainer per configuration; the others wait, then load
+        runstore.recover(cache_dir)
+        if not callbacks:
+            run = _load_cached(cache_dir, cfg, data, device, warn=True)
+            if run is not None:
+                return run
+        run = _train(data, trigger, cfg, device, progress, callbacks)
         run._write(cache_dir, overwrite=True)
     return run
 
@@ -375,6 +389,10 @@ def _train(data: Dataset, trigger: Trigger, cfg: TrainConfig, device, progress, 
             opt.step()
             total += loss.item() * len(idx)
         net.eval()
+        if not all(bool(torch.isfinite(p).all()) for p in net.parameters()):
+            raise FloatingPointError(
+                f"Training diverged: the weights hold NaN or infinite values after epoch "
+                f"{epoch + 1} (lr={cfg.lr}); lower `lr`. Nothing was saved.")
         entry = {"epoch": epoch + 1, "loss": total / n,
                  "clean_accuracy": clean_accuracy(net, data.x_test, data.y_test),
                  "attack_success_rate": attack_success_rate(net, data.x_test, data.y_test, trigger,

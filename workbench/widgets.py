@@ -17,7 +17,7 @@ import plotly.graph_objects as go
 import ipywidgets as W
 
 from . import plots
-from ._validate import check_choice, check_int, check_seed
+from ._validate import check_choice, check_int, check_seed, check_sigmas
 from .data import DATASETS, Dataset, load_dataset
 from .experiments import default_sigmas
 from .landscape import DIRECTIONS, landscape_2d
@@ -234,13 +234,15 @@ class SmoothnessExplorer(W.VBox):
     """W_σ curves of clean vs triggered inputs with bands, summaries, and the gap's test."""
 
     def __init__(self, run: BackdoorRun, data: Dataset, n_inputs: int = 16, n_samples: int = 64,
-                 seed: int = 0):
+                 seed: int = 0, sigmas=None):
+        """sigmas: the starting σ grid (None: the dataset's default; needed for datasets
+        without one)."""
         n_inputs = check_int("n_inputs", n_inputs, 2, 200)  # the slider's range
         n_samples = check_choice("n_samples", check_int("n_samples", n_samples, low=1),
                                  SAMPLE_CHOICES)
         seed = check_seed("seed", seed, generator=False)
         self.run, self.data, self.seed = run, data, seed
-        sig = default_sigmas(data.name)
+        sig = default_sigmas(data.name) if sigmas is None else check_sigmas("sigmas", sigmas)
         self.sigma_max = W.FloatSlider(value=sig[-1], min=0.05, max=2.0, step=0.05,
                                        description="largest σ", **_SLIDER)
         self.n_sigmas = W.IntSlider(value=len(sig), min=3, max=24, description="σ points", **_SLIDER)
@@ -298,8 +300,10 @@ class LandscapeExplorer(W.VBox):
     """Landscapes around one input, clean and triggered side by side, plus its 1-D W_σ view."""
 
     def __init__(self, run: BackdoorRun, data: Dataset, resolution: int = 21, n_samples: int = 16,
-                 seed: int = 0):
+                 seed: int = 0, sigmas=None):
+        """sigmas: the σ grid of the 1-D W_σ view (None: the dataset's default)."""
         resolution = check_int("resolution", resolution, 3, 201)
+        self.sigmas = default_sigmas(data.name) if sigmas is None else check_sigmas("sigmas", sigmas)
         n_samples = check_int("n_samples", n_samples, low=1)
         seed = check_seed("seed", seed, generator=False)
         self.run, self.data, self.seed = run, data, seed
@@ -347,7 +351,7 @@ class LandscapeExplorer(W.VBox):
         if key not in self._cache:
             j = self.index.value
             x = self.pairs.clean[j:j + 1]
-            sig = default_sigmas(self.data.name)
+            sig = self.sigmas
             self._cache[key] = (estimate_smoothness(self.run.model, x, sig, 128, seed=self.seed),
                                 estimate_smoothness(self.run.model, self.pairs.triggered[j:j + 1],
                                                     sig, 128, seed=self.seed))
