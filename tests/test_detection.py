@@ -1,22 +1,95 @@
+import json
+import math
+
 import numpy as np
 import pytest
 import torch
-from scipy import stats
-from sklearn.metrics import roc_auc_score
+from scipy import ndimage, stats
+from sklearn.metrics import roc_auc_score, roc_curve
+from torch import nn
 
 import workbench as wb
+from workbench import detection as D
 from workbench.detection import compare_detectors, roc_analysis, strip_entropy
 from helpers import Constant, LinearK
+
+SIGMAS = [0.01, 0.02]  # small enough that the gate models' triggers survive every noisy copy
+
+
+class Gate(nn.Module):
+    """A backdoored model with a known answer: target 0 with logit 50 whenever the image's mean
+    brightness exceeds 0.5 (the "trigger"), otherwise a BatchNorm + linear classifier of the
+    pixels. The trigger (a bright image) survives every corruption, blend and scaling used here.
+    """
+
+    def __init__(self, side: int = 8, k: int = 4, seed: int = 0):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.bn = nn.BatchNorm2d(1)
+        with torch.no_grad():
+            self.bn.weight.copy_(torch.tensor([1.3]))
+            self.bn.bias.copy_(torch.tensor([0.2]))
+            self.bn.running_mean.fill_(0.15)
+            self.bn.running_var.fill_(0.01)
+        self.lin = nn.Linear(side * side, k)
+        with torch.no_grad():
+            self.lin.weight.copy_(0.2 * torch.randn(k, side * side, generator=g))
+            self.lin.bias.copy_(torch.randn(k, generator=g))
+        self.k = k
+
+    def forward(self, x):
+        z = self.lin(torch.relu(self.bn(x)).flatten(1))
+        fire = x.mean((1, 2, 3)) > 0.5
+        return torch.where(fire[:, None], torch.tensor([50.0] + [0.0] * (self.k - 1)), z)
+
+
+class ConstantBN(nn.Module):
+    """Ignores its input, through a BatchNorm layer (so IBD-PSC can amplify something)."""
+
+    def __init__(self):
+        super().__init__()
+        self.bn = nn.BatchNorm1d(3)
+        with torch.no_grad():
+            self.bn.weight.copy_(torch.tensor([1.0, 2.0, 0.5]))
+            self.bn.bias.copy_(torch.tensor([0.1, -0.3, 0.2]))
+        self.c = nn.Parameter(torch.tensor([[0.5, 0.2, -0.1]]), requires_grad=False)
+
+    def forward(self, x):
+        return self.bn(self.c.expand(len(x), 3))
+
+
+def _gate_data(n=40, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    clean = torch.rand(n, 1, 8, 8, generator=g) * 0.5  # mean ≈ 0.25: the gate stays shut
+    triggered = 0.9 + 0.1 * torch.rand(n, 1, 8, 8, generator=g)  # mean ≈ 0.95: it fires
+    pool = torch.rand(30, 1, 8, 8, generator=g) * 0.5
+    return clean, triggered, pool
 
 
 def test_roc_analysis_matches_scikit_learn():
     rng = np.random.default_rng(0)
     c, t = rng.normal(0, 1, 300), rng.normal(1, 1, 200)
     r = roc_analysis("x", c, t)
-    assert r.auc == pytest.approx(roc_auc_score(np.r_[np.zeros(300), np.ones(200)], np.r_[c, t]))
-    # TPR at 5% FPR against the empirical definition
-    thr = np.quantile(c, 0.95)
-    assert r.tpr_at_5_fpr == pytest.approx((t > thr).mean(), abs=0.03)
+    y = np.r_[np.zeros(300), np.ones(200)]
+    assert r.auc == pytest.approx(roc_auc_score(y, np.r_[c, t]))
+    # TPR at a% FPR: the threshold just above the clean score ranked floor(a·N) + 1 from the top
+    cs = np.sort(c)[::-1]
+    assert r.tpr_at_5_fpr == (t > cs[15]).mean() and r.tpr_at_1_fpr == (t > cs[3]).mean()
+    for v, ci in ((r.auc, r.auc_ci), (r.tpr_at_1_fpr, r.tpr_at_1_fpr_ci),
+                  (r.tpr_at_5_fpr, r.tpr_at_5_fpr_ci)):
+        assert ci[0] <= v <= ci[1] and ci[1] - ci[0] > 0
+    # the interval of the AUC agrees with the normal approximation of Hanley & McNeil (1982)
+    a, q1, q2 = r.auc, r.auc / (2 - r.auc), 2 * r.auc ** 2 / (1 + r.auc)
+    se = math.sqrt((a * (1 - a) + 199 * (q1 - a * a) + 299 * (q2 - a * a)) / (300 * 200))
+    assert r.auc_ci[1] - r.auc_ci[0] == pytest.approx(2 * 1.96 * se, rel=0.15)
+    # the fast ROC of the bootstrap is sklearn's, ties included
+    ci, ti = rng.integers(0, 5, 40).astype(float), rng.integers(2, 8, 30).astype(float)
+    f, tp = D._roc(ci, ti)
+    f2, t2, _ = roc_curve(np.r_[np.zeros(40), np.ones(30)], np.r_[ci, ti], drop_intermediate=False)
+    assert np.allclose(f, f2) and np.allclose(tp, t2)
+    assert roc_analysis("x", c, t, seed=1).auc_ci == roc_analysis("x", c, t, seed=1).auc_ci
+    with pytest.raises(ValueError, match="`clean_scores` must hold finite values"):
+        roc_analysis("x", np.r_[c[:-1], np.nan], t)
 
 
 def test_strip_is_the_mean_per_copy_entropy():
@@ -36,12 +109,219 @@ def test_strip_is_the_mean_per_copy_entropy():
         strip_entropy(model, x, torch.rand(3, 1, 3, 3))
 
 
+def test_a_model_that_ignores_its_input_gives_every_detector_auc_one_half():
+    clean, triggered, pool = _gate_data()
+    for model, methods in ((Constant([0.3, 1.0, -0.2]), ("strip", "scale-up", "teco", "w-mean",
+                                                         "w-radius", "w-consistency", "w-knee",
+                                                         "w-class")),
+                           (ConstantBN(), ("ibd-psc",))):
+        res = compare_detectors(model, clean, triggered, pool, SIGMAS, n_samples=16, n_blend=8,
+                                methods=methods, n_boot=50)
+        assert [r.method for r in res] == list(methods)
+        for r in res:
+            assert np.ptp(np.r_[r.clean_scores, r.triggered_scores]) < 1e-9, r.method
+            assert r.auc == 0.5 and r.tpr_at_1_fpr == 0 and r.tpr_at_5_fpr == 0, r.method
+            assert r.seconds_per_input > 0 and r.label.split()[0] in r.label
+
+
+def test_a_model_that_answers_the_target_on_triggered_inputs():
+    """Each detector on the gate model, whose triggered inputs always get the target: the known
+    part of every answer, and the rest against an independent computation."""
+    model = Gate().eval()
+    clean, triggered, pool = _gate_data()
+    res = {r.method: r for r in compare_detectors(model, clean, triggered, pool, SIGMAS, 32, 16,
+                                                  methods=D.METHODS, n_boot=100)}
+    # STRIP: blends of a triggered input keep the target (entropy ≈ 0); clean blends do not
+    assert (res["strip"].triggered_scores > -1e-12).all() and res["strip"].auc == 1.0
+    # SCALE-UP: every scaled copy of a triggered input keeps the target: SPC = 1
+    su = res["scale-up"]
+    assert (su.triggered_scores == 1).all()
+    with torch.no_grad():
+        p0 = model(clean).argmax(1)
+        ref = torch.stack([model((clean * s).clamp(0, 1)).argmax(1) == p0
+                           for s in D.DEFAULT_SCALES]).double().mean(0).numpy()
+    assert np.allclose(su.clean_scores, ref)
+    assert su.auc == pytest.approx(1 - 0.5 * (ref == 1).mean())
+    # TeCo: the trigger survives every corruption, so no severity flips it: deviation 0, and
+    # TeCo flags nothing (its blind spot: a fully robust trigger looks like a robust clean input)
+    assert (res["teco"].triggered_scores == 0).all() and res["teco"].auc <= 0.5
+    # IBD-PSC: the gate's logit bypasses BatchNorm, so amplified models stay sure of the target
+    assert np.allclose(res["ibd-psc"].triggered_scores, 1.0) and res["ibd-psc"].auc == 1.0
+    # W_σ: every noisy copy of a triggered input votes the target
+    assert (res["w-mean"].triggered_scores == 0).all()
+    assert (res["w-consistency"].triggered_scores == 1).all()
+    assert (res["w-radius"].triggered_scores == SIGMAS[-1]).all()
+    assert (res["w-knee"].triggered_scores == 0).all()
+    w = wb.estimate_smoothness(model, clean, SIGMAS, 32, seed=0)
+    assert np.allclose(res["w-mean"].clean_scores, -w.mean_entropy())
+    assert np.allclose(res["w-radius"].clean_scores, w.smoothness_radius())
+    kept = w.frequencies[np.arange(len(clean)), :, model(clean).argmax(1).numpy()]
+    assert np.allclose(res["w-consistency"].clean_scores, kept.mean(1))
+
+
+def test_teco_is_the_deviation_of_the_first_flipping_severity():
+    """teco_score against a direct per-input computation from `corrupt`."""
+    torch.manual_seed(1)
+    model = LinearK(torch.randn(5, 64) * 3, torch.randn(5))
+    x = torch.rand(12, 1, 8, 8)
+    names, sev = ("gaussian_noise", "contrast", "pixelate", "jpeg"), (1, 3, 5)
+    with torch.no_grad():
+        p0 = model(x).argmax(1)
+        preds = {(c, s): model(D.corrupt(x, c, s, seed=4)).argmax(1) for c in names for s in sev}
+    ref = np.empty((12, len(names)))
+    for i in range(12):
+        for j, c in enumerate(names):
+            ref[i, j] = next((s for s in sev if preds[c, s][i] != p0[i]), 6)
+    got = D.teco_severities(model, x, names, sev, seed=4, batch_size=5)
+    assert np.array_equal(got, ref)
+    assert np.allclose(D.teco_score(model, x, names, sev, seed=4), ref.std(1))
+
+
+def test_corruptions_match_reference_implementations():
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(6, 1, 16, 16, generator=g)
+    for s, sigma in enumerate((0.4, 0.6, 0.7, 0.8, 1.0), 1):  # CIFAR-10-C's σ, 16 px: unscaled
+        ref = np.stack([ndimage.gaussian_filter(im[0].double().numpy(), sigma, mode="nearest",
+                                                truncate=4.0) for im in x])
+        assert np.allclose(D.corrupt(x, "gaussian_blur", s)[:, 0].numpy(), ref, atol=1e-5)
+    for s, c in enumerate((0.75, 0.5, 0.4, 0.3, 0.15), 1):
+        m = x.mean((2, 3), keepdim=True)
+        assert torch.allclose(D.corrupt(x, "contrast", s), ((x - m) * c + m).clamp(0, 1))
+    for s, c in enumerate((0.05, 0.1, 0.15, 0.2, 0.3), 1):  # grey images: V + c is x + c
+        assert torch.allclose(D.corrupt(x, "brightness", s), (x + c).clamp(0, 1), atol=1e-6)
+    big = torch.full((1, 1, 200, 200), 0.5)
+    d = D.corrupt(big, "gaussian_noise", 5, seed=1) - big
+    assert float(d.std()) == pytest.approx(0.10, rel=0.03)
+    y = D.corrupt(big, "impulse_noise", 5, seed=1)
+    assert float((y != 0.5).double().mean()) == pytest.approx(0.07, rel=0.1)
+    y = D.corrupt(big, "shot_noise", 5, seed=1) * 50  # Poisson(0.5·50): variance = mean = 25
+    assert float(y.mean()) == pytest.approx(25, rel=0.02) and float(y.var()) == pytest.approx(25, rel=0.05)
+    # JPEG at CIFAR-10-C's quality 40 for severity 5, as PIL writes it
+    import io
+
+    from PIL import Image
+
+    u8 = (x[0, 0] * 255).round().to(torch.uint8).numpy()
+    buf = io.BytesIO()
+    Image.fromarray(u8).save(buf, "JPEG", quality=40)
+    pil = np.asarray(Image.open(buf), dtype=np.float64) / 255
+    assert np.abs(D.corrupt(x[:1], "jpeg", 5)[0, 0].double().numpy() - pil).max() <= 2 / 255
+    # every corruption: same shape, values in [0, 1], seeded, stronger with severity on average
+    # (on smooth images: shuffling white noise and blurring it again can lower the difference)
+    x = torch.from_numpy(ndimage.gaussian_filter(x.numpy(), (0, 0, 2, 2)))
+    x = (x - x.amin((2, 3), keepdim=True)) / (x.amax((2, 3), keepdim=True) - x.amin((2, 3), keepdim=True))
+    for name in D.CORRUPTIONS:
+        y = [D.corrupt(x, name, s, seed=3) for s in (1, 5)]
+        assert all(v.shape == x.shape and v.min() >= 0 and v.max() <= 1 for v in y), name
+        assert torch.equal(y[1], D.corrupt(x, name, 5, seed=3)), name
+        assert (y[1] - x).abs().mean() >= (y[0] - x).abs().mean() - 1e-6, name
+
+
+def test_ibd_psc_against_a_hand_amplified_model():
+    torch.manual_seed(0)
+    model = wb.build_model("small-cnn-bn", 1, 10, (16, 16))
+    for bn in D.batchnorm_layers(model):  # trained-looking statistics
+        bn.running_mean.uniform_(-0.2, 0.2)
+        bn.running_var.uniform_(0.5, 2.0)
+        nn.init.uniform_(bn.weight, 0.5, 1.5)
+        nn.init.uniform_(bn.bias, -0.2, 0.2)
+    x = torch.rand(20, 1, 16, 16)
+    model.train()  # the caller's mode must come back
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    got = D.ibd_psc_score(model, x, layers=[1, 2], amplification=1.5)
+    assert model.training and all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    ref = []
+    for k in (1, 2):
+        m = wb.build_model("small-cnn-bn", 1, 10, (16, 16))
+        m.load_state_dict(before)
+        m.eval()
+        with torch.no_grad():
+            for bn in [m.features[1], m.features[5], m.features[9]][3 - k:]:
+                bn.weight *= 1.5
+                bn.bias *= 1.5
+            p0 = model.eval()(x).argmax(1)
+            ref.append(m(x).softmax(1)[torch.arange(20), p0])
+    model.train()
+    assert np.allclose(got, torch.stack(ref).mean(0).numpy(), atol=1e-6)
+    layers = D.ibd_psc_layers(model, x, n_models=5)
+    assert layers == list(range(layers[0], 4)) and 1 <= layers[0] <= 3
+
+
+def test_w_knee_takes_the_sigma_where_the_clean_curve_reaches_half_its_maximum():
+    from types import SimpleNamespace
+
+    pool = SimpleNamespace(entropy=np.array([[0.0, 0.2, 0.9, 1.0, 0.7], [0.0, 0.4, 1.1, 1.2, 0.9]]))
+    assert D.knee_index(pool) == 2  # means 0, 0.3, 1.0, 1.1, 0.8: the first >= 0.55
+    assert D.knee_index(pool, 0.2) == 1 and D.knee_index(pool, 1.0) == 3
+    with pytest.raises(ValueError, match=r"`fraction` must be a float in \(0, 1\]"):
+        D.knee_index(pool, 0)
+
+
+def test_w_class_standardises_per_predicted_class():
+    s = np.array([1.0, 2.0, 3.0, 4.0])
+    pred = np.array([0, 0, 1, 2])
+    pool_s = np.r_[np.full(5, 1.0) + np.arange(5), np.arange(6) * 2.0, [7.0]]
+    pool_p = np.r_[np.zeros(5), np.ones(6), [2]]
+    out = D.class_calibrated(s, pred, pool_s, pool_p)
+    z0 = (s[:2] - pool_s[:5].mean()) / pool_s[:5].std(ddof=1)
+    z1 = (3.0 - pool_s[5:11].mean()) / pool_s[5:11].std(ddof=1)
+    z2 = (4.0 - pool_s.mean()) / pool_s.std(ddof=1)  # one pool input of class 2: the whole pool
+    assert np.allclose(out, np.r_[z0, z1, z2])
+
+
+def test_bad_arguments_fail_before_any_work():
+    class Boom(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(64, 3)
+
+        def forward(self, x):  # the checks run one image through the model; work runs more
+            if len(x) > 1:
+                raise AssertionError("the model ran")
+            return self.lin(x.flatten(1))
+
+    clean, triggered, pool = _gate_data(4)
+    call = lambda **kw: compare_detectors(Boom(), clean, triggered, pool, SIGMAS, 8, 4, **kw)  # noqa: E731
+    with pytest.raises(ValueError, match="`methods` must be one of 'strip', 'scale-up'.*got 'neural-cleanse'"):
+        call(methods=("strip", "neural-cleanse"))
+    with pytest.raises(TypeError, match="`methods` must be a tuple"):
+        call(methods="strip")
+    with pytest.raises(ValueError, match="`methods` must not repeat"):
+        call(methods=("strip", "strip"))
+    with pytest.raises(ValueError, match="`model` must have BatchNorm layers .* 'ibd-psc'"):
+        call(methods=("strip", "ibd-psc"))
+    with pytest.raises(ValueError, match=r"`scales` must be a sequence of floats in \(1, inf\); got \(1, 2\)"):
+        call(methods=("scale-up",), scales=(1, 2))
+    with pytest.raises(ValueError, match=r"`scales` must be a sequence of floats in \(1, inf\)"):
+        call(methods=("scale-up",), scales=(0.5,))
+    with pytest.raises(ValueError, match=r"`severities` must be a sequence of ints in \[1, 5\]; got \(1, 6\)"):
+        call(methods=("teco",), severities=(1, 6))
+    with pytest.raises(ValueError, match=r"`severities` must be a sequence of ints in \[1, 5\]"):
+        call(methods=("teco",), severities=(0, 1))
+    with pytest.raises(ValueError, match="`corruptions` must be one of"):
+        call(methods=("teco",), corruptions=("fog",))
+    with pytest.raises(ValueError, match=r"`amplification` must be a float in \(1, inf\]; got 1.0"):
+        call(methods=("strip",), amplification=1.0)
+    with pytest.raises(ValueError, match="`clean_pool` must hold at least one image"):
+        compare_detectors(Boom(), clean, triggered, pool[:0], SIGMAS, methods=("strip",))
+    with pytest.raises(ValueError, match=r"`n_boot` must be an int in \[0, inf\]; got -1"):
+        call(n_boot=-1)
+    with pytest.raises(ValueError, match="`triggered` must hold at least one image"):
+        compare_detectors(Boom(), clean, triggered[:0], pool, SIGMAS)
+    for f in (lambda: D.scale_up_score(Boom(), clean, scales=(2, 0.9)),
+              lambda: D.teco_score(Boom(), clean, severities=(2, 1)),
+              lambda: D.ibd_psc_score(Boom(), clean, pool),
+              lambda: D.corrupt(clean, "jpeg", 6)):
+        with pytest.raises(ValueError):
+            f()
+
+
 def test_detectors_separate_triggered_inputs(digits, digits_run):
     pairs = wb.triggered_pairs(digits.x_test, digits.y_test, digits_run.trigger, 0, n=60, seed=0)
     pool = digits.x_test[:100]
     res = compare_detectors(digits_run.model, pairs.clean, pairs.triggered, pool,
                             wb.default_sigmas("digits"), n_samples=32, n_blend=32)
-    assert [r.method.split()[0] for r in res] == ["STRIP", "W_σ", "W_σ"]
+    assert [r.method for r in res] == ["strip", "w-mean", "w-radius"]  # the default methods
     assert res[0].auc > 0.8  # STRIP finds a BadNets patch
     # AUC = P(triggered score > clean score) + ½·P(tie): the Mann–Whitney U statistic / (n·m)
     for r in res:
@@ -52,3 +332,55 @@ def test_detectors_separate_triggered_inputs(digits, digits_run):
     w = wb.estimate_smoothness(digits_run.model, pairs.triggered, sig, 32, seed=0)
     assert np.allclose(res[1].triggered_scores, -w.mean_entropy())
     assert np.allclose(res[2].triggered_scores, w.smoothness_radius())
+
+
+def test_small_cnn_bn_learns_digits_and_a_patch_backdoor(digits):
+    run = wb.train_backdoor(digits, trigger=wb.triggers.Patch(size=3), rate=0.05, target=0,
+                            model="small-cnn-bn", progress=False)
+    assert len(D.batchnorm_layers(run.model)) == 3
+    assert run.clean_accuracy >= 0.95 and run.attack_success_rate >= 0.9
+
+
+def test_detection_study_every_detector_on_one_attack(digits, tmp_path):
+    from workbench import paper
+
+    run, res = paper.detection_study("digits", n=40, n_samples=8, n_boot=100, attack="Patch")
+    assert run.config["model"] == "small-cnn-bn" and [r.method for r in res] == list(D.METHODS)
+    assert res[0].auc > 0.8  # STRIP finds the patch
+    ibd = res[D.METHODS.index("ibd-psc")]
+    assert ibd.setup_seconds > 0 and 1 <= ibd.settings["layers"][0] <= 3
+    atlas = [{"dataset": "digits", "attack": "Patch", "rate": 0.05, "model": "small-cnn-bn",
+              "clean_accuracy": run.clean_accuracy, "attack_success_rate": run.attack_success_rate,
+              "n": 40, "results": res, "seconds": 1.0}]
+    row = paper.detection_table(atlas)[0]
+    assert row["strip"] == f"{res[0].auc:.3f} [{res[0].auc_ci[0]:.3f}, {res[0].auc_ci[1]:.3f}]"
+    out = paper.write_detection_report(atlas, tmp_path / "d.html")
+    summary = json.loads(out.with_suffix(".json").read_text())
+    assert [s["method"] for s in summary] == list(D.METHODS)
+    assert summary[0]["auc"] == round(res[0].auc, 4) and summary[0]["ms_per_input"] > 0
+    assert "plotly" in out.read_text()[:10_000_000]
+    assert len(paper.detection_heatmap(atlas).data[0].x) == len(D.METHODS)
+
+
+def test_detection_study_refuses_bad_choices_before_training(monkeypatch):
+    from workbench import paper
+
+    def no_training(*a, **k):
+        raise AssertionError("trained")
+
+    monkeypatch.setattr(paper, "train_backdoor", no_training)
+    with pytest.raises(ValueError, match="`attack` must be one of 'Patch'"):
+        paper.detection_study(attack="WaNet")
+    with pytest.raises(ValueError, match="`model` must have BatchNorm layers"):
+        paper.detection_study(model="small-cnn", methods=("strip", "ibd-psc"))
+    with pytest.raises(ValueError, match="`methods` must be one of"):
+        paper.detection_study(methods=("strip", "spectral"))
+    assert D.main(["--attacks", "Patch", "--n", "1"]) == 2  # n >= 2: an error line, no work
+
+
+def test_detection_command_writes_the_report(tmp_path, capsys):
+    out = tmp_path / "det.html"
+    assert D.main(["--attacks", "Patch", "--methods", "strip", "scale-up", "--n", "20",
+                   "--samples", "4", "--boot", "20", "--out", str(out), "--quiet"]) == 0
+    assert out.exists() and len(json.loads(out.with_suffix(".json").read_text())) == 2
+    assert "strip" in capsys.readouterr().out

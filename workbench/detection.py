@@ -1,36 +1,203 @@
-"""Detecting triggered inputs: STRIP (reference implementation) and W_σ-based scores.
+"""Detecting triggered inputs at test time: STRIP (the reference), SCALE-UP, TeCo, IBD-PSC and
+scores built on W_σ, on the same model and inputs, with one ROC analysis.
 
-STRIP (Gao et al., ACSAC 2019), as implemented here and as the paper describes it: each input x is
-superimposed on N random held-out clean images by a 50/50 blend, x' = 0.5·x + 0.5·x_clean (pixel
-values stay in [0, 1]); the score is the mean over the N copies of the Shannon entropy (nats) of
-the model's softmax for each copy. A trojaned input keeps its target prediction under blending,
-so its entropy is low. Existing toolboxes disagree (additive α = 1 without averaging, entropy taken
-over the wrong axis); this one follows the paper's per-copy entropy, averaged.
+Every detector asks how the model's answer survives a perturbation of the input or of the model,
+and every score is oriented so that **higher = more likely triggered** (ROC convention):
 
-Scores are oriented so that **higher = more likely triggered** (ROC convention): −entropy for
-STRIP, −mean W_σ for the smoothness score, the smoothness radius as it is.
+    strip          −mean softmax entropy over 50/50 blends with clean images (Gao et al. 2019)
+    scale-up       share of pixel-scaled copies that keep the prediction (Guo et al. 2023)
+    teco           std over corruption types of the severity that first flips the prediction
+                   (Liu et al. 2023)
+    ibd-psc        mean confidence in the prediction under amplified BatchNorm parameters
+                   (Hou et al. 2024; needs a model with BatchNorm, e.g. "small-cnn-bn")
+    w-mean         −mean W_σ over the σ grid (Grosse et al. 2022's measure)
+    w-radius       the smoothness radius: first σ at which W_σ exceeds 10% of log K
+    w-consistency  share of noisy votes that keep the unperturbed prediction, mean over σ
+    w-knee         −W_σ at one σ: where the clean pool's mean W_σ first reaches half its maximum
+    w-class        −mean W_σ standardised by the clean pool's inputs of the same predicted class
+
+`compare_detectors` runs any of them and returns one `DetectionResult` per method: ROC curve,
+AUC and the true-positive rates at 1% and 5% false positives, each with a bootstrap interval, and
+the time per input. `corrupt` exposes TeCo's corruptions.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import copy
+import math
+import time
+from dataclasses import dataclass, field
+from numbers import Integral, Real
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score, roc_curve
 from torch import nn
 
-from ._validate import check_choice, check_forwards, check_images, check_int, check_seed, check_sigmas
-from .poison import make_generator
+from ._validate import (check_choice, check_float, check_images, check_int, check_seed,
+                        check_sigmas)
 from .models import preserve_model
-from .sampling import check_model as _check_model, check_model_input, model_device as _model_device
+from .poison import make_generator
+from .sampling import (check_model as _check_model, check_model_input, mix_seed,
+                       model_device as _model_device)
 from .smoothness import estimate_smoothness
 
+METHODS = ("strip", "scale-up", "teco", "ibd-psc", "w-mean", "w-radius", "w-consistency",
+           "w-knee", "w-class")
+DEFAULT_METHODS = ("strip", "w-mean", "w-radius")  # compare_detectors' methods before `methods=`
+LABELS = {"strip": "STRIP (Gao et al. 2019)", "scale-up": "SCALE-UP (Guo et al. 2023)",
+          "teco": "TeCo (Liu et al. 2023)", "ibd-psc": "IBD-PSC (Hou et al. 2024)",
+          "w-mean": "W_σ mean over σ grid", "w-radius": "W_σ smoothness radius",
+          "w-consistency": "W_σ votes kept (consistency)",
+          "w-knee": "W_σ at the clean curve's half-rise σ",
+          "w-class": "W_σ mean, per-class calibrated"}
+W_METHODS = ("w-mean", "w-radius", "w-consistency", "w-knee", "w-class")
+POOL_METHODS = ("strip", "ibd-psc", "w-knee", "w-class")  # those that use the held-out clean pool
+KNEE_FRACTION = 0.5  # w-knee's σ: where the clean pool's mean W first reaches this share of its max
+
+# SCALE-UP's amplification factors: integers 2…11 (the issue's "factors 2…n"; the authors' code
+# defaults to the odd factors 3, 5, 7, 9, 11, which can be passed as `scales`).
+DEFAULT_SCALES = tuple(range(2, 12))
+
+# TeCo: the ImageNet-C corruption family (Hendrycks & Dietterich 2019) at 5 severities, with the
+# parameters of its CIFAR-10-C version (32x32 images; sizes scaled up for larger images). Snow, frost
+# and fog are left out (they need texture images or a plasma fractal); the other 12 are here.
+TECO_CORRUPTIONS = ("gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "glass_blur",
+                    "motion_blur", "zoom_blur", "brightness", "contrast", "elastic", "pixelate",
+                    "jpeg")
+CORRUPTIONS = TECO_CORRUPTIONS + ("speckle_noise", "gaussian_blur")
+TECO_SEVERITIES = (1, 2, 3, 4, 5)
+MAX_SEVERITY = 5
+_PARAMS = {
+    "gaussian_noise": (0.04, 0.06, 0.08, 0.09, 0.10),  # std
+    "shot_noise": (500, 250, 100, 75, 50),  # Poisson rate per unit intensity
+    "impulse_noise": (0.01, 0.02, 0.03, 0.05, 0.07),  # share of salt-and-pepper pixels
+    "speckle_noise": (0.06, 0.10, 0.12, 0.16, 0.20),  # std of the multiplicative noise
+    "gaussian_blur": (0.4, 0.6, 0.7, 0.8, 1.0),  # σ in pixels of a 32-pixel image
+    "defocus_blur": ((0.3, 0.4), (0.4, 0.5), (0.5, 0.6), (1.0, 0.2), (1.5, 0.1)),  # disk r, alias σ
+    "glass_blur": ((0.05, 1, 1), (0.25, 1, 1), (0.4, 1, 1), (0.25, 1, 2), (0.4, 1, 2)),  # σ, δ, it.
+    "motion_blur": (1.0, 1.5, 2.0, 2.5, 3.0),  # σ in pixels along a random direction
+    "zoom_blur": (0.06, 0.11, 0.16, 0.21, 0.26),  # zooms 1, 1.01, … below 1 + this
+    "brightness": (0.05, 0.10, 0.15, 0.20, 0.30),  # added to the HSV value
+    "contrast": (0.75, 0.50, 0.40, 0.30, 0.15),  # factor towards the image mean
+    "elastic": (0.03, 0.05, 0.07, 0.09, 0.11),  # largest displacement, share of the image side
+    "pixelate": (0.95, 0.90, 0.85, 0.75, 0.65),  # side of the coarse image, share of the side
+    "jpeg": (80, 65, 58, 50, 40),  # JPEG quality
+}
+
+
+# --- shared checks ---------------------------------------------------------------------------
+
+def _check_methods(methods) -> tuple[str, ...]:
+    if isinstance(methods, str) or not isinstance(methods, (tuple, list)):
+        raise TypeError(f"`methods` must be a tuple of names from {', '.join(map(repr, METHODS))}; "
+                        f"got {methods!r}.")
+    if not methods:
+        raise ValueError(f"`methods` must name at least one of {', '.join(map(repr, METHODS))}; "
+                         "got none.")
+    for m in methods:
+        check_choice("methods", m, METHODS)
+    if len(set(methods)) != len(methods):
+        raise ValueError(f"`methods` must not repeat a name; got {tuple(methods)!r}.")
+    return tuple(methods)
+
+
+def check_scales(name: str, scales) -> tuple[float, ...]:
+    """A non-empty sequence of finite amplification factors, each > 1."""
+    if isinstance(scales, (str, bytes)) or not hasattr(scales, "__iter__"):
+        raise TypeError(f"`{name}` must be a sequence of floats in (1, inf); got {scales!r}.")
+    vals = list(scales)
+    if not vals:
+        raise ValueError(f"`{name}` must be a non-empty sequence of floats in (1, inf); got "
+                         f"{scales!r}.")
+    for v in vals:
+        if isinstance(v, bool) or not isinstance(v, Real):
+            raise TypeError(f"`{name}` must be a sequence of floats in (1, inf); got {scales!r}.")
+        if not math.isfinite(float(v)) or float(v) <= 1:
+            raise ValueError(f"`{name}` must be a sequence of floats in (1, inf); got {scales!r}.")
+    return tuple(float(v) for v in vals)
+
+
+def check_severities(name: str, severities) -> tuple[int, ...]:
+    """A non-empty, strictly increasing sequence of ints in [1, 5]."""
+    if isinstance(severities, (str, bytes)) or not hasattr(severities, "__iter__"):
+        raise TypeError(f"`{name}` must be a sequence of ints in [1, {MAX_SEVERITY}]; got "
+                        f"{severities!r}.")
+    vals = list(severities)
+    if not vals:
+        raise ValueError(f"`{name}` must be a non-empty sequence of ints in [1, {MAX_SEVERITY}]; "
+                         f"got {severities!r}.")
+    for v in vals:
+        if isinstance(v, bool) or not isinstance(v, Integral):
+            raise TypeError(f"`{name}` must be a sequence of ints in [1, {MAX_SEVERITY}]; got "
+                            f"{severities!r}.")
+        if not 1 <= v <= MAX_SEVERITY:
+            raise ValueError(f"`{name}` must be a sequence of ints in [1, {MAX_SEVERITY}]; got "
+                             f"{severities!r}.")
+    if any(b <= a for a, b in zip(vals, vals[1:])):
+        raise ValueError(f"`{name}` must be strictly increasing; got {severities!r}.")
+    return tuple(int(v) for v in vals)
+
+
+def _check_corruptions(corruptions) -> tuple[str, ...]:
+    if isinstance(corruptions, str) or not isinstance(corruptions, (tuple, list)):
+        raise TypeError(f"`corruptions` must be a tuple of names from "
+                        f"{', '.join(map(repr, CORRUPTIONS))}; got {corruptions!r}.")
+    if not corruptions:
+        raise ValueError("`corruptions` must name at least one corruption; got none.")
+    for c in corruptions:
+        check_choice("corruptions", c, CORRUPTIONS)
+    if len(set(corruptions)) != len(corruptions):
+        raise ValueError(f"`corruptions` must not repeat a name; got {tuple(corruptions)!r}.")
+    return tuple(corruptions)
+
+
+def batchnorm_layers(model: nn.Module) -> list[nn.Module]:
+    """The model's BatchNorm layers with affine parameters, in module order (the order of the
+    forward pass for sequential models such as the workbench's)."""
+    return [m for m in model.modules()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine]
+
+
+def _check_batchnorm(model: nn.Module) -> int:
+    n = len(batchnorm_layers(model))
+    if not n:
+        raise ValueError(f"`model` must have BatchNorm layers with affine parameters for "
+                         f"'ibd-psc' (it amplifies them); {type(model).__name__} has none. Train "
+                         "model='small-cnn-bn', or leave 'ibd-psc' out of `methods`.")
+    return n
+
+
+def _check_pool(clean_pool, inputs_shape) -> None:
+    if not len(clean_pool):
+        raise ValueError("`clean_pool` must hold at least one image; got none.")
+    if tuple(inputs_shape) != tuple(clean_pool.shape[1:]):
+        raise ValueError(f"`clean_pool` images must have the shape of `inputs` "
+                         f"{tuple(inputs_shape)}; got {tuple(clean_pool.shape[1:])}.")
+
+
+def _logits(model, x, dev, batch_size):
+    """Logits of `x` (already on `dev`), in chunks of `batch_size`."""
+    return torch.cat([model(x[i:i + batch_size]) for i in range(0, len(x), batch_size)]) \
+        if len(x) else torch.empty(0)
+
+
+# --- STRIP -------------------------------------------------------------------------------------
 
 @torch.inference_mode()
 def strip_entropy(model: nn.Module, inputs: torch.Tensor, clean_pool: torch.Tensor,
                   n_blend: int = 64, seed: int = 0, batch_size: int = 2048) -> np.ndarray:
-    """(N,) STRIP score: mean per-copy softmax entropy (nats) over `n_blend` 50/50 blends."""
+    """(N,) STRIP score: mean per-copy softmax entropy (nats) over `n_blend` 50/50 blends.
+
+    STRIP (Gao, Xu, Wang, Chen, Ranasinghe, Nepal: "STRIP: a defence against trojan attacks on
+    deep neural networks", ACSAC 2019): each input x is superimposed on N random held-out clean
+    images by a 50/50 blend, x' = 0.5·x + 0.5·x_clean (pixel values stay in [0, 1]); the score is
+    the mean over the N copies of the Shannon entropy (nats) of the model's softmax for each copy.
+    A trojaned input keeps its target prediction under blending, so its entropy is low. Existing
+    toolboxes disagree (additive α = 1 without averaging, entropy taken over the wrong axis); this
+    one follows the paper's per-copy entropy, averaged. Low entropy = flagged.
+    """
     _check_model(model)
     check_images("inputs", inputs)
     check_images("clean_pool", clean_pool)
@@ -43,7 +210,6 @@ def strip_entropy(model: nn.Module, inputs: torch.Tensor, clean_pool: torch.Tens
                          f"got {tuple(clean_pool.shape[1:])}.")
     dev = _model_device(model)
     check_model_input(model, inputs, "inputs")
-    inputs, clean_pool = inputs.float(), clean_pool.float()  # float64 too (the models are float32)
     g = make_generator(seed)
     # the same blend partners for every input: a paired design, and reproducible
     idx = torch.randint(0, len(clean_pool), (n_blend,), generator=g)
@@ -57,82 +223,644 @@ def strip_entropy(model: nn.Module, inputs: torch.Tensor, clean_pool: torch.Tens
             p = model(blends.flatten(0, 1)).softmax(-1).double()  # (n·B, K)
             h = torch.special.entr(p).sum(-1).view(len(x), n_blend)
             out.append(h.mean(1).cpu())
-    return torch.cat(out).numpy()
+    return torch.cat(out).numpy() if out else np.zeros(0)
 
+
+# --- SCALE-UP ----------------------------------------------------------------------------------
+
+@torch.inference_mode()
+def scale_up_score(model: nn.Module, inputs: torch.Tensor, scales=DEFAULT_SCALES,
+                   batch_size: int = 2048) -> np.ndarray:
+    """(N,) scaled prediction consistency (SPC): the share of the copies clip(n·x, 0, 1), n in
+    `scales`, that keep the model's prediction on x. Higher = flagged.
+
+    SCALE-UP (Guo, Li, Chen, Jia, Xia: "SCALE-UP: an efficient black-box input-level backdoor
+    detection via analyzing scaled prediction consistency", ICLR 2023), data-free version: a
+    backdoored model's answer on a triggered input survives amplifying every pixel value, a
+    clean input's answer does not. Pixels are scaled in [0, 1] image space and clipped.
+    """
+    _check_model(model)
+    check_images("inputs", inputs)
+    scales = check_scales("scales", scales)
+    check_int("batch_size", batch_size, low=1)
+    check_model_input(model, inputs, "inputs")
+    dev = _model_device(model)
+    s = torch.tensor(scales, dtype=inputs.dtype, device=dev).view(1, -1, 1, 1, 1)
+    out = []
+    with preserve_model(model):
+        per_chunk = max(1, batch_size // (len(scales) + 1))
+        for i in range(0, len(inputs), per_chunk):
+            x = inputs[i:i + per_chunk].to(dev)
+            pred = model(x).argmax(-1)  # (n,)
+            scaled = (x[:, None] * s).clamp_(0.0, 1.0).flatten(0, 1)  # (n·S, C, H, W)
+            kept = model(scaled).argmax(-1).view(len(x), len(scales)) == pred[:, None]
+            out.append(kept.double().mean(1).cpu())
+    return torch.cat(out).numpy() if out else np.zeros(0)
+
+
+# --- TeCo: corruptions and the score -----------------------------------------------------------
+
+def _gaussian_kernel1d(sigma: float, dtype, device) -> torch.Tensor:
+    r = max(1, int(4.0 * sigma + 0.5))  # scipy/skimage's truncate=4
+    t = torch.arange(-r, r + 1, dtype=torch.float64)
+    k = torch.exp(-0.5 * (t / sigma) ** 2)
+    return (k / k.sum()).to(device=device, dtype=dtype)
+
+
+def _blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur per channel, edges extended ("nearest", as skimage's default)."""
+    if sigma <= 0:
+        return x
+    k = _gaussian_kernel1d(sigma, x.dtype, x.device)
+    r = (len(k) - 1) // 2
+    n, c, h, w = x.shape
+    y = x.reshape(n * c, 1, h, w)
+    y = F.conv2d(F.pad(y, (r, r, 0, 0), mode="replicate"), k.view(1, 1, 1, -1))
+    y = F.conv2d(F.pad(y, (0, 0, r, r), mode="replicate"), k.view(1, 1, -1, 1))
+    return y.reshape(n, c, h, w)
+
+
+def _filter(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+    """2-D filter (same kernel for every channel), edges extended."""
+    n, c, h, w = x.shape
+    r0, r1 = (kernel.shape[0] - 1) // 2, (kernel.shape[1] - 1) // 2
+    y = F.pad(x.reshape(n * c, 1, h, w), (r1, r1, r0, r0), mode="replicate")
+    return F.conv2d(y, kernel[None, None].to(x)).reshape(n, c, h, w)
+
+
+def _sample_grid(x: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=True)
+
+
+def _identity_grid(n, h, w, dtype, device) -> torch.Tensor:
+    ys, xs = torch.meshgrid(torch.linspace(-1, 1, h, dtype=dtype, device=device),
+                            torch.linspace(-1, 1, w, dtype=dtype, device=device), indexing="ij")
+    return torch.stack([xs, ys], -1)[None].expand(n, h, w, 2)
+
+
+def _shift(x: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor) -> torch.Tensor:
+    """x sampled at (row + dy, col + dx) in pixels (per image dy, dx of shape (N,)), bilinear."""
+    n, _, h, w = x.shape
+    grid = _identity_grid(n, h, w, x.dtype, x.device).clone()
+    grid[..., 0] += (2 * dx / max(w - 1, 1))[:, None, None]
+    grid[..., 1] += (2 * dy / max(h - 1, 1))[:, None, None]
+    return _sample_grid(x, grid)
+
+
+def corrupt(images: torch.Tensor, corruption: str, severity: int, seed: int = 0) -> torch.Tensor:
+    """`images` (N, C, H, W) in [0, 1] under one corruption of the ImageNet-C family at
+    `severity` 1…5, in [0, 1]; random corruptions draw from `seed` (the same draws for every
+    input set of the same shape: clean inputs and their triggered twins see the same noise).
+
+    The corruptions of Hendrycks & Dietterich ("Benchmarking neural network robustness to common
+    corruptions and perturbations", ICLR 2019) with their CIFAR-10-C severities (spatial sizes in
+    pixels as for 32x32 images, scaled up by H/32 for larger images), in torch: gaussian_noise,
+    shot_noise, impulse_noise, speckle_noise, gaussian_blur, defocus_blur, glass_blur (per-pixel
+    random displacement instead of sequential swaps), motion_blur (a one-sided Gaussian streak at
+    a random angle in ±45°), zoom_blur, brightness (HSV value + c), contrast, elastic (a smooth
+    random displacement field; not CIFAR-10-C's parameters), pixelate (box down, nearest up),
+    jpeg (libjpeg, through PIL).
+    """
+    check_images("images", images)
+    check_choice("corruption", corruption, CORRUPTIONS)
+    check_int("severity", severity, low=1, high=MAX_SEVERITY)
+    check_seed("seed", seed, generator=False)
+    return _corrupt(images, corruption, severity, seed)
+
+
+def _corrupt(x: torch.Tensor, name: str, severity: int, seed: int) -> torch.Tensor:
+    c = _PARAMS[name][severity - 1]
+    n, ch, h, w = x.shape
+    # CIFAR-10-C's sizes in pixels, for 32-pixel images: kept as they are on smaller images (a
+    # 16-pixel digit is an upsampled 8-pixel one; halving a 1.5-pixel disk would leave one
+    # pixel), scaled up on larger ones
+    f = max(1.0, h / 32.0)
+    g = make_generator(mix_seed(seed, CORRUPTIONS.index(name), severity))
+    # draws on the CPU from a CPU generator: the same on every device
+    rand = lambda *shape: torch.rand(shape, generator=g).to(x)  # noqa: E731
+    randn = lambda *shape: torch.randn(shape, generator=g).to(x)  # noqa: E731
+    if name == "gaussian_noise":
+        y = x + c * randn(*x.shape)
+    elif name == "shot_noise":
+        y = torch.poisson((x * c).double().cpu(), generator=g).to(x) / c
+    elif name == "impulse_noise":
+        u = rand(*x.shape)
+        y = torch.where(u < c / 2, torch.ones_like(x), torch.where(u < c, torch.zeros_like(x), x))
+    elif name == "speckle_noise":
+        y = x + x * c * randn(*x.shape)
+    elif name == "gaussian_blur":
+        y = _blur(x, c * f)
+    elif name == "defocus_blur":
+        radius, alias = c[0] * f, c[1] * f
+        r = max(1, math.ceil(radius))
+        t = torch.arange(-r, r + 1, dtype=torch.float64)
+        disk = ((t[:, None] ** 2 + t[None, :] ** 2) <= max(radius, 0.5) ** 2).double()
+        y = _blur(_filter(x, (disk / disk.sum()).to(x)), alias)
+    elif name == "glass_blur":
+        sigma, delta, iterations = c[0] * f, c[1], c[2]
+        y = _blur(x, sigma)
+        rows = torch.arange(h, device=x.device)[:, None].expand(h, w)
+        cols = torch.arange(w, device=x.device)[None, :].expand(h, w)
+        for _ in range(iterations):
+            dy = (rand(n, h, w) * (2 * delta + 1)).floor().long() - delta
+            dx = (rand(n, h, w) * (2 * delta + 1)).floor().long() - delta
+            src = ((rows + dy).clamp(0, h - 1) * w + (cols + dx).clamp(0, w - 1)).view(n, 1, -1)
+            y = y.flatten(2).gather(2, src.expand(n, ch, -1)).view(n, ch, h, w)
+        y = _blur(y, sigma)
+    elif name == "motion_blur":
+        sigma = c * f
+        angle = (rand(n) * 2 - 1) * math.pi / 4
+        steps = torch.arange(0, math.ceil(3 * sigma) + 1, dtype=torch.float64)
+        wts = torch.exp(-0.5 * (steps / sigma) ** 2)
+        wts = (wts / wts.sum()).tolist()
+        y = sum(wk * _shift(x, k * torch.sin(angle), k * torch.cos(angle))
+                for k, wk in zip(steps.tolist(), wts))
+    elif name == "zoom_blur":
+        zooms = np.arange(1.0, 1.0 + c, 0.01)[1:]
+        base = _identity_grid(n, h, w, x.dtype, x.device)
+        y = (x + sum(_sample_grid(x, base / float(z)) for z in zooms)) / (len(zooms) + 1)
+    elif name == "brightness":
+        v = x.amax(1, keepdim=True)  # HSV value; hue and saturation kept
+        v2 = (v + c).clamp(max=1.0)
+        y = torch.where(v > 0, x * v2 / v.clamp(min=1e-12), v2.expand_as(x))
+    elif name == "contrast":
+        m = x.mean((2, 3), keepdim=True)
+        y = (x - m) * c + m
+    elif name == "elastic":
+        field = _blur(rand(n, 2, h, w) * 2 - 1, h / 8)
+        field = field / field.flatten(1).abs().amax(1).clamp(min=1e-12).view(n, 1, 1, 1)
+        grid = _identity_grid(n, h, w, x.dtype, x.device) + 2 * c * field.permute(0, 2, 3, 1)
+        y = _sample_grid(x, grid)
+    elif name == "pixelate":
+        small = (max(1, int(h * c)), max(1, int(w * c)))
+        y = F.interpolate(F.adaptive_avg_pool2d(x, small), size=(h, w), mode="nearest")
+    else:  # jpeg, through PIL's libjpeg (torchvision's encoder is deprecated)
+        y = _jpeg(x, int(c))
+    return y.clamp(0.0, 1.0)
+
+
+def _jpeg(x: torch.Tensor, quality: int) -> torch.Tensor:
+    import io
+
+    from PIL import Image
+
+    u8 = (x.detach().cpu() * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    out = np.empty(u8.shape, dtype=np.uint8)
+    for i, im in enumerate(u8):
+        buf = io.BytesIO()
+        Image.fromarray(im[..., 0] if im.shape[-1] == 1 else im).save(buf, "JPEG", quality=quality)
+        buf.seek(0)
+        out[i] = np.asarray(Image.open(buf)).reshape(im.shape)
+    return torch.from_numpy(out).permute(0, 3, 1, 2).to(x) / 255.0
+
+
+@torch.inference_mode()
+def teco_severities(model: nn.Module, inputs: torch.Tensor, corruptions=TECO_CORRUPTIONS,
+                    severities=TECO_SEVERITIES, seed: int = 0, batch_size: int = 2048) -> np.ndarray:
+    """(N, T) for each input and corruption type, the first severity in `severities` at which the
+    prediction differs from the prediction on the uncorrupted input; max(severities) + 1 where it
+    never does."""
+    _check_model(model)
+    check_images("inputs", inputs)
+    corruptions = _check_corruptions(corruptions)
+    severities = check_severities("severities", severities)
+    check_seed("seed", seed, generator=False)
+    check_int("batch_size", batch_size, low=1)
+    check_model_input(model, inputs, "inputs")
+    dev = _model_device(model)
+    first = np.full((len(inputs), len(corruptions)), max(severities) + 1, dtype=float)
+    with preserve_model(model):
+        x = inputs.to(dev)
+        pred = _logits(model, x, dev, batch_size).argmax(-1).cpu()
+        for j, name in enumerate(corruptions):
+            for s in reversed(severities):  # the last assignment is the smallest flipping severity
+                p = _logits(model, _corrupt(x, name, s, seed), dev, batch_size).argmax(-1).cpu()
+                first[(p != pred).numpy(), j] = s
+    return first
+
+
+def teco_score(model: nn.Module, inputs: torch.Tensor, corruptions=TECO_CORRUPTIONS,
+               severities=TECO_SEVERITIES, seed: int = 0, batch_size: int = 2048) -> np.ndarray:
+    """(N,) TeCo score: the standard deviation (ddof 0) over corruption types of the severity at
+    which the prediction first changes (`teco_severities`). Higher = flagged.
+
+    TeCo (Liu, Fang, Jiang, Zhang, Ren, Liu: "Detecting backdoors during the inference stage
+    based on corruption robustness consistency", CVPR 2023): a clean input's prediction breaks at
+    similar severities whatever the corruption; a triggered input's survives some corruptions
+    (noise: the trigger stays) and breaks early under others (blur: the trigger goes), so the
+    severities spread. A triggered input that survives every corruption scores 0, like a robust
+    clean input.
+    """
+    return teco_severities(model, inputs, corruptions, severities, seed, batch_size).std(1)
+
+
+# --- IBD-PSC -----------------------------------------------------------------------------------
+
+def _amplified(model: nn.Module, k: int, amplification: float) -> nn.Module:
+    """A copy of `model` (eval mode) whose last `k` BatchNorm layers have γ and β times
+    `amplification`."""
+    m = copy.deepcopy(model).eval()
+    for bn in batchnorm_layers(m)[len(batchnorm_layers(m)) - k:]:
+        with torch.no_grad():
+            bn.weight.mul_(amplification)
+            bn.bias.mul_(amplification)
+    return m
+
+
+@torch.inference_mode()
+def ibd_psc_layers(model: nn.Module, clean_pool: torch.Tensor, amplification: float = 1.5,
+                   n_models: int = 5, agreement: float = 0.6, batch_size: int = 2048) -> list[int]:
+    """IBD-PSC's adaptive layer selection: how many of the last BatchNorm layers each of the
+    (up to) `n_models` amplified models scales. The first amplifies the fewest last layers, ξ,
+    whose amplification leaves fewer than `agreement` of the clean pool's predictions unchanged
+    (all L layers if none does); the others amplify ξ + 1, …, up to L."""
+    _check_model(model)
+    check_images("clean_pool", clean_pool)
+    if not len(clean_pool):
+        raise ValueError("`clean_pool` must hold at least one image; got none.")
+    amplification = check_float("amplification", amplification, 1.0, None, low_open=True)
+    check_int("n_models", n_models, low=1)
+    agreement = check_float("agreement", agreement, 0.0, 1.0, low_open=True, high_open=True)
+    check_int("batch_size", batch_size, low=1)
+    n_bn = _check_batchnorm(model)
+    check_model_input(model, clean_pool, "clean_pool")
+    dev = _model_device(model)
+    with preserve_model(model):
+        x = clean_pool.to(dev)
+        pred = _logits(model, x, dev, batch_size).argmax(-1)
+        start = n_bn
+        for k in range(1, n_bn):
+            p = _logits(_amplified(model, k, amplification), x, dev, batch_size).argmax(-1)
+            if float((p == pred).double().mean()) < agreement:
+                start = k
+                break
+    return list(range(start, min(start + n_models, n_bn + 1)))
+
+
+@torch.inference_mode()
+def ibd_psc_score(model: nn.Module, inputs: torch.Tensor, clean_pool: torch.Tensor | None = None,
+                  amplification: float = 1.5, n_models: int = 5, agreement: float = 0.6,
+                  layers: list[int] | None = None, batch_size: int = 2048) -> np.ndarray:
+    """(N,) parameter-oriented scaling consistency (PSC): the mean over amplified models of the
+    softmax probability of the class the unmodified model predicts. Higher = flagged.
+
+    IBD-PSC (Hou, Guo, Li, Wang, Wu, Wang: "IBD-PSC: input-level backdoor detection via
+    parameter-oriented scaling consistency", ICML 2024): amplifying the BatchNorm parameters
+    (γ, β times ω = `amplification`) of a model's last layers leaves its confident answer on
+    triggered inputs in place while its confidence on clean inputs drops. White-box: needs the
+    model's BatchNorm layers. The layers come from `ibd_psc_layers(model, clean_pool, ...)`
+    unless `layers` (numbers of last BatchNorm layers, one per model) is given. The caller's
+    model is not changed: amplified copies are made.
+    """
+    _check_model(model)
+    check_images("inputs", inputs)
+    check_int("batch_size", batch_size, low=1)
+    n_bn = _check_batchnorm(model)
+    amplification = check_float("amplification", amplification, 1.0, None, low_open=True)
+    if layers is None:
+        if clean_pool is None:
+            raise ValueError("`clean_pool` must be given to choose the layers, or `layers`; got "
+                             "neither.")
+        _check_pool(clean_pool, inputs.shape[1:])
+        layers = ibd_psc_layers(model, clean_pool, amplification, n_models, agreement, batch_size)
+    else:
+        if not isinstance(layers, (list, tuple)) or not layers:
+            raise TypeError(f"`layers` must be a non-empty list of ints in [1, {n_bn}]; got "
+                            f"{layers!r}.")
+        layers = [check_int("layers", k, low=1, high=n_bn) for k in layers]
+    check_model_input(model, inputs, "inputs")
+    dev = _model_device(model)
+    with preserve_model(model):
+        x = inputs.to(dev)
+        pred = _logits(model, x, dev, batch_size).argmax(-1)
+        conf = torch.zeros(len(x), dtype=torch.float64, device=dev)
+        for k in layers:
+            p = _logits(_amplified(model, k, amplification), x, dev, batch_size).softmax(-1)
+            conf += p.double().gather(1, pred[:, None])[:, 0] if len(x) else 0
+    return (conf / len(layers)).cpu().numpy()
+
+
+# --- W_σ-based scores --------------------------------------------------------------------------
 
 def smoothness_score(model: nn.Module, inputs: torch.Tensor, sigmas, n_samples: int = 64,
                      summary: str = "mean", seed: int = 0, **kwargs) -> np.ndarray:
-    """(N,) W_σ-based score, higher = smoother = more likely triggered."""
-    check_choice("summary", summary, ("mean", "radius"))
+    """(N,) W_σ-based score, higher = smoother = more likely triggered: "mean" (−mean W over the
+    grid), "radius" (smoothness radius), "consistency" (share of noisy votes that keep the
+    unperturbed prediction, mean over σ)."""
+    check_choice("summary", summary, ("mean", "radius", "consistency"))
     res = estimate_smoothness(model, inputs, sigmas, n_samples, seed=seed, **kwargs)
-    return -res.mean_entropy() if summary == "mean" else res.smoothness_radius()
+    return _w_summary(res, summary, model, inputs)
 
+
+def _predict(model, inputs, batch_size=2048) -> torch.Tensor:
+    dev = _model_device(model)
+    with preserve_model(model), torch.inference_mode():
+        return _logits(model, inputs.to(dev), dev, batch_size).argmax(-1).cpu()
+
+
+def _w_summary(res, summary: str, model=None, inputs=None, pred=None) -> np.ndarray:
+    if summary == "mean":
+        return -res.mean_entropy()
+    if summary == "radius":
+        return res.smoothness_radius()
+    pred = _predict(model, inputs) if pred is None else pred
+    kept = np.take_along_axis(res.frequencies, pred.numpy()[:, None, None], 2)[..., 0]  # (N, S)
+    return kept.mean(1)
+
+
+def knee_index(pool_result, fraction: float = KNEE_FRACTION) -> int:
+    """Index of w-knee's σ in a clean pool's `SmoothnessResult`: the first σ of the grid at which
+    the pool's mean W_σ reaches `fraction` of its largest value over the grid.
+
+    Why there: at smaller σ clean inputs are still certain (nothing to tell apart), at larger σ the
+    noise drowns the trigger too (on digits, triggered inputs become *less* smooth than clean ones
+    beyond σ ≈ 0.3, which is what pulls the mean over the grid down). The rule uses clean data
+    only, as a defender would.
+    """
+    fraction = check_float("fraction", fraction, 0.0, 1.0, low_open=True)
+    m = pool_result.entropy.mean(0)
+    return int(np.argmax(m >= fraction * m.max()))
+
+
+def class_calibrated(scores, predictions, pool_scores, pool_predictions,
+                     min_per_class: int = 5) -> np.ndarray:
+    """(N,) scores standardised per predicted class: (s − mean_c) / std_c over the clean pool's
+    inputs predicted c; classes with fewer than `min_per_class` pool inputs use the whole pool.
+    """
+    s, p = np.asarray(scores, float), np.asarray(predictions)
+    ps, pp = np.asarray(pool_scores, float), np.asarray(pool_predictions)
+    mu_all, sd_all = ps.mean(), ps.std(ddof=1) if len(ps) > 1 else 0.0
+    out = np.empty_like(s)
+    for c in np.unique(p):
+        ref = ps[pp == c]
+        mu, sd = (ref.mean(), ref.std(ddof=1)) if len(ref) >= min_per_class else (mu_all, sd_all)
+        out[p == c] = (s[p == c] - mu) / max(sd, 1e-12)
+    return out
+
+
+# --- ROC analysis ------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class DetectionResult:
     """ROC analysis of one score separating triggered (positive) from clean inputs."""
 
-    method: str
+    method: str  # the detector's name in METHODS (or the caller's label)
     clean_scores: np.ndarray  # (N,) higher = more likely triggered
     triggered_scores: np.ndarray  # (M,)
     fpr: np.ndarray  # ROC curve
     tpr: np.ndarray
-    auc: float  # area under the ROC curve
-    tpr_at_5_fpr: float  # true-positive rate at 5% false-positive rate (interpolated)
+    auc: float  # area under the ROC curve (ties count ½)
+    tpr_at_5_fpr: float  # true-positive rate at the threshold flagging at most 5% of clean inputs
+    auc_ci: tuple = (math.nan, math.nan)  # bootstrap percentile interval at `settings["confidence"]`
+    tpr_at_5_fpr_ci: tuple = (math.nan, math.nan)
+    tpr_at_1_fpr: float = math.nan  # at most 1% of clean inputs flagged
+    tpr_at_1_fpr_ci: tuple = (math.nan, math.nan)
+    seconds_per_input: float = math.nan  # wall time of the scores / (N + M)
+    setup_seconds: float = 0.0  # one-off work (layer selection, calibration on the clean pool)
+    settings: dict = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        """A readable name with the paper it comes from."""
+        return LABELS.get(self.method, self.method)
+
+    def row(self, digits: int = 3) -> dict:
+        """One row for a table: method, AUC [CI], TPR at 1% and 5% FPR [CI], ms per input."""
+        f = lambda v, ci: f"{v:.{digits}f} [{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]"  # noqa: E731
+        return {"method": self.method, "AUC [95% CI]": f(self.auc, self.auc_ci),
+                "TPR@1%FPR": f(self.tpr_at_1_fpr, self.tpr_at_1_fpr_ci),
+                "TPR@5%FPR": f(self.tpr_at_5_fpr, self.tpr_at_5_fpr_ci),
+                "ms per input": round(1000 * self.seconds_per_input, 2)}
 
 
-def _as_scores(name: str, values) -> np.ndarray:
-    """Scores as a flat float array (at least one, finite: checked by the caller)."""
-    try:
-        a = np.asarray(values, dtype=float)
-    except (TypeError, ValueError):
-        raise TypeError(f"`{name}` must be an array of numbers (one score per input); got "
-                        f"{type(values).__name__}.") from None
-    if a.ndim == 0:  # a number (or None) where one per input is needed
-        raise TypeError(f"`{name}` must be an array of numbers (one score per input); got "
-                        f"{values!r}.")
-    return a.ravel()
+def _roc(c: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(fpr, tpr) at every distinct threshold, from (0, 0), as sklearn's roc_curve without
+    dropping intermediate points."""
+    s = np.r_[t, c]
+    y = np.r_[np.ones(len(t)), np.zeros(len(c))]
+    order = np.argsort(-s, kind="mergesort")
+    s, y = s[order], y[order]
+    last = np.r_[np.nonzero(np.diff(s))[0], len(s) - 1]  # the last index of each distinct score
+    tps = np.cumsum(y)[last]
+    fps = last + 1 - tps
+    return np.r_[0.0, fps / len(c)], np.r_[0.0, tps / len(t)]
 
 
-def roc_analysis(method: str, clean_scores, triggered_scores) -> DetectionResult:
-    if not isinstance(method, str):
-        raise TypeError(f"`method` must be a str naming the detector; got {method!r}.")
-    c, t = _as_scores("clean_scores", clean_scores), _as_scores("triggered_scores", triggered_scores)
+def _operating_points(c: np.ndarray, t: np.ndarray) -> tuple[float, float, float]:
+    fpr, tpr = _roc(c, t)
+    auc = float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2))
+    at = lambda a: float(tpr[fpr <= a + 1e-12].max())  # noqa: E731
+    return auc, at(0.01), at(0.05)
+
+
+def roc_analysis(method: str, clean_scores, triggered_scores, *, n_boot: int = 1000,
+                 seed: int = 0, confidence: float = 0.95, seconds_per_input: float = math.nan,
+                 setup_seconds: float = 0.0, settings: dict | None = None) -> DetectionResult:
+    """ROC, AUC and TPR at 1% and 5% FPR of scores (higher = triggered), with percentile
+    bootstrap intervals over `n_boot` resamples of the clean and of the triggered scores
+    (each resampled on its own, seeded by `seed`; `n_boot=0` skips them).
+
+    TPR at a% FPR is the largest true-positive rate of a threshold that flags at most a% of the
+    clean inputs (no interpolation between thresholds): with 200 clean inputs, 1% allows 2.
+    """
+    c, t = np.asarray(clean_scores, float).ravel(), np.asarray(triggered_scores, float).ravel()
     for name, v in (("clean_scores", c), ("triggered_scores", t)):
         if not len(v):
             raise ValueError(f"`{name}` must hold at least one score; got none.")
         if not np.isfinite(v).all():
             raise ValueError(f"`{name}` must hold finite values; got "
                              f"{int((~np.isfinite(v)).sum())} NaN or infinite.")
+    n_boot = check_int("n_boot", n_boot, low=0)
+    seed = check_seed("seed", seed, generator=False)
+    confidence = check_float("confidence", confidence, 0.0, 1.0, low_open=True, high_open=True)
     y = np.r_[np.zeros(len(c)), np.ones(len(t))]
     s = np.r_[c, t]
     fpr, tpr, _ = roc_curve(y, s)
-    return DetectionResult(method, c, t, fpr, tpr, float(roc_auc_score(y, s)),
-                           float(np.interp(0.05, fpr, tpr)))
+    auc = float(roc_auc_score(y, s)) if len(c) and len(t) else math.nan
+    _, tpr1, tpr5 = _operating_points(c, t)
+    cis = [(math.nan, math.nan)] * 3
+    if n_boot:
+        rng = np.random.default_rng(seed)
+        boot = np.array([_operating_points(c[rng.integers(0, len(c), len(c))],
+                                           t[rng.integers(0, len(t), len(t))])
+                         for _ in range(n_boot)])
+        q = np.quantile(boot, [(1 - confidence) / 2, (1 + confidence) / 2], axis=0)
+        cis = [(float(q[0, j]), float(q[1, j])) for j in range(3)]
+    return DetectionResult(method, c, t, fpr, tpr, auc, tpr5, cis[0], cis[2], tpr1, cis[1],
+                           float(seconds_per_input), float(setup_seconds),
+                           {"n_boot": n_boot, "confidence": confidence, "seed": seed,
+                            **(settings or {})})
 
+
+# --- everything side by side -------------------------------------------------------------------
 
 def compare_detectors(model: nn.Module, clean: torch.Tensor, triggered: torch.Tensor,
                       clean_pool: torch.Tensor, sigmas, n_samples: int = 64, n_blend: int = 64,
-                      seed: int = 0) -> list[DetectionResult]:
-    """STRIP, mean-W and radius scores on the same model and inputs (all checked first)."""
+                      seed: int = 0, *, methods=DEFAULT_METHODS, scales=DEFAULT_SCALES,
+                      corruptions=TECO_CORRUPTIONS, severities=TECO_SEVERITIES,
+                      amplification: float = 1.5, n_models: int = 5, agreement: float = 0.6,
+                      n_calibration: int = 500, n_boot: int = 1000, confidence: float = 0.95,
+                      batch_size: int = 2048) -> list[DetectionResult]:
+    """The detectors in `methods` (names from METHODS; default: STRIP, W_σ mean, W_σ radius) on
+    the same model and inputs, one `DetectionResult` each, in the order asked. Every argument is
+    checked before any work.
+
+    clean, triggered: the negatives and the positives (N, C, H, W) in [0, 1].
+    clean_pool: held-out clean images, none of them in `clean` (STRIP's blend partners,
+        IBD-PSC's layer selection, and its first `n_calibration` images: the clean W_σ curve
+        that w-knee takes its σ from and w-class calibrates with).
+    sigmas, n_samples: the W_σ grid and samples per input and σ (one estimate per input set,
+        shared by the w-* scores). n_blend: STRIP's blends per input. scales: SCALE-UP's factors
+        (each > 1). corruptions, severities: TeCo's (severities in [1, 5]). amplification,
+        n_models, agreement: IBD-PSC's ω (> 1), number of amplified models and layer-selection
+        threshold. n_boot, confidence: the bootstrap intervals. seed: every random choice.
+
+    seconds_per_input is each score's wall time over clean and triggered inputs divided by their
+    number (the W_σ estimate is counted in full for each w-* score, as it would be alone);
+    one-off work on the clean pool is in setup_seconds.
+    """
     _check_model(model)
+    methods = _check_methods(methods)
     for name, x in (("clean", clean), ("triggered", triggered), ("clean_pool", clean_pool)):
         check_images(name, x)
         check_model_input(model, x, name)
-    # float64 images too, as the estimator takes them (the models are float32)
-    clean, triggered, clean_pool = clean.float(), triggered.float(), clean_pool.float()
-    sig = check_sigmas("sigmas", sigmas)
+    for name, x in (("clean", clean), ("triggered", triggered)):
+        if not len(x):
+            raise ValueError(f"`{name}` must hold at least one image; got none.")
+    if any(m in POOL_METHODS for m in methods):
+        _check_pool(clean_pool, clean.shape[1:])
+    check_sigmas("sigmas", sigmas)
     check_int("n_samples", n_samples, low=1)
-    # the W_σ estimates come after other detectors' work: refuse an impossible one now
-    n_est = max(len(clean), len(triggered))
-    check_forwards(n_est * len(sig) * n_samples,
-                   f"{n_est} inputs × {len(sig)} σ × {n_samples} samples")
     check_int("n_blend", n_blend, low=1)
-    check_seed("seed", seed, generator=False)
-    out = [roc_analysis("STRIP (50/50 blend, mean entropy)",
-                        -strip_entropy(model, clean, clean_pool, n_blend, seed),
-                        -strip_entropy(model, triggered, clean_pool, n_blend, seed))]
-    for summary, name in (("mean", "W_σ (−mean over σ grid)"), ("radius", "W_σ smoothness radius")):
-        out.append(roc_analysis(name, smoothness_score(model, clean, sigmas, n_samples, summary, seed),
-                                smoothness_score(model, triggered, sigmas, n_samples, summary, seed)))
+    seed = check_seed("seed", seed, generator=False)
+    scales = check_scales("scales", scales)
+    corruptions = _check_corruptions(corruptions)
+    severities = check_severities("severities", severities)
+    amplification = check_float("amplification", amplification, 1.0, None, low_open=True)
+    check_int("n_models", n_models, low=1)
+    agreement = check_float("agreement", agreement, 0.0, 1.0, low_open=True, high_open=True)
+    check_int("n_calibration", n_calibration, low=2)
+    check_int("n_boot", n_boot, low=0)
+    confidence = check_float("confidence", confidence, 0.0, 1.0, low_open=True, high_open=True)
+    check_int("batch_size", batch_size, low=1)
+    if "ibd-psc" in methods:
+        _check_batchnorm(model)
+    n_in = len(clean) + len(triggered)
+    boot = dict(n_boot=n_boot, seed=seed, confidence=confidence)
+    w_cache: dict = {}
+
+    def w_pool():  # the clean pool's W_σ: one-off work of w-knee and w-class (setup_seconds)
+        if "pool" not in w_cache:
+            t0 = time.perf_counter()
+            pool = clean_pool[:n_calibration]
+            w_cache["pool"] = estimate_smoothness(model, pool, sigmas, n_samples, seed=seed + 1)
+            w_cache["pool_pred"] = _predict(model, pool, batch_size)
+            w_cache["pool_seconds"] = time.perf_counter() - t0
+        return w_cache
+
+    def w_results():
+        if "clean" not in w_cache:
+            t0 = time.perf_counter()
+            w_cache["clean"] = estimate_smoothness(model, clean, sigmas, n_samples, seed=seed)
+            w_cache["triggered"] = estimate_smoothness(model, triggered, sigmas, n_samples, seed=seed)
+            w_cache["pred"] = (_predict(model, clean, batch_size), _predict(model, triggered, batch_size))
+            w_cache["seconds"] = time.perf_counter() - t0
+        return w_cache
+
+    out = []
+    for m in methods:
+        setup, settings = 0.0, {}
+        t0 = time.perf_counter()
+        if m == "strip":
+            sc = -strip_entropy(model, clean, clean_pool, n_blend, seed, batch_size)
+            st = -strip_entropy(model, triggered, clean_pool, n_blend, seed, batch_size)
+            settings = {"n_blend": n_blend}
+        elif m == "scale-up":
+            sc = scale_up_score(model, clean, scales, batch_size)
+            st = scale_up_score(model, triggered, scales, batch_size)
+            settings = {"scales": list(scales)}
+        elif m == "teco":
+            sc = teco_score(model, clean, corruptions, severities, seed, batch_size)
+            st = teco_score(model, triggered, corruptions, severities, seed, batch_size)
+            settings = {"corruptions": list(corruptions), "severities": list(severities)}
+        elif m == "ibd-psc":
+            layers = ibd_psc_layers(model, clean_pool, amplification, n_models, agreement,
+                                    batch_size)
+            setup = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            sc = ibd_psc_score(model, clean, None, amplification, layers=layers,
+                               batch_size=batch_size)
+            st = ibd_psc_score(model, triggered, None, amplification, layers=layers,
+                               batch_size=batch_size)
+            settings = {"amplification": amplification, "layers": layers, "agreement": agreement}
+        else:
+            w = w_results()
+            summary = m[2:]
+            if m in ("w-knee", "w-class"):
+                p = w_pool()
+                setup = p["pool_seconds"]
+                settings = {"n_calibration": len(p["pool_pred"])}
+            if m == "w-knee":
+                j = knee_index(p["pool"])
+                sc, st = -w["clean"].entropy[:, j], -w["triggered"].entropy[:, j]
+                settings["sigma"] = float(w["clean"].sigmas[j])
+            elif m == "w-class":
+                ref, ref_pred = -p["pool"].mean_entropy(), p["pool_pred"]
+                sc = class_calibrated(-w["clean"].mean_entropy(), w["pred"][0], ref, ref_pred)
+                st = class_calibrated(-w["triggered"].mean_entropy(), w["pred"][1], ref, ref_pred)
+            else:
+                sc = _w_summary(w["clean"], summary, pred=w["pred"][0])
+                st = _w_summary(w["triggered"], summary, pred=w["pred"][1])
+            settings.update({"sigmas": [float(s) for s in sigmas], "n_samples": n_samples})
+            out.append(roc_analysis(m, sc, st, seconds_per_input=w["seconds"] / n_in,
+                                    setup_seconds=setup, settings=settings, **boot))
+            continue
+        elapsed = time.perf_counter() - t0
+        out.append(roc_analysis(m, sc, st, seconds_per_input=elapsed / n_in, setup_seconds=setup,
+                                settings=settings, **boot))
     return out
+
+
+def main(argv=None) -> int:
+    """`python -m workbench.detection`: the full detection study (`paper.detection_report`)."""
+    import argparse
+    import sys
+    from pathlib import Path
+
+    from .data import DATASETS
+    from .paper import DETECTION_ATTACKS, DETECTION_MODEL, detection_report, detection_table
+
+    p = argparse.ArgumentParser(prog="python -m workbench.detection",
+                                description="Every detector on every attack: "
+                                            "reports/detection.html and .json")
+    p.add_argument("--datasets", nargs="+", default=["digits"], choices=DATASETS)
+    p.add_argument("--attacks", nargs="+", default=list(DETECTION_ATTACKS),
+                   choices=DETECTION_ATTACKS)
+    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    p.add_argument("--model", default=DETECTION_MODEL)
+    p.add_argument("--n", type=int, default=200, help="clean and triggered inputs per attack")
+    p.add_argument("--samples", type=int, default=64, help="W_σ samples per input and σ")
+    p.add_argument("--boot", type=int, default=1000, help="bootstrap resamples")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, default=Path("reports/detection.html"))
+    p.add_argument("--quiet", action="store_true")
+    args = p.parse_args(argv)
+    try:
+        atlas = detection_report(args.out, tuple(args.datasets), tuple(args.attacks), args.n,
+                                 args.seed, args.samples, tuple(args.methods), args.model,
+                                 args.boot, progress=not args.quiet)
+    except (ValueError, TypeError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: the detection study stopped (trained models stay cached)",
+              file=sys.stderr)
+        return 130
+    for row in detection_table(atlas):
+        print("  ".join(f"{k} {v}" for k, v in row.items()))
+    print(f"report               {args.out}")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())
