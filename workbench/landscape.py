@@ -154,7 +154,11 @@ def landscape_2d(model: nn.Module, x: torch.Tensor, directions=("trigger", "rand
         bb, aa = torch.meshgrid(grid, grid, indexing="ij")  # rows: beta, cols: alpha
         pts = (x[None] + aa.reshape(-1, 1, 1, 1) * u + bb.reshape(-1, 1, 1, 1) * v).clamp(0, 1)
         with torch.inference_mode():
-            probs = torch.cat([model(pts[i:i + 1024]).softmax(-1) for i in range(0, len(pts), 1024)])
+            logits = torch.cat([model(pts[i:i + 1024]) for i in range(0, len(pts), 1024)])
+        if not bool(torch.isfinite(logits).all()):  # argmax of NaN would paint class 0
+            raise FloatingPointError("The model returned NaN or infinite logits on the plane "
+                                     "through `x`; the landscape would be meaningless.")
+        probs = logits.softmax(-1)
         pred = probs.argmax(-1).reshape(resolution, resolution).cpu().numpy()
         conf = probs.max(-1).values.reshape(resolution, resolution).cpu().numpy()
         ent = None

@@ -88,6 +88,9 @@ def check_model_input(model: nn.Module, x: torch.Tensor, name: str = "inputs") -
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise ValueError(f"`model` must map `{name}` (N, C, H, W) to logits of shape (N, K) with "
                          f"K >= 2 classes; got output {shape} for one image.")
+    if not bool(torch.isfinite(out).all()):
+        raise FloatingPointError(f"The model returned NaN or infinite logits for `{name}`; "
+                                 "nothing it computes from them would be meaningful.")
     return int(out.shape[1])
 
 

@@ -114,12 +114,14 @@ class SmoothnessResult:
         one-sided (1 − alpha) Clopper–Pearson bound p̲; R = σ·Φ⁻¹(p̲), or 0 (abstain) where
         p̲ <= 1/2. Guarantee: for each cell separately, with probability >= 1 − alpha over the
         noise, the smoothed classifier g at that σ predicts the chosen class everywhere within
-        R of the input. Gaussian noise and hard votes only.
+        R of the input. Gaussian noise and hard votes only. With adaptive sampling (`target_se`)
+        alpha is split over the rounds it could have stopped at (Bonferroni), since the stop
+        depends on the votes.
         """
         alpha = check_float("alpha", alpha, 0.0, 1.0, low_open=True, high_open=True)
         self._check_certifiable()
         return certified_radii(self.counts, self.selection_counts, self.n_samples, self.sigmas,
-                               alpha)[0]
+                               alpha / self._sampling_rounds())[0]
 
     def max_certified_radius(self, alpha: float = 0.001) -> np.ndarray:
         """(N,) the largest certified radius over the σ grid, with alpha split over the S scales
@@ -128,7 +130,16 @@ class SmoothnessResult:
         alpha = check_float("alpha", alpha, 0.0, 1.0, low_open=True, high_open=True)
         self._check_certifiable()
         return certified_radii(self.counts, self.selection_counts, self.n_samples, self.sigmas,
-                               alpha / len(self.sigmas))[0].max(1)
+                               alpha / (len(self.sigmas) * self._sampling_rounds()))[0].max(1)
+
+    def _sampling_rounds(self) -> int:
+        """How many sample sizes adaptive sampling could have stopped at (1 without it). The
+        stopping rule looks at the votes, so a fixed-n bound on them needs alpha split over the
+        possible stops (a union bound) to keep its level."""
+        if self.settings.get("target_se") is None:
+            return 1
+        first, most = self.settings["n_samples"], self.settings["max_samples"]
+        return 1 + max(0, math.ceil(math.log2(most / first)))
 
     def _check_certifiable(self) -> None:
         if self.counts is None or self.settings.get("noise") != "gaussian" \
@@ -359,4 +370,5 @@ def __getattr__(name):
 
 
 __all__ = ["SmoothnessResult", "estimate_smoothness", "default_batch_size", "ESTIMATOR_VERSION",
-           "MAX_FORWARDS", "JACKKNIFE_GROUPS", "check_model_input", "mix_seed"]
+           "MAX_FORWARDS", "JACKKNIFE_GROUPS", "check_model_input", "mix_seed",
+           "ComparisonResult", "compare_smoothness", "paired_gap"]

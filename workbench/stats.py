@@ -130,6 +130,9 @@ def t_interval(d, confidence: float = 0.95) -> tuple[float, float, float, float]
     d = np.asarray(d, float)
     if len(d) < 2:
         raise ValueError(f"`d` must hold at least 2 values for an interval; got {len(d)}.")
+    if not np.isfinite(d).all():
+        raise ValueError(f"`d` must hold finite values; got {int((~np.isfinite(d)).sum())} NaN "
+                         "or infinite.")
     mean = float(d.mean())
     se = float(d.std(ddof=1) / math.sqrt(len(d)))
     if se == 0:  # scipy's t-test is undefined for constant data: the interval is the point
@@ -148,6 +151,10 @@ def spearman_ci(x, y, confidence: float = 0.95) -> dict:
         raise ValueError(f"`x` must have at least 4 points for a correlation interval; got {n}.")
     if len(y) != n:
         raise ValueError(f"`y` must have as many points as `x` ({n}); got {len(y)}.")
+    for name, v in (("x", x), ("y", y)):
+        if not np.isfinite(v).all():
+            raise ValueError(f"`{name}` must hold finite values; got {int((~np.isfinite(v)).sum())} "
+                             "NaN or infinite.")
     res = stats.spearmanr(x, y)
     rho = float(res.statistic)
     z = math.atanh(max(min(rho, 0.999999), -0.999999))
