@@ -35,8 +35,8 @@ import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score, roc_curve
 from torch import nn
 
-from ._validate import (check_choice, check_float, check_images, check_int, check_seed,
-                        check_sigmas)
+from ._validate import (check_choice, check_float, check_forwards, check_images, check_int,
+                        check_seed, check_sigmas)
 from .models import preserve_model
 from .poison import make_generator
 from .sampling import (check_model as _check_model, check_model_input, mix_seed,
@@ -210,6 +210,7 @@ def strip_entropy(model: nn.Module, inputs: torch.Tensor, clean_pool: torch.Tens
                          f"got {tuple(clean_pool.shape[1:])}.")
     dev = _model_device(model)
     check_model_input(model, inputs, "inputs")
+    inputs, clean_pool = inputs.float(), clean_pool.float()  # float64 too (the models are float32)
     g = make_generator(seed)
     # the same blend partners for every input: a paired design, and reproducible
     idx = torch.randint(0, len(clean_pool), (n_blend,), generator=g)
@@ -653,6 +654,32 @@ def _operating_points(c: np.ndarray, t: np.ndarray) -> tuple[float, float, float
     return auc, at(0.01), at(0.05)
 
 
+def _as_scores(name: str, values) -> np.ndarray:
+    """Scores as a flat float array (at least one, finite: checked by the caller)."""
+    try:
+        a = np.asarray(values, dtype=float)
+    except (TypeError, ValueError):
+        raise TypeError(f"`{name}` must be an array of numbers (one score per input); got "
+                        f"{type(values).__name__}.") from None
+    if a.ndim == 0:  # a number (or None) where one per input is needed
+        raise TypeError(f"`{name}` must be an array of numbers (one score per input); got "
+                        f"{values!r}.")
+    return a.ravel()
+
+
+def _as_scores(name: str, values) -> np.ndarray:
+    """Scores as a flat float array (at least one, finite: checked by the caller)."""
+    try:
+        a = np.asarray(values, dtype=float)
+    except (TypeError, ValueError):
+        raise TypeError(f"`{name}` must be an array of numbers (one score per input); got "
+                        f"{type(values).__name__}.") from None
+    if a.ndim == 0:  # a number (or None) where one per input is needed
+        raise TypeError(f"`{name}` must be an array of numbers (one score per input); got "
+                        f"{values!r}.")
+    return a.ravel()
+
+
 def roc_analysis(method: str, clean_scores, triggered_scores, *, n_boot: int = 1000,
                  seed: int = 0, confidence: float = 0.95, seconds_per_input: float = math.nan,
                  setup_seconds: float = 0.0, settings: dict | None = None) -> DetectionResult:
@@ -663,7 +690,9 @@ def roc_analysis(method: str, clean_scores, triggered_scores, *, n_boot: int = 1
     TPR at a% FPR is the largest true-positive rate of a threshold that flags at most a% of the
     clean inputs (no interpolation between thresholds): with 200 clean inputs, 1% allows 2.
     """
-    c, t = np.asarray(clean_scores, float).ravel(), np.asarray(triggered_scores, float).ravel()
+    if not isinstance(method, str):
+        raise TypeError(f"`method` must be a str naming the detector; got {method!r}.")
+    c, t = _as_scores("clean_scores", clean_scores), _as_scores("triggered_scores", triggered_scores)
     for name, v in (("clean_scores", c), ("triggered_scores", t)):
         if not len(v):
             raise ValueError(f"`{name}` must hold at least one score; got none.")
@@ -706,9 +735,9 @@ def compare_detectors(model: nn.Module, clean: torch.Tensor, triggered: torch.Te
     checked before any work.
 
     clean, triggered: the negatives and the positives (N, C, H, W) in [0, 1].
-    clean_pool: held-out clean images, none of them in `clean` (STRIP's blend partners,
-        IBD-PSC's layer selection, and its first `n_calibration` images: the clean W_σ curve
-        that w-knee takes its σ from and w-class calibrates with).
+    clean_pool: held-out clean images, none of them in `clean` (STRIP's blend partners; its first
+        `n_calibration` images: IBD-PSC's layer selection and the clean W_σ curve that w-knee
+        takes its σ from and w-class calibrates with).
     sigmas, n_samples: the W_σ grid and samples per input and σ (one estimate per input set,
         shared by the w-* scores). n_blend: STRIP's blends per input. scales: SCALE-UP's factors
         (each > 1). corruptions, severities: TeCo's (severities in [1, 5]). amplification,
@@ -724,13 +753,19 @@ def compare_detectors(model: nn.Module, clean: torch.Tensor, triggered: torch.Te
     for name, x in (("clean", clean), ("triggered", triggered), ("clean_pool", clean_pool)):
         check_images(name, x)
         check_model_input(model, x, name)
+    # float64 images too, as the estimator takes them (the models are float32)
+    clean, triggered, clean_pool = clean.float(), triggered.float(), clean_pool.float()
     for name, x in (("clean", clean), ("triggered", triggered)):
         if not len(x):
             raise ValueError(f"`{name}` must hold at least one image; got none.")
     if any(m in POOL_METHODS for m in methods):
         _check_pool(clean_pool, clean.shape[1:])
-    check_sigmas("sigmas", sigmas)
+    sig = check_sigmas("sigmas", sigmas)
     check_int("n_samples", n_samples, low=1)
+    # the W_σ estimates come after other detectors' work: refuse an impossible one now
+    n_est = max(len(clean), len(triggered))
+    check_forwards(n_est * len(sig) * n_samples,
+                   f"{n_est} inputs × {len(sig)} σ × {n_samples} samples")
     check_int("n_blend", n_blend, low=1)
     seed = check_seed("seed", seed, generator=False)
     scales = check_scales("scales", scales)
@@ -784,8 +819,8 @@ def compare_detectors(model: nn.Module, clean: torch.Tensor, triggered: torch.Te
             st = teco_score(model, triggered, corruptions, severities, seed, batch_size)
             settings = {"corruptions": list(corruptions), "severities": list(severities)}
         elif m == "ibd-psc":
-            layers = ibd_psc_layers(model, clean_pool, amplification, n_models, agreement,
-                                    batch_size)
+            layers = ibd_psc_layers(model, clean_pool[:n_calibration], amplification, n_models,
+                                    agreement, batch_size)
             setup = time.perf_counter() - t0
             t0 = time.perf_counter()
             sc = ibd_psc_score(model, clean, None, amplification, layers=layers,

@@ -74,7 +74,7 @@ DETECTION_RATES = {
     "digits": {"Patch": 0.05, "Checkerboard": 0.05, "Pixel": 0.05, "Blend": 0.05,
                "Sinusoid": 0.05, "Warp": 0.2},
     "fashion-mnist": {"Patch": 0.05, "Checkerboard": 0.05, "Pixel": 0.05, "Blend": 0.05,
-                      "Sinusoid": 0.05},
+                      "Sinusoid": 0.05, "Warp": 0.05},
 }
 REPORT_DETECTION_ATTACKS = ("Patch",)  # `paper_report`'s share of the study: the full one is long
 
@@ -255,9 +255,8 @@ def detection_explorer(dataset: str = "digits", n: int = 200, n_samples: int = 6
                                     DETECTION_MODEL, 1000)
     cache: dict = {}
     start = "Patch"
-    if study is not None:
-        run, results = study
-        start = next(a for a in DETECTION_ATTACKS if type(run.trigger).__name__ == a)
+    if study is not None and type(study[0].trigger).__name__ in DETECTION_ATTACKS:
+        start = type(study[0].trigger).__name__
         cache[start] = study
     attack = W.Dropdown(options=DETECTION_ATTACKS, value=start, description="attack")
     chosen = W.SelectMultiple(options=methods, value=tuple(methods), rows=len(methods),
