@@ -667,19 +667,6 @@ def _as_scores(name: str, values) -> np.ndarray:
     return a.ravel()
 
 
-def _as_scores(name: str, values) -> np.ndarray:
-    """Scores as a flat float array (at least one, finite: checked by the caller)."""
-    try:
-        a = np.asarray(values, dtype=float)
-    except (TypeError, ValueError):
-        raise TypeError(f"`{name}` must be an array of numbers (one score per input); got "
-                        f"{type(values).__name__}.") from None
-    if a.ndim == 0:  # a number (or None) where one per input is needed
-        raise TypeError(f"`{name}` must be an array of numbers (one score per input); got "
-                        f"{values!r}.")
-    return a.ravel()
-
-
 def roc_analysis(method: str, clean_scores, triggered_scores, *, n_boot: int = 1000,
                  seed: int = 0, confidence: float = 0.95, seconds_per_input: float = math.nan,
                  setup_seconds: float = 0.0, settings: dict | None = None) -> DetectionResult:
