@@ -370,3 +370,285 @@ def test_compare_smoothness_statistics(digits_run, digits):
     assert np.allclose(rad.differences, rad.triggered_summary - rad.clean_summary)
     with pytest.raises(ValueError, match="`triggered` must have the shape"):
         wb.compare_smoothness(digits_run.model, pairs.clean, pairs.triggered[:3], sig)
+
+
+# ---- noise designs (issue 13): reproducible draws, honest uncertainty, certified radius ----
+
+DESIGNS = [d for d in sm.NOISE_DESIGNS if d != "iid"]
+
+
+@pytest.mark.parametrize("design", sm.NOISE_DESIGNS)
+def test_design_draws_are_a_pure_function_of_seed_input_block_and_sigma(design):
+    """The votes equal those of a plain loop over the documented draws, whatever the batch
+    size and memory budget: draws depend on (seed, j, block, σ index, design) only."""
+    from workbench.sampling import design_block
+
+    torch.manual_seed(0)
+    model = LinearK(torch.randn(3, 16), torch.zeros(3))
+    x, sig, n, seed = torch.rand(3, 1, 4, 4), [0.2, 0.7], 2 * sm.NOISE_BLOCK + 24, 5
+    res = wb.estimate_smoothness(model, x, sig, n, seed=seed, noise_design=design)
+    for bs, budget in ((7, 2**12), (1000, 2**30)):
+        other = wb.estimate_smoothness(model, x, sig, n, seed=seed, noise_design=design,
+                                       batch_size=bs, memory_budget=budget)
+        assert np.array_equal(other.counts, res.counts)
+    for j in range(len(x)):
+        for s_i, s in enumerate(sig):
+            blocks = []
+            for b in range(math.ceil(n / sm.NOISE_BLOCK)):
+                words = (seed, j, b, s_i + 1)
+                if design != "iid":
+                    words += (0xD5, sm.NOISE_DESIGNS.index(design))
+                g = torch.Generator().manual_seed(sm.mix_seed(*words))
+                blocks.append(design_block(design, g, (1, 4, 4), "gaussian", torch.device("cpu")))
+            eps = torch.cat(blocks)[:n]
+            counts = torch.bincount(model(x[j] + s * eps).argmax(1), minlength=3).numpy()
+            assert np.array_equal(res.counts[j, s_i], counts), (j, s_i)
+    assert res.settings["noise_design"] == design
+    assert res.settings["noise_unit"] == sm.DESIGN_UNIT[design]
+
+
+@pytest.mark.parametrize("design", DESIGNS)
+def test_twins_share_their_draws_under_every_design(design):
+    seen = []
+
+    class Spy(Constant):
+        def forward(self, x):
+            seen.append(x.clone())
+            return super().forward(x)
+
+    clean = torch.rand(2, 1, 3, 3) * 0.5
+    trig = clean + 0.25
+    for inputs in (clean, trig):
+        seen.clear()
+        wb.estimate_smoothness(Spy([0.0, 1.0]), inputs, [0.3], 32, seed=4, noise_design=design,
+                               batch_size=1000)  # no batch-size measurement among the forwards
+        if inputs is clean:
+            noisy_clean = torch.cat(seen[1:])  # seen[0]: the one-image shape probe
+    assert torch.allclose(torch.cat(seen[1:]) - 0.25, noisy_clean, atol=1e-6)
+
+
+def test_design_units_have_their_structure():
+    from workbench.sampling import design_block
+
+    cpu = torch.device("cpu")
+    g = torch.Generator().manual_seed(0)
+    for design in sm.NOISE_DESIGNS:
+        eps = torch.cat([design_block(design, g, (1, 8, 8), "gaussian", cpu) for _ in range(64)])
+        eps = eps.flatten(1)
+        # every draw is N(0, 1) per coordinate (4096 draws x 64 coordinates)
+        assert abs(float(eps.mean())) < 0.01 and abs(float(eps.var()) - 1) < 0.02, design
+        unit = sm.DESIGN_UNIT[design]
+        units = eps.view(-1, unit, 64)
+        if design in ("antithetic", "antithetic-lhs"):
+            assert torch.allclose(units[:, 0::2], -units[:, 1::2])  # ε and −ε side by side
+        if design in ("lhs", "antithetic-lhs", "sobol"):
+            # each coordinate's draws in a unit fill the unit's equal-probability strata once
+            strata = torch.floor(torch.special.ndtr(units.double()) * unit).long()
+            assert (strata.sort(dim=1).values == torch.arange(unit).view(1, -1, 1)).all(), design
+        if design == "radial":
+            radius = units.norm(dim=2)  # one radius per χ_64 stratum of the unit
+            q = torch.from_numpy(stats.chi.cdf(radius.numpy(), 64))
+            strata = torch.floor(q * unit).long()
+            assert (strata.sort(dim=1).values == torch.arange(unit)).all()
+    # uniform noise: the same designs, affinely, in [−1, 1]
+    u = design_block("lhs", g, (1, 8, 8), "uniform", cpu)
+    assert u.abs().max() <= 1 and abs(float(u.mean())) < 0.05
+
+
+def test_sobol_units_are_nested_scrambles_of_scipys_points():
+    """Each unit is the first 8 points of scipy's Sobol sequence under an Owen scrambling: the
+    2-D net structure (points per elementary box 2^-a x 2^-b, a + b = 3, of every coordinate
+    pair) is that of the unscrambled points, as it is for scipy's own (LMS + shift) scrambling.
+    At d = 256 those 8 points have only 8 distinct columns, so coordinates sharing a column keep
+    coupled top bits inside a unit (the design's limit at these dimensions; RESULTS.md)."""
+    from scipy.stats import qmc
+
+    from workbench.sampling import _sobol_strata, design_block
+
+    d, unit = 256, sm.DESIGN_UNIT["sobol"]
+    rng = np.random.default_rng(0)
+    pairs = rng.choice(d, (150, 2))
+    pairs = pairs[pairs[:, 0] != pairs[:, 1]]
+
+    def boxes(strata):  # (U, d) strata -> (pairs, splits) sorted box counts
+        out = []
+        for a in (1, 2):
+            b = 3 - a
+            key = (strata[:, pairs[:, 0]] >> (3 - a)) * 2**b + (strata[:, pairs[:, 1]] >> (3 - b))
+            out.append(np.sort(np.stack([np.bincount(key[:, i], minlength=8) for i in
+                                         range(len(pairs))]), axis=1))
+        return np.stack(out, 1)
+
+    base = boxes(_sobol_strata(d, unit).numpy())
+    scipy_scrambled = qmc.Sobol(d, scramble=True, seed=3).random(unit)
+    assert np.array_equal(boxes(np.floor(scipy_scrambled * unit).astype(int)), base)
+    g = torch.Generator().manual_seed(1)
+    eps = design_block("sobol", g, (1, 16, 16), "gaussian", torch.device("cpu")).view(-1, unit, d)
+    strata = torch.floor(torch.special.ndtr(eps.double()) * unit).long().numpy()
+    for u in strata:
+        assert np.array_equal(boxes(u), base)
+    assert len(np.unique(_sobol_strata(d, unit).numpy().T, axis=0)) == unit
+
+
+def test_normal_quantile_matches_scipy():
+    from scipy.special import ndtri
+
+    from workbench.sampling import _normal_quantile
+
+    u = torch.cat([torch.rand(200_000), torch.tensor([2.0**-24, 1e-6, 0.5, 1 - 1e-6, 1 - 2.0**-24])])
+    z = _normal_quantile(u).double().numpy()
+    assert np.abs(z - ndtri(u.double().numpy())).max() < 2e-6
+
+
+def test_group_sizes_follow_whole_units():
+    from workbench.stats import group_sizes
+
+    for unit in (1, 2, 8):
+        for n in (1, 7, 16, 64, 100, 173):
+            gid = (np.arange(n) // unit) % 10
+            assert np.array_equal(group_sizes(np.array([n]), 10, unit)[0],
+                                  np.bincount(gid, minlength=10)), (unit, n)
+
+
+@pytest.mark.parametrize("design", DESIGNS)
+def test_design_intervals_cover_at_the_nominal_rate(design):
+    """Votes inside a unit are dependent: the jackknife over groups of whole units must still
+    give intervals that cover the exact entropy (Linear2: P(class 1) = Φ(margin / (σ‖w‖)))."""
+    model = Linear2(torch.ones(1, 2, 2) / 2, b=-1.0 + 0.3 * stats.norm.ppf(0.8))  # ‖w‖ = 1
+    x = torch.full((400, 1, 2, 2), 0.5)
+    p1 = 0.8
+    h_true = _binary_entropy(p1)
+    res = wb.estimate_smoothness(model, x, [0.3], 64, seed=21, noise_design=design)
+    h = res.entropy[:, 0]
+    cover = np.mean((res.ci_low[:, 0] <= h_true) & (h_true <= res.ci_high[:, 0]))
+    assert 0.90 <= cover <= 0.99, cover
+    # the jackknife SE predicts the spread across replications
+    assert h.std() == pytest.approx(res.entropy_se[:, 0].mean(), rel=0.2)
+    # and the design is not worse than independent draws here
+    iid = wb.estimate_smoothness(model, x, [0.3], 64, seed=21).entropy[:, 0]
+    assert h.std() < 1.1 * iid.std()
+
+
+@pytest.mark.parametrize("design", ["antithetic", "lhs", "sobol"])
+def test_certified_radius_under_a_design_holds_at_its_level(design):
+    model = Linear2(torch.ones(1, 2, 2) / 2, b=-0.9)  # ‖w‖ = 1: true p_A = Φ(0.1 / σ)
+    x = torch.full((400, 1, 2, 2), 0.5)
+    sigma, alpha = 0.1, 0.05
+    res = wb.estimate_smoothness(model, x, [sigma], 128, seed=7, noise_design=design)
+    unit = sm.DESIGN_UNIT[design]
+    # one vote per unit outside the selection group (units 0, 10, 20, ...) is bounded
+    units = 128 // unit
+    assert (res.certify_counts.sum(-1) == units - len(range(0, units, 10))).all()
+    r = res.certified_radius(alpha=alpha)[:, 0]
+    claims = r > 0
+    wrong = claims & (stats.norm.cdf(r / sigma) > stats.norm.cdf(0.1 / sigma) + 1e-12)
+    assert claims.mean() > 0.3 and wrong.mean() <= alpha + 0.03, (claims.mean(), wrong.mean())
+
+
+def test_design_option_checks():
+    model, x = Constant([0.0, 1.0]), torch.rand(2, 1, 4, 4)
+    with pytest.raises(ValueError, match="`noise_design` must be one of 'iid', 'antithetic'"):
+        wb.estimate_smoothness(model, x, [0.1], 64, noise_design="halton")
+    with pytest.raises(ValueError, match=r"`n_samples` must be >= 16 \(two units of 8"):
+        wb.estimate_smoothness(model, x, [0.1], 12, noise_design="lhs")
+    with pytest.raises(ValueError, match="'radial' .* needs noise='gaussian'"):
+        wb.estimate_smoothness(model, x, [0.1], 64, noise_design="radial", noise="uniform")
+    with pytest.raises(TypeError, match="`common_inputs` must be a bool"):
+        wb.estimate_smoothness(model, x, [0.1], 64, common_inputs=1)
+    # a partial last unit and fewer units than groups: SEs from the non-empty groups
+    r = wb.estimate_smoothness(Linear2(torch.ones(1, 2, 2), -2.0), torch.full((3, 1, 2, 2), 0.5),
+                               [1.0], 13, noise_design="antithetic")
+    assert np.isfinite(r.entropy_se).all() and (r.ci_low <= r.entropy).all()
+
+
+def test_common_inputs_gives_every_input_the_same_draws():
+    model = Linear2(torch.ones(1, 2, 2), b=-2.0)
+    x = torch.full((5, 1, 2, 2), 0.5)
+    same = wb.estimate_smoothness(model, x, [0.5, 1.0], 64, seed=2, common_inputs=True)
+    assert (same.counts == same.counts[:1]).all()
+    own = wb.estimate_smoothness(model, x, [0.5, 1.0], 64, seed=2)
+    assert not (own.counts == own.counts[:1]).all()
+    assert np.array_equal(same.counts[0], own.counts[0])  # input 0's draws
+
+
+# ---- Neyman allocation of the twins' samples (estimate_pair) ----
+
+def test_neyman_allocation_follows_weight_times_sd():
+    var = np.array([[0.0, 1.0, 4.0], [0.0, 1.0, 16.0]])
+    w = np.array([0.25, 0.5, 0.25])
+    n = sm.neyman_allocation(var, w, 64, pilot=16, allocation="neyman", cap=1024)
+    assert (n >= 16).all() and (n % 8 == 0).all()
+    assert abs(n.sum() - 6 * 64) <= 6 * 4  # the budget, up to rounding to multiples of 8
+    assert (n[:, 0] == 16).all()  # no variance anywhere at this σ: the pilot only
+    shrunk = 0.5 * (var + var.mean(0))
+    score = w * np.sqrt(shrunk)
+    top = n > 16
+    ratio = n[top] / score[top]
+    assert ratio.max() / ratio.min() < 1.25  # ∝ w·SD above the floor (rounding aside)
+    per_sigma = sm.neyman_allocation(var, w, 64, pilot=16, allocation="neyman-sigma")
+    assert (per_sigma == per_sigma[:1]).all()  # every input the same at a σ
+    assert (sm.neyman_allocation(np.zeros((2, 3)), w, 64, 16) == 64).all()
+
+
+def test_estimate_pair_keeps_the_pilot_and_the_pairing():
+    torch.manual_seed(1)
+    model = LinearK(torch.randn(3, 16) * 2, torch.zeros(3))
+    clean = torch.rand(6, 1, 4, 4)
+    trig = clean.clone()
+    trig[:, :, :2, :2] = 1.0
+    sig = [0.05, 0.2, 0.5, 1.0]
+    r_c, r_t = sm.estimate_pair(model, clean, trig, sig, 64, seed=3)
+    assert np.array_equal(r_c.n_samples, r_t.n_samples)
+    assert r_c.settings["allocation"] == "neyman" and r_c.settings["pilot"] == 16
+    assert r_c.settings["noise_design"] == sm.GAP_NOISE_DESIGN  # the gap's default design
+    assert abs(r_c.n_samples.sum() - 6 * 4 * 64) <= 6 * 4 * 4
+    assert r_c.n_samples.min() >= 16 and r_c.n_samples.max() > 64
+    # every cell's votes are the first n_used draws of its own stream: the pilot is kept, and the
+    # extra samples continue it (as estimate_smoothness with that many samples would draw)
+    for m in np.unique(r_c.n_samples):
+        for res, x in ((r_c, clean), (r_t, trig)):
+            ref = wb.estimate_smoothness(model, x, sig, int(m), seed=3,
+                                         noise_design=sm.GAP_NOISE_DESIGN)
+            cells = res.n_samples == m
+            assert np.array_equal(res.counts[cells], ref.counts[cells])
+    # reproducible by seed, whatever the batch size; identical twins get identical votes
+    again = sm.estimate_pair(model, clean, trig, sig, 64, seed=3, batch_size=5)
+    assert np.array_equal(again[0].counts, r_c.counts) and np.array_equal(again[1].counts, r_t.counts)
+    same = sm.estimate_pair(model, clean, clean.clone(), sig, 64, seed=3, noise_design="antithetic")
+    assert np.array_equal(same[0].counts, same[1].counts)
+    gap = wb.paired_gap(r_c.mean_entropy(), r_t.mean_entropy(), "mean")
+    assert np.isfinite(gap["gap"])
+    equal = sm.estimate_pair(model, clean, trig, sig, 64, seed=3, allocation="equal",
+                             noise_design="iid")
+    cmp = wb.compare_smoothness(model, clean, trig, sig, 64, seed=3)
+    assert np.array_equal(equal[0].counts, cmp.clean.counts)
+
+
+def test_estimate_pair_checks():
+    model = LinearK(torch.randn(3, 16), torch.zeros(3))
+    x = torch.rand(3, 1, 4, 4)
+    with pytest.raises(ValueError, match="`allocation` must be one of"):
+        sm.estimate_pair(model, x, x, [0.1], 64, allocation="optimal")
+    with pytest.raises(ValueError, match="replaces adaptive sampling"):
+        sm.estimate_pair(model, x, x, [0.1], 64, target_se=0.1)
+    with pytest.raises(ValueError, match=r"`pilot` must be an int in \[16, 64\]"):  # 2 LHS units
+        sm.estimate_pair(model, x, x, [0.1], 64, pilot=128)
+    with pytest.raises(ValueError, match="`triggered` must have the shape"):
+        sm.estimate_pair(model, x, x[:2], [0.1], 64)
+    with pytest.raises(TypeError, match="`fast` is not an option"):
+        sm.estimate_pair(model, x, x, [0.1], 64, fast=True)
+
+
+def test_allocated_certified_radius_holds_at_its_level():
+    """Allocation looks at the pilot's votes; the radius picks its class on them and bounds it
+    on the later draws only, so its level holds (Linear2: true p_A = Φ(0.1 / σ))."""
+    model = Linear2(torch.ones(1, 2, 2) / 2, b=-0.9)
+    x = torch.full((300, 1, 2, 2), 0.5)
+    sigma, alpha = 0.1, 0.05
+    r_c, _ = sm.estimate_pair(model, x, x.clone(), [sigma], 64, seed=8, summary="certified")
+    assert (r_c.selection_counts.sum(-1) == r_c.settings["pilot"]).all()
+    assert (r_c.certify_counts.sum(-1) == r_c.n_samples - r_c.settings["pilot"]).all()
+    r = r_c.certified_radius(alpha=alpha)[:, 0]
+    claims = r > 0
+    wrong = claims & (stats.norm.cdf(r / sigma) > stats.norm.cdf(0.1 / sigma) + 1e-12)
+    assert claims.mean() > 0.3 and wrong.mean() <= alpha + 0.03, (claims.mean(), wrong.mean())

@@ -11,6 +11,12 @@ two unit directions u, v (Gram–Schmidt orthonormalised):
 Each grid point is coloured by the predicted class and, optionally, by the local W_σ there.
 Points are clipped to [0, 1] (valid images), so far from the centre the plane bends along the
 box's faces; the extent is in L2 units of pixel values.
+
+The local W_σ uses common noise by default: every grid point sees the same n draws (those of
+`seed`), so neighbouring points differ by the model, not by the dice. Each point's estimate has
+the same distribution as with independent draws (same bias and Monte-Carlo variance); what
+changes is that errors are shared across the map instead of being independent speckle
+(roughness against independent draws: benchmarks/RESULTS.md, "Widgets").
 """
 
 from __future__ import annotations
@@ -116,12 +122,14 @@ def _direction(model, x, kind, trigger, seed, clean) -> torch.Tensor:
 def landscape_2d(model: nn.Module, x: torch.Tensor, directions=("trigger", "random"),
                  trigger: Trigger | None = None, extent: float = 3.0, resolution: int = 25,
                  sigma: float | None = None, n_samples: int = 32, seed: int = 0,
-                 clean: torch.Tensor | None = None) -> Landscape:
+                 clean: torch.Tensor | None = None, common_noise: bool = True) -> Landscape:
     """Predicted class (and local W_σ) on the plane through `x` spanned by two directions.
 
     x: one image (C, H, W) or (1, C, H, W) in [0, 1]. clean: for a triggered centre, its clean
     twin (the trigger direction is then trigger(clean) − clean, and the twin is marked).
     extent: half-width of the square in L2 units. sigma: also compute W_σ at every point.
+    common_noise: True (default) uses the same noise draws at every grid point (a smooth map);
+    False gives each point its own draws (independent errors: speckle at small n_samples).
     """
     _check_model(model)
     x = _check_image(x, four_d=True)
@@ -139,6 +147,8 @@ def landscape_2d(model: nn.Module, x: torch.Tensor, directions=("trigger", "rand
         sigma = check_float("sigma", sigma, 0.0, None, low_open=True)
     n_samples = check_int("n_samples", n_samples, low=1)
     seed = check_seed("seed", seed, generator=False)
+    if not isinstance(common_noise, bool):
+        raise TypeError(f"`common_noise` must be a bool; got {common_noise!r}.")
     _check_trigger(trigger, "trigger" in directions)
     _check_clean(clean, x)
     dev = _model_device(model)
@@ -163,7 +173,8 @@ def landscape_2d(model: nn.Module, x: torch.Tensor, directions=("trigger", "rand
         conf = probs.max(-1).values.reshape(resolution, resolution).cpu().numpy()
         ent = None
         if sigma is not None:
-            res = estimate_smoothness(model, pts, [sigma], n_samples, seed=seed, clip=True)
+            res = estimate_smoothness(model, pts, [sigma], n_samples, seed=seed, clip=True,
+                                      common_inputs=common_noise)
             ent = res.entropy[:, 0].reshape(resolution, resolution)
     markers = {"input": (0.0, 0.0)}
     if "trigger" in directions and trigger is not None:
@@ -175,4 +186,4 @@ def landscape_2d(model: nn.Module, x: torch.Tensor, directions=("trigger", "rand
             markers["clean twin"] = (-coords[0], -coords[1])
     return Landscape(grid.cpu().numpy(), grid.cpu().numpy(), pred, conf, ent, tuple(directions),
                      markers, {"extent": extent, "resolution": resolution, "sigma": sigma,
-                               "n_samples": n_samples, "seed": seed})
+                               "n_samples": n_samples, "seed": seed, "common_noise": common_noise})

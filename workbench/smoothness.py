@@ -28,21 +28,31 @@ from tqdm.auto import tqdm
 from ._validate import (check_choice, check_device, check_float, check_images, check_int,
                         check_seed, check_sigmas)
 from .models import preserve_model
-from .sampling import (DEFAULT_MEMORY_BUDGET, GROUPS, NOISE_BLOCK, Engine, check_model,
-                       check_model_input, default_batch_size, mix_seed, model_device)
-from .stats import cell_statistics, certified_radii, precision_reached
+from .sampling import (DEFAULT_MEMORY_BUDGET, DESIGN_UNIT, GROUPS, NOISE_BLOCK, NOISE_DESIGNS,
+                       SOBOL_MAX_DIM, Engine, check_model, check_model_input, default_batch_size,
+                       mix_seed, model_batch_size, model_device)
+from .stats import (cell_statistics, certified_radii, critical_value, paired_jackknife_variance,
+                    precision_reached)
 
 # Version of the estimator's results: bump whenever a change can move any number it returns (noise
 # streams, statistics, defaults), so that stored results (sweep rows) made by older code are never
 # reused as if they were current. 3: Miller–Madow clipped to [0, log K], one-class bound for tiny
 # n, adaptive sampling stops on the interval, certified radius from a separate selection sample.
-ESTIMATOR_VERSION = 3
+# 4: noise designs (`noise_design`, recorded in every result's settings; a change of its default
+# must bump this too), jackknife SEs over the non-empty groups only (soft mode with n < 10).
+ESTIMATOR_VERSION = 4
 JACKKNIFE_GROUPS = GROUPS  # groups of the delete-a-group jackknife (soft mode, jackknife bias fix)
 # Refused above this many noisy forward passes in one call (N inputs × S scales × samples per
 # cell, at most): 10^9 forwards take about 6 hours on 2 CPU cores and 20 minutes on a fast GPU
 # for the small CNN. Split larger jobs, or pass max_forwards= explicitly.
 MAX_FORWARDS = 10**9
 SUMMARIES = ("mean", "radius", "certified")  # per-input summaries of a curve (SmoothnessResult.summary)
+# how estimate_pair spreads the samples over the (input, σ) cells of the twins
+ALLOCATIONS = ("equal", "neyman", "neyman-sigma")
+ALLOCATION_STEP = 8  # allocated samples per cell are multiples of this (and of the design's unit)
+# estimate_pair's noise design for the gap's mean-W and radius summaries, from the measurements
+# (benchmarks/RESULTS.md, section 3): the certified summary keeps iid draws (all votes bound)
+GAP_NOISE_DESIGN = "lhs"
 
 
 @dataclass(frozen=True)
@@ -62,6 +72,10 @@ class SmoothnessResult:
     # (N, S, K) hard-mode votes of the selection sample (samples i ≡ 0 mod JACKKNIFE_GROUPS, part
     # of `counts`): the certified radius picks its class on these and bounds it on the rest
     selection_counts: np.ndarray | None = None
+    # (N, S, K) under a dependent noise design: the votes the certified radius bounds its class on
+    # (the first draw of every unit outside the selection group: independent); None for "iid"
+    # (there: counts − selection_counts)
+    certify_counts: np.ndarray | None = None
 
     @property
     def units(self) -> str:
@@ -121,7 +135,7 @@ class SmoothnessResult:
         alpha = check_float("alpha", alpha, 0.0, 1.0, low_open=True, high_open=True)
         self._check_certifiable()
         return certified_radii(self.counts, self.selection_counts, self.n_samples, self.sigmas,
-                               alpha / self._sampling_rounds())[0]
+                               alpha / self._sampling_rounds(), self.certify_counts)[0]
 
     def max_certified_radius(self, alpha: float = 0.001) -> np.ndarray:
         """(N,) the largest certified radius over the σ grid, with alpha split over the S scales
@@ -130,7 +144,8 @@ class SmoothnessResult:
         alpha = check_float("alpha", alpha, 0.0, 1.0, low_open=True, high_open=True)
         self._check_certifiable()
         return certified_radii(self.counts, self.selection_counts, self.n_samples, self.sigmas,
-                               alpha / (len(self.sigmas) * self._sampling_rounds()))[0].max(1)
+                               alpha / (len(self.sigmas) * self._sampling_rounds()),
+                               self.certify_counts)[0].max(1)
 
     def _sampling_rounds(self) -> int:
         """How many sample sizes adaptive sampling could have stopped at (1 without it). The
@@ -143,7 +158,8 @@ class SmoothnessResult:
 
     def _check_certifiable(self) -> None:
         if self.counts is None or self.settings.get("noise") != "gaussian" \
-                or self.selection_counts is None:
+                or self.selection_counts is None or (self.certify_counts is None and
+                                                     self.settings.get("noise_unit", 1) > 1):
             raise ValueError("a certified radius needs mode='hard' and noise='gaussian'; this "
                              f"result has mode={self.settings.get('mode')!r}, "
                              f"noise={self.settings.get('noise')!r}.")
@@ -171,7 +187,8 @@ def estimate_smoothness(model: nn.Module, inputs: torch.Tensor, sigmas: Sequence
                         device: str | torch.device | None = None, progress: bool = False, *,
                         bias_correction: str | None = None, confidence: float = 0.95,
                         target_se: float | None = None, max_samples: int | None = None,
-                        common_noise: bool = False, precision: str = "fp32",
+                        common_noise: bool = False, noise_design: str = "iid",
+                        common_inputs: bool = False, precision: str = "fp32",
                         channels_last: bool | None = None,
                         memory_budget: int = DEFAULT_MEMORY_BUDGET,
                         max_forwards: int = MAX_FORWARDS) -> SmoothnessResult:
@@ -192,7 +209,10 @@ def estimate_smoothness(model: nn.Module, inputs: torch.Tensor, sigmas: Sequence
     normalize: divide entropies by log K so curves of datasets with different K compare.
     seed: int or torch.Generator; results are identical for the same seed on the same device,
         whatever `batch_size`.
-    batch_size: rows per forward pass; None picks one from `memory_budget`.
+    batch_size: rows per forward pass; None (default): on a CPU, the batch whose widest
+        activation holds about 8 MiB (the zoo's measured optima; the widest activation is
+        measured once per architecture and image shape: `sampling.model_batch_size`), within
+        `memory_budget`; on a GPU, from the budget.
     device: where to compute (the model is lent there and moved back); None = the model's device.
     progress: show a tqdm bar.
     bias_correction: None, "miller-madow" ((m−1)/(2n), hard mode) or "jackknife"; corrected
@@ -206,6 +226,16 @@ def estimate_smoothness(model: nn.Module, inputs: torch.Tensor, sigmas: Sequence
         plots and landscapes); False (default) draws fresh noise per σ, which gives the mean-W
         summary and the smoothing gap 3-6x less Monte-Carlo variance (benchmarks/RESULTS.md).
         Either way, two input sets estimated with the same seed see the same draws (pairs).
+    noise_design: how the n draws of a cell are laid out (`workbench.sampling`): "iid"
+        (independent), "antithetic" (pairs ε, −ε), "lhs" (Latin hypercubes of 8), "antithetic-lhs"
+        (symmetric Latin hypercubes of 8), "sobol" (scrambled Sobol points, 8 per scrambling) or
+        "radial" (the radius ‖ε‖ stratified; Gaussian only). Every draw is still N(0, σ²I) (or
+        uniform) on its own; draws are dependent inside a unit and independent between units.
+        Under a design other than "iid" the standard errors are jackknife SEs over groups of
+        whole units (t quantiles), and the certified radius bounds its class on one draw per
+        unit. Samples for equal variance of each design: benchmarks/RESULTS.md, section 3.
+    common_inputs: give every input the same draws (those of input 0): for landscapes, where
+        neighbouring grid points should differ by the model, not by the noise.
     precision: "fp32", or "bf16"/"fp16" autocast (GPU speed; votes may differ near boundaries).
     channels_last: run the model in channels-last memory format; None (default) does so for
         models with 2-D convolutions (2.7x faster for the digits CNN on 2 CPU cores).
@@ -216,42 +246,79 @@ def estimate_smoothness(model: nn.Module, inputs: torch.Tensor, sigmas: Sequence
     """
     opts = _check_options(model, inputs, sigmas, n_samples, mode, noise, clip, normalize, seed,
                           batch_size, device, bias_correction, confidence, target_se, max_samples,
-                          common_noise, precision, channels_last, memory_budget, max_forwards)
-    dev = opts["device"] or model_device(model)
-    seed = opts["seed"]
-    base_seed = (int(torch.randint(0, 2**62, (1,), generator=seed).item())
-                 if isinstance(seed, torch.Generator) else seed)
-    batch_size = opts["batch_size"] or default_batch_size(inputs.shape[1:], memory_budget, dev)
-    channels_last = (any(isinstance(m, nn.Conv2d) for m in model.modules())
-                     if channels_last is None else channels_last)
-    groups = mode == "soft" or bias_correction == "jackknife"
+                          common_noise, precision, channels_last, memory_budget, max_forwards,
+                          noise_design, common_inputs)
+    run = _Run(model, inputs, opts, n_samples, mode, noise, normalize, bias_correction, confidence,
+               target_se, common_noise, noise_design, common_inputs, precision, channels_last,
+               memory_budget)
     with preserve_model(model):
-        model.to(dev)
-        engine = Engine(model, inputs, opts["sigmas"], mode, noise, opts["clip"], base_seed,
-                        batch_size, dev, common_noise, precision, channels_last, memory_budget,
-                        groups)
+        model.to(run.dev)
+        engine = run.engine(model, inputs)
         n_used = _sample(engine, len(inputs), n_samples, target_se, opts["max_samples"],
                          mode, normalize, bias_correction, confidence, progress)
-    entropy, se, lo, hi, freq = _statistics(engine, n_used, mode, normalize, bias_correction,
-                                            confidence)
-    settings = {"mode": mode, "noise": noise, "clip": opts["clip"], "normalize": normalize,
-                "seed": base_seed, "n_samples": n_samples, "batch_size": batch_size,
-                "device": str(dev), "bias_correction": bias_correction, "confidence": confidence,
-                "target_se": target_se, "max_samples": opts["max_samples"],
-                "common_noise": common_noise, "precision": precision,
-                "channels_last": channels_last, "noise_block": NOISE_BLOCK,
-                "estimator_version": ESTIMATOR_VERSION, "torch": torch.__version__,
-                "numpy": np.__version__}
-    hard = mode == "hard"
-    return SmoothnessResult(np.asarray(opts["sigmas"], dtype=float), entropy, se, lo, hi, freq,
-                            engine.counts.cpu().numpy() if hard else None, n_used,
-                            engine.num_classes, settings,
-                            engine.select_counts.cpu().numpy() if hard else None)
+    return run.result(engine, n_used)
+
+
+class _Run:
+    """The resolved settings of one estimation: builds its engine and its result."""
+
+    def __init__(self, model, inputs, opts, n_samples, mode, noise, normalize, bias_correction,
+                 confidence, target_se, common_noise, noise_design, common_inputs, precision,
+                 channels_last, memory_budget, groups: bool = False, seed=None):
+        self.opts, self.mode, self.normalize = opts, mode, normalize
+        self.bias_correction, self.confidence = bias_correction, confidence
+        self.dev = opts["device"] or model_device(model)
+        seed = opts["seed"] if seed is None else seed
+        self.seed = (int(torch.randint(0, 2**62, (1,), generator=seed).item())
+                     if isinstance(seed, torch.Generator) else seed)
+        self.batch_size = opts["batch_size"]  # None: from the model's footprint (self.engine)
+        self.image_shape, self.memory_budget = tuple(inputs.shape[1:]), memory_budget
+        self.channels_last = (any(isinstance(m, nn.Conv2d) for m in model.modules())
+                              if channels_last is None else channels_last)
+        self.unit = DESIGN_UNIT[noise_design]
+        self.groups = groups or mode == "soft" or bias_correction == "jackknife" or self.unit > 1
+        self.engine_args = [mode, noise, opts["clip"], self.seed, self.batch_size, self.dev,
+                            common_noise, precision, self.channels_last, memory_budget, self.groups,
+                            noise_design, common_inputs]
+        self.settings = {"mode": mode, "noise": noise, "clip": opts["clip"], "normalize": normalize,
+                         "seed": self.seed, "n_samples": n_samples, "batch_size": self.batch_size,
+                         "device": str(self.dev), "bias_correction": bias_correction,
+                         "confidence": confidence, "target_se": target_se,
+                         "max_samples": opts["max_samples"], "common_noise": common_noise,
+                         "noise_design": noise_design, "noise_unit": self.unit,
+                         "common_inputs": common_inputs, "precision": precision,
+                         "channels_last": self.channels_last, "noise_block": NOISE_BLOCK,
+                         "estimator_version": ESTIMATOR_VERSION, "torch": torch.__version__,
+                         "numpy": np.__version__}
+
+    def engine(self, model, inputs) -> Engine:
+        """The engine, the model already on its device (inside `preserve_model`)."""
+        if self.batch_size is None:
+            self.batch_size = model_batch_size(model, self.image_shape, self.dev,
+                                               self.memory_budget)
+            self.engine_args[4] = self.settings["batch_size"] = self.batch_size
+        return Engine(model, inputs, self.opts["sigmas"], *self.engine_args)
+
+    def result(self, engine: Engine, n_used: np.ndarray, selection=None, certify=None,
+               **extra) -> SmoothnessResult:
+        """The result; selection/certify replace the certified radius's votes (allocation)."""
+        entropy, se, lo, hi, freq = _statistics(engine, n_used, self.mode, self.normalize,
+                                                self.bias_correction, self.confidence)
+        hard = self.mode == "hard"
+        if selection is None and hard:
+            selection = engine.select_counts.cpu().numpy()
+            certify = (engine.certify_counts.cpu().numpy()
+                       if engine.certify_counts is not None else None)
+        return SmoothnessResult(np.asarray(self.opts["sigmas"], dtype=float), entropy, se, lo, hi,
+                                freq, engine.counts.cpu().numpy() if hard else None, n_used,
+                                engine.num_classes, {**self.settings, **extra},
+                                selection if hard else None, certify if hard else None)
 
 
 def _check_options(model, inputs, sigmas, n_samples, mode, noise, clip, normalize, seed,
                    batch_size, device, bias_correction, confidence, target_se, max_samples,
-                   common_noise, precision, channels_last, memory_budget, max_forwards) -> dict:
+                   common_noise, precision, channels_last, memory_budget, max_forwards,
+                   noise_design="iid", common_inputs=False) -> dict:
     """Every argument checked before any work; returns the resolved values."""
     check_model(model)
     check_images("inputs", inputs)
@@ -272,9 +339,22 @@ def _check_options(model, inputs, sigmas, n_samples, mode, noise, clip, normaliz
         if len(clip) != 2 or not all(math.isfinite(c) for c in clip) or clip[0] >= clip[1]:
             raise ValueError(f"`clip` must be {allowed}; got {clip!r}.")
         clip = (float(clip[0]), float(clip[1]))
-    for name, flag in (("normalize", normalize), ("common_noise", common_noise)):
+    for name, flag in (("normalize", normalize), ("common_noise", common_noise),
+                       ("common_inputs", common_inputs)):
         if not isinstance(flag, bool):
             raise TypeError(f"`{name}` must be a bool; got {flag!r}.")
+    check_choice("noise_design", noise_design, NOISE_DESIGNS)
+    if noise_design == "radial" and noise != "gaussian":
+        raise ValueError("`noise_design` 'radial' stratifies a Gaussian radius: it needs "
+                         f"noise='gaussian'; got noise={noise!r}.")
+    if noise_design == "sobol" and int(np.prod(inputs.shape[1:])) > SOBOL_MAX_DIM:
+        raise ValueError(f"`noise_design` 'sobol' works up to {SOBOL_MAX_DIM} values per image "
+                         f"(scipy's Sobol direction numbers); got images of shape "
+                         f"{tuple(inputs.shape[1:])}. Use 'lhs' or 'antithetic'.")
+    if noise_design != "iid" and n_samples < 2 * DESIGN_UNIT[noise_design]:
+        raise ValueError(f"`n_samples` must be >= {2 * DESIGN_UNIT[noise_design]} (two units of "
+                         f"{DESIGN_UNIT[noise_design]}, for a standard error) with "
+                         f"noise_design={noise_design!r}; got {n_samples}.")
     if channels_last is not None and not isinstance(channels_last, bool):
         raise TypeError(f"`channels_last` must be None or a bool; got {channels_last!r}.")
     seed = check_seed("seed", seed)
@@ -321,7 +401,7 @@ def _sample(engine: Engine, n_inputs: int, n_samples: int, target_se, max_sample
         while target_se is not None:
             _, se, lo, hi, _ = _statistics(engine, n_used, mode, normalize, bias_correction,
                                            confidence)
-            z = _z(mode, confidence)
+            z = _z(mode, confidence, n_used, engine.unit)
             active = ~precision_reached(se, lo, hi, target_se, z) & (n_used < max_samples)
             if not active.any():
                 break
@@ -334,11 +414,10 @@ def _sample(engine: Engine, n_inputs: int, n_samples: int, target_se, max_sample
     return n_used
 
 
-def _z(mode: str, confidence: float) -> float:
-    from scipy import stats
-
-    return float(stats.norm.ppf(0.5 + confidence / 2) if mode == "hard"
-                 else stats.t.ppf(0.5 + confidence / 2, JACKKNIFE_GROUPS - 1))
+def _z(mode: str, confidence: float, n_used: np.ndarray, unit: int = 1):
+    """The cells' interval multipliers (normal, or t on the non-empty groups' count − 1)."""
+    units = -(-n_used // unit)  # whole and partial units per cell
+    return critical_value(mode, confidence, np.minimum(units, JACKKNIFE_GROUPS), unit)
 
 
 STATS_BLOCK = 1024  # inputs per block of the statistics: bounds numpy's temporaries
@@ -356,8 +435,158 @@ def _statistics(engine: Engine, n_used: np.ndarray, mode, normalize, bias_correc
         g = engine.group_sums[a:b].cpu().numpy() if engine.group_sums is not None else None
         h[a:b], se[a:b], lo[a:b], hi[a:b], freq[a:b] = cell_statistics(
             engine.counts[a:b].cpu().double().numpy(), g, n_used[a:b], k, mode, normalize,
-            bias_correction, confidence, JACKKNIFE_GROUPS)
+            bias_correction, confidence, JACKKNIFE_GROUPS, engine.unit)
     return h, se, lo, hi, freq
+
+
+def estimate_pair(model: nn.Module, clean: torch.Tensor, triggered: torch.Tensor,
+                  sigmas: Sequence[float], n_samples: int = 256, *, allocation: str = "neyman",
+                  pilot: int | None = None, summary: str = "mean", seed: int = 0,
+                  paired_noise: bool = True, progress: bool = False,
+                  **kwargs) -> tuple[SmoothnessResult, SmoothnessResult]:
+    """W_σ of clean inputs and of their triggered twins, with the samples spread over the
+    (input, σ) cells for the smoothing gap: the twins' results, for `comparison.paired_gap`.
+
+    The mean-W gap is a weighted sum over cells of the pairs' differences D_js = W_clean − W_trig
+    (trapezoid weights w_s of the σ grid); its Monte-Carlo variance Σ w_s² Var(D_js) / n_js is
+    smallest for a fixed total with n_js ∝ w_s·SD(D_js) (Neyman allocation). A pilot round of
+    `pilot` samples per cell on both twins (shared draws) estimates SD(D_js) by the jackknife over
+    groups of whole units; the budget N·S·n_samples per twin is then spread in proportion to
+    w_s·SD, no cell getting fewer than the pilot nor more than 16·n_samples. Both twins get the
+    same samples in every cell, so pair j keeps its shared draws; the pilot's votes are kept.
+    The certified radius of an allocated result picks its class on the pilot's votes and bounds
+    it on the votes drawn after the pilot (fresh draws; one per unit under a dependent design),
+    so the allocation, which looks at the pilot, cannot bias the bound.
+    allocation: "neyman" (per cell, each cell's variance shrunk half-way to its σ's mean over the
+        inputs, which steadies the pilot's noisy estimates), "neyman-sigma" (per σ: all inputs
+        get the same samples at a σ), "equal" (n_samples everywhere: two estimate_smoothness
+        calls, as compare_smoothness makes).
+    pilot: samples per cell in the first round (default n_samples // 4, at least two units of
+        the noise design and 10); summary: "mean" uses the trapezoid weights, "radius" and
+        "certified" (not weighted sums) equal weights. Results are reproducible by seed: the
+        allocation is a function of the pilot's votes, which are a function of the seed.
+    noise_design (a keyword for `estimate_smoothness`): default GAP_NOISE_DESIGN ("lhs") for the
+    "mean" and "radius" summaries: the gap's interval is a t-interval over pairs, honest under
+    any design, and Latin hypercubes measured the fewest samples for the gap; "iid" for
+    "certified" (the bound then uses every post-pilot vote, not one per unit).
+    Other keyword arguments go to `estimate_smoothness` (adaptive sampling excluded: the
+    allocation replaces it); `paired_noise=False` gives the twins independent draws.
+    """
+    import inspect
+
+    check_images("clean", clean)
+    check_images("triggered", triggered)
+    if clean.shape != triggered.shape:
+        raise ValueError(f"`triggered` must have the shape of `clean` {tuple(clean.shape)}; got "
+                         f"{tuple(triggered.shape)}.")
+    check_choice("allocation", allocation, ALLOCATIONS)
+    check_choice("summary", summary, SUMMARIES)
+    seed = check_seed("seed", seed, generator=False)
+    if not isinstance(paired_noise, bool):
+        raise TypeError(f"`paired_noise` must be a bool; got {paired_noise!r}.")
+    seed_t = seed if paired_noise else mix_seed(seed, 0x7269)  # as compare_smoothness
+    if allocation != "equal" and (kwargs.get("target_se") is not None
+                                  or kwargs.get("max_samples") is not None):
+        raise ValueError(f"`allocation` {allocation!r} replaces adaptive sampling: pass no "
+                         "`target_se` or `max_samples` with it.")
+    params = inspect.signature(estimate_smoothness).parameters
+    unknown = sorted(set(kwargs) - set(params))
+    if unknown:
+        raise TypeError(f"`{unknown[0]}` is not an option of estimate_smoothness.")
+    a = {k: v.default for k, v in params.items() if v.default is not inspect.Parameter.empty}
+    a["noise_design"] = "iid" if summary == "certified" else GAP_NOISE_DESIGN
+    a.update(kwargs, n_samples=n_samples, seed=seed, progress=progress)
+    names = ("sigmas", "n_samples", "mode", "noise", "clip", "normalize", "seed", "batch_size",
+             "device", "bias_correction", "confidence", "target_se", "max_samples",
+             "common_noise", "precision", "channels_last", "memory_budget", "max_forwards",
+             "noise_design", "common_inputs")
+    a["sigmas"] = sigmas
+    opts = [_check_options(model, x, *(a[k] for k in names)) for x in (clean, triggered)]
+    if allocation == "equal":
+        return (estimate_smoothness(model, clean, **{**a, "seed": seed}),
+                estimate_smoothness(model, triggered, **{**a, "seed": seed_t}))
+    unit = DESIGN_UNIT[a["noise_design"]]
+    low = max(2 * unit, JACKKNIFE_GROUPS)
+    pilot = max(low, -(-(n_samples // 4) // unit) * unit) if pilot is None else check_int(
+        "pilot", pilot, low=low, high=n_samples)
+    if pilot > n_samples:
+        raise ValueError(f"`n_samples` must be >= the pilot ({pilot} samples per cell) with "
+                         f"allocation={allocation!r}; got {n_samples}.")
+    runs = [_Run(model, x, o, n_samples, a["mode"], a["noise"], a["normalize"],
+                 a["bias_correction"], a["confidence"], None, a["common_noise"],
+                 a["noise_design"], a["common_inputs"], a["precision"], a["channels_last"],
+                 a["memory_budget"], groups=True, seed=sd)
+            for x, o, sd in ((clean, opts[0], seed), (triggered, opts[1], seed_t))]
+    sig = np.asarray(opts[0]["sigmas"], float)
+    n_in, s_n = len(clean), len(sig)
+    with preserve_model(model), tqdm(total=2 * n_in * s_n * n_samples, desc="W_σ pair",
+                                     unit="fwd", disable=not progress, leave=False) as bar:
+        model.to(runs[0].dev)
+        engines = [r.engine(model, x) for r, x in ((runs[0], clean), (runs[1], triggered))]
+        every = np.ones((n_in, s_n), dtype=bool)
+        for e in engines:
+            e.run(every, 0, pilot, bar)
+        # the certified radius of an allocated cell: its class is chosen on the pilot's votes and
+        # bounded on the votes drawn after it (fresh draws, however many the pilot decided)
+        at_pilot = [(e.counts.clone(), None if e.certify_counts is None else e.certify_counts.clone())
+                    for e in engines]
+        n_pilot = np.full((n_in, s_n), pilot, dtype=np.int64)
+        var = paired_jackknife_variance(
+            *(t.cpu().double().numpy() for t in (engines[0].counts, engines[0].group_sums,
+                                                 engines[1].counts, engines[1].group_sums)),
+            n_pilot, JACKKNIFE_GROUPS, unit) * pilot  # per-sample variance of D_js
+        weights = _summary_weights(sig) if summary == "mean" else np.full(s_n, 1.0 / s_n)
+        n_used = neyman_allocation(var, weights, n_samples, pilot, unit, allocation,
+                                   16 * n_samples)
+        for e in engines:
+            e.run(every, pilot, n_used, bar)
+    extra = {"allocation": allocation, "pilot": pilot, "allocation_summary": summary}
+    out = []
+    for r, e, (c0, f0) in zip(runs, engines, at_pilot):
+        cert = (e.counts - c0) if f0 is None else (e.certify_counts - f0)
+        out.append(r.result(e, n_used, selection=c0.cpu().numpy(), certify=cert.cpu().numpy(),
+                            **extra))
+    return out[0], out[1]
+
+
+def _summary_weights(sigmas: np.ndarray) -> np.ndarray:
+    """(S,) weights of the mean-W summary: trapezoid rule over the grid / its range."""
+    if len(sigmas) == 1:
+        return np.ones(1)
+    w = np.zeros(len(sigmas))
+    d = np.diff(sigmas)
+    w[:-1] += d / 2
+    w[1:] += d / 2
+    return w / (sigmas[-1] - sigmas[0])
+
+
+def neyman_allocation(variance: np.ndarray, weights: np.ndarray, n_samples: int, pilot: int,
+                      unit: int = 1, allocation: str = "neyman",
+                      cap: int | None = None) -> np.ndarray:
+    """(N, S) samples per cell ∝ weight × SD (Neyman allocation) for a budget of n_samples per
+    cell on average, each cell between `pilot` and `cap`, in multiples of `unit`.
+
+    variance: (N, S) per-sample variances (from a pilot); "neyman" shrinks each cell's half-way
+    to its σ's mean over inputs, "neyman-sigma" uses that mean alone."""
+    check_choice("allocation", allocation, ALLOCATIONS)
+    v = np.asarray(variance, float)
+    n_in, s_n = v.shape
+    if allocation == "equal":
+        return np.full(v.shape, n_samples, dtype=np.int64)
+    v_sigma = np.broadcast_to(v.mean(0, keepdims=True), v.shape)
+    v = v_sigma if allocation == "neyman-sigma" else 0.5 * (v + v_sigma)
+    score = np.asarray(weights, float)[None, :] * np.sqrt(np.maximum(v, 0))
+    cap = cap or 16 * n_samples
+    total = n_in * s_n * n_samples
+    if not score.any():
+        return np.full(v.shape, n_samples, dtype=np.int64)
+    lo, hi = 0.0, cap / score[score > 0].min()  # c·score for the water level c
+    for _ in range(100):
+        c = 0.5 * (lo + hi)
+        lo, hi = (c, hi) if np.clip(c * score, pilot, cap).sum() < total else (lo, c)
+    n = np.clip(hi * score, pilot, cap)
+    step = max(unit, ALLOCATION_STEP)  # few distinct sample ranges per noise block: fast chunks
+    return np.maximum(pilot, np.round(n / step) * step).astype(np.int64)
 
 
 def __getattr__(name):
@@ -369,6 +598,7 @@ def __getattr__(name):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["SmoothnessResult", "estimate_smoothness", "default_batch_size", "ESTIMATOR_VERSION",
+__all__ = ["SmoothnessResult", "estimate_smoothness", "estimate_pair", "neyman_allocation",
+           "ALLOCATIONS", "GAP_NOISE_DESIGN", "default_batch_size", "ESTIMATOR_VERSION",
            "MAX_FORWARDS", "JACKKNIFE_GROUPS", "check_model_input", "mix_seed",
            "ComparisonResult", "compare_smoothness", "paired_gap"]

@@ -12,6 +12,12 @@ or the mean softmax (soft mode) of n noisy copies.
 - A cell whose votes all fell in one class has delta-method SE 0, yet its entropy is only known to
   be below the entropy of the distribution that puts the Clopper–Pearson upper bound
   q = 1 − (α/2)^(1/n) on the other classes (spread evenly over them): its interval's upper end.
+- Dependent noise designs (antithetic pairs, Latin hypercubes, scrambled Sobol points: see
+  `workbench.sampling`): votes inside a unit of U samples are not independent, so the delta
+  method (which assumes iid votes) does not apply. Groups hold whole units and are independent
+  replicates: the standard error is the delete-a-group jackknife over the non-empty groups, with
+  t quantiles on (groups − 1) degrees of freedom, in hard mode too. The one-class bound counts
+  one vote per unit (n/U independent first draws: if all n votes fell in one class, so did those).
 """
 
 from __future__ import annotations
@@ -29,10 +35,15 @@ def entropy(p: np.ndarray) -> np.ndarray:
     return special.entr(p).sum(-1)
 
 
-def group_sizes(n_used: np.ndarray, groups: int) -> np.ndarray:
-    """(..., G) samples per group when sample i belongs to group i mod G."""
+def group_sizes(n_used: np.ndarray, groups: int, unit: int = 1) -> np.ndarray:
+    """(..., G) samples per group when sample i belongs to unit i // unit and unit u to group
+    u mod G (unit 1: sample i in group i mod G)."""
     g = np.arange(groups)
-    return ((n_used[..., None] - 1 - g) // groups + 1).clip(min=0).astype(float)
+    n_used = np.asarray(n_used)
+    full, rem = n_used // unit, n_used % unit  # whole units, samples of the partial last unit
+    size = ((full[..., None] - 1 - g) // groups + 1).clip(min=0) * unit
+    size = size + np.where((full[..., None] % groups == g) & (rem[..., None] > 0), rem[..., None], 0)
+    return size.astype(float)
 
 
 def one_class_upper(n: np.ndarray, k: int, confidence: float) -> np.ndarray:
@@ -48,22 +59,32 @@ def one_class_upper(n: np.ndarray, k: int, confidence: float) -> np.ndarray:
 
 def cell_statistics(sums: np.ndarray, group_sums: np.ndarray | None, n_used: np.ndarray, k: int,
                     mode: str, normalize: bool, bias_correction: str | None, confidence: float,
-                    groups: int):
+                    groups: int, unit: int = 1):
     """Entropy, standard error, interval and frequencies of cells (..., K) of summed votes.
 
     sums: (N, S, K) vote counts (hard) or softmax sums (soft); group_sums: (N, S, G, K) the same
-    per sample group (soft mode, jackknife correction) or None; n_used: (N, S) samples per cell.
+    per sample group (soft mode, jackknife correction, dependent designs) or None; n_used: (N, S)
+    samples per cell; unit: samples per unit of the noise design (1: iid votes, delta method in
+    hard mode; > 1: jackknife SEs over the groups of whole units in both modes).
     Returns (h, se, lo, hi, p), each (N, S) but p (N, S, K); all in nats, or fractions of log K.
     """
     n = n_used[..., None].astype(float)
     p = sums / n
     h = entropy(p)
     log_k = math.log(k)
+    g_eff = np.full(n_used.shape, float(groups))
     if group_sums is not None:
-        loo = (sums[:, :, None] - group_sums) / (n[:, :, None] - group_sizes(n_used, groups)[..., None])
-        h_loo = entropy(loo)  # (N, S, G) leave-one-group-out entropies
-        se_jk = np.sqrt((groups - 1) / groups * ((h_loo - h_loo.mean(-1, keepdims=True)) ** 2).sum(-1))
-    if mode == "hard":
+        sizes = group_sizes(n_used, groups, unit)  # (N, S, G)
+        filled = sizes > 0
+        g_eff = filled.sum(-1).astype(float)  # fewer groups than G when there are fewer units
+        with np.errstate(invalid="ignore", divide="ignore"):
+            loo = (sums[:, :, None] - group_sums) / (n[:, :, None] - sizes[..., None])
+        h_loo = np.where(filled, entropy(np.nan_to_num(loo)), 0.0)  # (N, S, G) leave-one-out
+        loo_mean = h_loo.sum(-1) / g_eff
+        dev2 = np.where(filled, (h_loo - loo_mean[..., None]) ** 2, 0.0).sum(-1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            se_jk = np.where(g_eff > 1, np.sqrt((g_eff - 1) / g_eff * dev2), np.inf)
+    if mode == "hard" and unit == 1:
         with np.errstate(divide="ignore", invalid="ignore"):
             log_p = np.where(p > 0, np.log(p), 0.0)
         se = np.sqrt(np.maximum((p * log_p**2).sum(-1) - h**2, 0.0) / n[..., 0])
@@ -72,19 +93,50 @@ def cell_statistics(sums: np.ndarray, group_sums: np.ndarray | None, n_used: np.
     if bias_correction == "miller-madow":
         h = h + ((p > 0).sum(-1) - 1) / (2 * n[..., 0])
     elif bias_correction == "jackknife":
-        h = groups * h - (groups - 1) * h_loo.mean(-1)
+        h = np.where(g_eff > 1, g_eff * h - (g_eff - 1) * loo_mean, h)
     h = np.clip(h, 0.0, log_k)  # a corrected estimate can leave the entropy's range
     # jackknife SEs rest on G − 1 degrees of freedom: t quantiles, not normal ones, or the
     # intervals undercover (measured: 86% for a nominal 95% with G = 10)
-    z = stats.norm.ppf(0.5 + confidence / 2) if mode == "hard" else stats.t.ppf(
-        0.5 + confidence / 2, groups - 1)
-    lo, hi = np.clip(h - z * se, 0, log_k), np.clip(h + z * se, 0, log_k)
+    z = critical_value(mode, confidence, g_eff, unit)
+    with np.errstate(invalid="ignore"):
+        lo, hi = np.clip(h - z * se, 0, log_k), np.clip(h + z * se, 0, log_k)
     if mode == "hard":
         one_class = (p > 0).sum(-1) == 1
-        hi = np.where(one_class, np.maximum(hi, one_class_upper(n[..., 0], k, confidence)), hi)
+        # one independent vote per unit (a unit's first draw): n / unit of them, rounded up
+        n_indep = np.ceil(n[..., 0] / unit)
+        hi = np.where(one_class, np.maximum(hi, one_class_upper(n_indep, k, confidence)), hi)
     if normalize:
         h, se, lo, hi = h / log_k, se / log_k, lo / log_k, hi / log_k
     return h, se, lo, hi, p
+
+
+def paired_jackknife_variance(sums_a: np.ndarray, group_sums_a: np.ndarray, sums_b: np.ndarray,
+                              group_sums_b: np.ndarray, n_used: np.ndarray, groups: int,
+                              unit: int = 1) -> np.ndarray:
+    """(N, S) delete-a-group jackknife variance of H_a − H_b, the entropy difference of two cells
+    that share their noise draws (a clean input and its triggered twin): groups hold whole units,
+    so they are independent replicates under every noise design."""
+    n = n_used[..., None].astype(float)
+    sizes = group_sizes(n_used, groups, unit)
+    filled = sizes > 0
+    g_eff = filled.sum(-1).astype(float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        d = (entropy(np.nan_to_num((sums_a[:, :, None] - group_sums_a) / (n[:, :, None] - sizes[..., None])))
+             - entropy(np.nan_to_num((sums_b[:, :, None] - group_sums_b) / (n[:, :, None] - sizes[..., None]))))
+        d = np.where(filled, d, 0.0)
+        mean = d.sum(-1) / g_eff
+        dev2 = np.where(filled, (d - mean[..., None]) ** 2, 0.0).sum(-1)
+        return np.where(g_eff > 1, (g_eff - 1) / g_eff * dev2, 0.0)
+
+
+def critical_value(mode: str, confidence: float, groups, unit: int = 1):
+    """The interval's multiplier of the SE: normal for the delta method (hard mode, iid votes),
+    Student's t on (groups − 1) degrees of freedom for jackknife SEs (soft mode, dependent
+    designs); `groups` may be an array (the non-empty groups of each cell)."""
+    if mode == "hard" and unit == 1:
+        return stats.norm.ppf(0.5 + confidence / 2)
+    g = np.asarray(groups, float)
+    return np.where(g > 1, stats.t.ppf(0.5 + confidence / 2, np.maximum(g - 1, 1)), np.inf)
 
 
 def precision_reached(se: np.ndarray, lo: np.ndarray, hi: np.ndarray, target_se: float,
@@ -108,16 +160,18 @@ def clopper_pearson_lower(successes: np.ndarray, n: np.ndarray, alpha: float) ->
 
 
 def certified_radii(counts: np.ndarray, select_counts: np.ndarray, n_used: np.ndarray,
-                    sigmas: np.ndarray, alpha: float) -> tuple[np.ndarray, np.ndarray]:
+                    sigmas: np.ndarray, alpha: float,
+                    certify_counts: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Cohen, Rosenfeld & Kolter (ICML 2019) CERTIFY on each cell: ((N, S) radii, (N, S) classes).
 
     The top class ĉ is chosen on the selection votes (`select_counts`, group 0); its probability
     is bounded on the other votes only (counts − select_counts), with a one-sided (1 − alpha)
     Clopper–Pearson bound p̲; R = σ·Φ⁻¹(p̲) where p̲ > 1/2, else 0 (abstain). Each radius holds
-    with probability at least 1 − alpha over the noise.
+    with probability at least 1 − alpha over the noise. certify_counts: under a dependent noise
+    design, the votes to bound on instead (one independent draw per unit outside group 0).
     """
     top = select_counts.argmax(-1)  # (N, S)
-    est = counts - select_counts
+    est = counts - select_counts if certify_counts is None else certify_counts
     n_est = est.sum(-1)
     n_a = np.take_along_axis(est, top[..., None], -1)[..., 0]
     p_low = clopper_pearson_lower(n_a, n_est, alpha)
@@ -163,5 +217,6 @@ def spearman_ci(x, y, confidence: float = 0.95) -> dict:
             "n": n}
 
 
-__all__ = ["entropy", "cell_statistics", "one_class_upper", "precision_reached",
+__all__ = ["entropy", "cell_statistics", "one_class_upper", "precision_reached", "critical_value",
+           "paired_jackknife_variance",
            "clopper_pearson_lower", "certified_radii", "t_interval", "spearman_ci", "group_sizes"]
