@@ -19,6 +19,8 @@ from .train import (BackdoorRun, TrainConfig, attack_success_rate, clean_accurac
                     is_cached, load_run, predict, train_backdoor)
 from .experiments import default_sigmas, smoothing_analysis  # noqa: E402
 from .landscape import landscape_2d  # noqa: E402
+from . import crafting  # noqa: E402
+from .crafting import craft, craft_low_frequency, craft_trojannn  # noqa: E402
 
 # plotly / ipywidgets are heavy: their modules load on first use (wb.plots, wb.widgets, ...)
 _LAZY = ("plots", "widgets", "report", "cli")
@@ -37,5 +39,6 @@ __all__ = [
     "triggered_pairs", "ComparisonResult", "SmoothnessResult", "compare_smoothness",
     "estimate_smoothness", "paired_gap", "BackdoorRun", "TrainConfig", "attack_success_rate",
     "clean_accuracy", "is_cached", "load_run", "predict", "train_backdoor", "default_sigmas",
-    "smoothing_analysis", "landscape_2d",
+    "smoothing_analysis", "landscape_2d", "crafting", "craft", "craft_low_frequency",
+    "craft_trojannn",
 ]

@@ -13,6 +13,19 @@ which is how runs record and cache their trigger.
     Sinusoid      horizontal sinusoidal signal added to the whole image (SIG, Barni et al. 2019)
     Warp          a smooth, fixed warping field (WaNet, Nguyen & Tran 2021)
     PatternPatch  a square of arbitrary content (crafted or random artificial patterns)
+    BPP           colour-depth reduction with Floyd–Steinberg dithering (Wang et al. 2022)
+    FTrojan       fixed perturbation of chosen block-DCT coefficients (Wang et al. 2022)
+    AdaptiveBlend a blend pattern in pieces, a random subset per poisoned image, plus
+                  conservatism (Qi et al. 2023)
+    LowFrequency  a crafted, low-pass universal adversarial perturbation (Zeng et al. 2021);
+                  made by `workbench.crafting.craft_low_frequency`
+    TrojanNN      a crafted mask-shaped pattern that excites chosen neurons (Liu et al. 2018);
+                  made by `workbench.crafting.craft_trojannn`
+
+Poisoning contract (for `workbench.poison`): every trigger has `poison_apply(images, seed)`, what
+a poisoned *training* image gets (the trigger itself, except AdaptiveBlend's random pieces), and
+`conservatism`, the share of triggered training images that keep their true label (0 except for
+AdaptiveBlend). Calling the trigger is what a *test* input gets.
 """
 
 from __future__ import annotations
@@ -96,9 +109,21 @@ class Trigger:
     """Base class: subclasses implement `_apply(x)` on a validated (N, C, H, W) tensor."""
 
     _params: tuple[str, ...] = ()
+    # share of the triggered training images that keep their true label (AdaptiveBlend's
+    # "conservatism"); 0 for every other trigger: all of them are relabelled
+    conservatism: float = 0.0
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         check_images("images", images)
+        return self._apply(images)
+
+    def poison_apply(self, images: torch.Tensor, seed: int | torch.Generator = 0) -> torch.Tensor:
+        """The trigger as a poisoned *training* image gets it. The same as calling the trigger
+        (what test inputs get) except for triggers whose training form is random per image
+        (AdaptiveBlend), which draw from `seed` (an int or a CPU torch.Generator): the result is
+        a function of the seed and of the images in their order."""
+        check_images("images", images)
+        check_seed("seed", seed)
         return self._apply(images)
 
     def _apply(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
@@ -312,8 +337,422 @@ class Warp(Trigger):
                              align_corners=True).clamp(0.0, 1.0)
 
 
+def _check_bool(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"`{name}` must be a bool (True or False); got {value!r}.")
+    return value
+
+
+def floyd_steinberg(images: torch.Tensor, levels: int) -> torch.Tensor:
+    """Quantise each channel of `images` (N, C, H, W) in [0, 1] to `levels` + 1 evenly spaced
+    values 0, 1/levels, ..., 1 with Floyd–Steinberg error diffusion (Floyd & Steinberg 1976):
+    pixels are visited row by row, left to right; each takes the nearest level (round half to
+    even, clamped to [0, 1]) and passes its error on: 7/16 to the right, 3/16 below left, 5/16
+    below, 1/16 below right. Computed in float64 and returned as float64 (the caller casts).
+
+    The rows' sequential dependence stays; each pixel is processed for all images and channels at
+    once, and the next row receives its errors as three vector additions made in the order a
+    pixel-by-pixel implementation makes them (so the result equals it bit for bit).
+    """
+    n, c, h, w = images.shape
+    buf = images.detach().to(torch.float64).reshape(n * c, h, w).clone()
+    out = torch.empty_like(buf)
+    err = torch.empty((n * c, w), dtype=torch.float64, device=buf.device)
+    for r in range(h):
+        row = buf[:, r]  # a view: the carried 7/16 lands in it
+        for col in range(w):
+            old = row[:, col]
+            new = torch.round(old * levels).clamp_(0, levels) / levels
+            e = old - new
+            out[:, r, col] = new
+            err[:, col] = e
+            if col + 1 < w:
+                row[:, col + 1] += e * 0.4375
+        if r + 1 < h:
+            nxt = buf[:, r + 1]
+            nxt[:, 1:] += err[:, :-1] * 0.0625  # from the pixel above left (its 1/16)
+            nxt += err * 0.3125  # from the pixel above (5/16)
+            nxt[:, :-1] += err[:, 1:] * 0.1875  # from the pixel above right (3/16)
+    return out.reshape(n, c, h, w)
+
+
+class BPP(Trigger):
+    """BppAttack (Wang, Zhai & Ma, CVPR 2022, "BppAttack: Stealthy and Efficient Trojan Attacks
+    against Deep Neural Networks via Image Quantization and Contrastive Adversarial Learning"):
+    the trigger is the image itself at a reduced colour depth, `bits` per channel (2**bits
+    levels, the reference code's `squeeze_num`; its CIFAR-10 default 8 levels is bits=3), with
+    Floyd–Steinberg dithering (`dither=False`: plain rounding to the nearest level).
+    Deterministic: no randomness. The paper's training additionally uses adversarially perturbed
+    "negative" samples (contrastive adversarial learning); here the trigger is used as a data
+    poisoning trigger like any other (the BackdoorBench setting without that step).
+    """
+
+    _params = ("bits", "dither")
+
+    def __init__(self, bits: int = 3, dither: bool = True):
+        self.bits = check_int("bits", bits, 1, 8)
+        self.dither = _check_bool("dither", dither)
+
+    def _apply(self, x):
+        levels = 2 ** self.bits - 1
+        if not self.dither:
+            return (torch.round(x.to(torch.float64) * levels) / levels).to(x.dtype)
+        return floyd_steinberg(x, levels).to(x.dtype)
+
+
+def dct_matrix(n: int, dtype=torch.float64, device=None) -> torch.Tensor:
+    """The orthonormal DCT-II matrix D (n, n): coefficients c = D @ x (scipy's `norm="ortho"`,
+    OpenCV's cv2.dct); D is orthogonal, so the inverse (DCT-III) is D.T @ c."""
+    n = check_int("n", n, low=1)
+    k = torch.arange(n, dtype=torch.float64)[:, None]
+    i = torch.arange(n, dtype=torch.float64)[None, :]
+    d = torch.cos(math.pi * (2 * i + 1) * k / (2 * n)) * math.sqrt(2.0 / n)
+    d[0] /= math.sqrt(2.0)
+    return d.to(device=device, dtype=dtype)
+
+
+def _blocks_fit(h: int, w: int, block: int) -> None:
+    if h % block or w % block:
+        g = math.gcd(h, w)
+        ok = [d for d in range(1, g + 1) if g % d == 0]
+        raise ValueError(f"`block_size` must divide the image's height and width: {block} does "
+                         f"not fit {h}x{w} images (the trigger does not fit the image); allowed "
+                         f"here: {', '.join(map(str, ok))}.")
+
+
+def block_dct(x: torch.Tensor, block: int) -> torch.Tensor:
+    """2-D orthonormal DCT-II of each `block`×`block` tile of x (..., H, W), coefficients in
+    place of their tile (block (a, b)'s coefficient (k, l) at row a·block + k, column
+    b·block + l). H and W must be multiples of `block`."""
+    *lead, h, w = x.shape
+    _blocks_fit(h, w, block)
+    d = dct_matrix(block, x.dtype, x.device)
+    tiles = x.reshape(*lead, h // block, block, w // block, block)
+    return torch.einsum("ki,...aibj,lj->...akbl", d, tiles, d).reshape(*lead, h, w)
+
+
+def block_idct(c: torch.Tensor, block: int) -> torch.Tensor:
+    """The inverse of `block_dct`."""
+    *lead, h, w = c.shape
+    _blocks_fit(h, w, block)
+    d = dct_matrix(block, c.dtype, c.device)
+    tiles = c.reshape(*lead, h // block, block, w // block, block)
+    return torch.einsum("ki,...akbl,lj->...aibj", d, tiles, d).reshape(*lead, h, w)
+
+
+# RGB -> YCbCr (ITU-R BT.601, full range as in JPEG and OpenCV's COLOR_RGB2YCrCb), on [0, 1]
+_YCBCR = ((0.299, 0.587, 0.114), (-0.168736, -0.331264, 0.5), (0.5, -0.418688, -0.081312))
+_YCBCR_OFFSET = (0.0, 0.5, 0.5)
+
+
+def _to_ycbcr(x: torch.Tensor) -> torch.Tensor:
+    m = torch.tensor(_YCBCR, dtype=x.dtype, device=x.device)
+    off = torch.tensor(_YCBCR_OFFSET, dtype=x.dtype, device=x.device)[:, None, None]
+    return torch.einsum("dc,nchw->ndhw", m, x) + off
+
+
+def _from_ycbcr(y: torch.Tensor) -> torch.Tensor:
+    m = torch.linalg.inv(torch.tensor(_YCBCR, dtype=torch.float64)).to(y.dtype).to(y.device)
+    off = torch.tensor(_YCBCR_OFFSET, dtype=y.dtype, device=y.device)[:, None, None]
+    return torch.einsum("cd,ndhw->nchw", m, y - off)
+
+
+def _check_positions(positions: Any, block: int) -> tuple[tuple[int, int], ...]:
+    allowed = (f"a non-empty sequence of distinct (row, col) pairs of ints in [0, {block - 1}] "
+               f"(coefficients of a {block}x{block} block)")
+    if isinstance(positions, (str, bytes)) or not isinstance(positions, (tuple, list)):
+        raise TypeError(f"`positions` must be {allowed}; got {positions!r}.")
+    out = []
+    for p in positions:
+        if (not isinstance(p, (tuple, list)) or len(p) != 2
+                or not all(isinstance(v, Integral) and not isinstance(v, bool) for v in p)):
+            raise TypeError(f"`positions` must be {allowed}; got {positions!r}.")
+        if not (0 <= p[0] < block and 0 <= p[1] < block):
+            raise ValueError(f"`positions` must be {allowed}; got {tuple(p)!r}.")
+        out.append((int(p[0]), int(p[1])))
+    if not out or len(set(out)) != len(out):
+        raise ValueError(f"`positions` must be {allowed}; got {positions!r}.")
+    return tuple(out)
+
+
+class FTrojan(Trigger):
+    """FTrojan (Wang et al., ECCV 2022, "An Invisible Black-Box Backdoor Attack Through Frequency
+    Domain"): split each channel into `block_size`×`block_size` blocks, take each block's
+    orthonormal DCT-II, add `magnitude` to the coefficients at `positions` (row, col) in every
+    block, transform back and clip to [0, 1].
+
+    On RGB images with `yuv=True` (the paper's setting) the change is made to the chroma channels
+    (Cb, Cr of BT.601 YCbCr: the reference code's `channel_list = [1, 2]`) and converted back;
+    grayscale images have one channel, which gets it (`yuv` then has no effect).
+
+    Units: `magnitude` is a DCT coefficient on the [0, 1] pixel scale; the paper's 30 on 0–255
+    images is 30/255 (its default, with a 32×32 window and coefficients (15, 15) and (31, 31), a
+    mid and a high frequency). The defaults here scale that choice to 4×4 blocks, which fit the
+    workbench's 16×16 digits and 28×28 Fashion-MNIST: (1, 1) and (3, 3), the highest. A smaller
+    block spreads the same coefficient over fewer pixels, so the per-pixel change is larger: at
+    most magnitude × (largest product of two basis values), 0.43 × magnitude for a 4×4 block's
+    (3, 3) coefficient, 2/32 × magnitude in the paper's 32×32 window.
+
+    Every step is linear before the final clip, so the trigger adds one fixed pattern to every
+    image (then clips): `pattern(shape)` returns it.
+    """
+
+    _params = ("block_size", "positions", "magnitude", "yuv")
+
+    def __init__(self, block_size: int = 4, positions: Sequence[tuple[int, int]] = ((1, 1), (3, 3)),
+                 magnitude: float = 30 / 255, yuv: bool = True):
+        self.block_size = check_int("block_size", block_size, low=1)
+        self.positions = _check_positions(positions, self.block_size)
+        self.magnitude = check_float("magnitude", magnitude, 0.0, 1.0, low_open=True)
+        self.yuv = _check_bool("yuv", yuv)
+
+    def to_config(self) -> dict:
+        return {"type": "FTrojan", "block_size": self.block_size,
+                "positions": [list(p) for p in self.positions], "magnitude": self.magnitude,
+                "yuv": self.yuv}
+
+    def _perturb(self, z: torch.Tensor) -> torch.Tensor:
+        """The DCT-domain change, on float64 images (N, C, H, W) (no clipping)."""
+        b = self.block_size
+        _blocks_fit(z.shape[2], z.shape[3], b)
+        rgb = z.shape[1] == 3 and self.yuv
+        if rgb:
+            z = _to_ycbcr(z)
+        chans = [1, 2] if rgb else list(range(z.shape[1]))
+        coef = block_dct(z, b)
+        for r, c in self.positions:
+            coef[:, chans, r::b, c::b] += self.magnitude
+        z = block_idct(coef, b)
+        return _from_ycbcr(z) if rgb else z
+
+    def pattern(self, shape, device=None) -> torch.Tensor:
+        """The additive pattern (C, H, W), float64: trigger(x) = clip(x + pattern)."""
+        c, h, w = shape
+        return self._perturb(torch.zeros((1, c, h, w), dtype=torch.float64, device=device))[0]
+
+    def _apply(self, x):
+        return self._perturb(x.to(torch.float64)).clamp(0.0, 1.0).to(x.dtype)
+
+
+class AdaptiveBlend(Trigger):
+    """Adaptive-Blend (Qi, Xie, Li, Mahloujifar & Mittal, ICLR 2023, "Revisiting the Assumption of
+    Latent Separability for Backdoor Defenses"): a blend trigger x' = x + a·m·(p − x) whose
+    pattern p is cut into `pieces` (a √pieces × √pieces grid of near-equal tiles).
+
+    Training (`poison_apply`): each poisoned image gets its own random subset of the pieces,
+    leaving out round(mask_rate · pieces) of them (mask m), blended with weight `alpha`.
+    Test (calling the trigger): the whole pattern, blended with weight `test_alpha`. The paper's
+    reference code (backdoor-toolbox) uses alpha 0.15 for training and 0.2 at test time, 16
+    pieces, mask rate 0.5, and equal poison and cover rates (conservatism 0.5): the defaults.
+
+    Conservatism: a share `conservatism` of the triggered training images keep their true label
+    (the paper's "regularization samples", its code's cover images); the others are relabelled to
+    the target ("payload samples"). The poisoning code reads `trigger.conservatism`.
+
+    pattern: uniform noise drawn once from `seed` (as Blend's; the paper blends a Hello Kitty
+    image), or a user image `image` (C, H, W) or (H, W) in [0, 1], resized to the input's size.
+    """
+
+    _params = ("alpha", "test_alpha", "pieces", "mask_rate", "conservatism", "seed", "image")
+
+    def __init__(self, alpha: float = 0.15, test_alpha: float = 0.2, pieces: int = 16,
+                 mask_rate: float = 0.5, conservatism: float = 0.5, seed: int = 0,
+                 image: torch.Tensor | None = None):
+        self.alpha = check_float("alpha", alpha, 0.0, 1.0, low_open=True)
+        self.test_alpha = check_float("test_alpha", test_alpha, 0.0, 1.0, low_open=True)
+        self.pieces = check_int("pieces", pieces, low=1)
+        grid = math.isqrt(self.pieces)
+        if grid * grid != self.pieces:
+            raise ValueError(f"`pieces` must be a perfect square (the pattern is cut into a "
+                             f"square grid): 1, 4, 9, 16, 25, ...; got {pieces!r}.")
+        self.mask_rate = check_float("mask_rate", mask_rate, 0.0, 1.0, high_open=True)
+        if round(self.mask_rate * self.pieces) >= self.pieces:
+            raise ValueError(f"`mask_rate` must leave at least one of the {self.pieces} pieces "
+                             f"applied: round(mask_rate * pieces) < pieces; got {mask_rate!r}.")
+        self.conservatism = check_float("conservatism", conservatism, 0.0, 1.0, high_open=True)
+        self._blend = Blend(self.test_alpha, seed, image)  # validates seed and image
+        self.seed = self._blend.seed
+        self.image = self._blend.image
+
+    @property
+    def grid(self) -> int:
+        """Pieces per side."""
+        return math.isqrt(self.pieces)
+
+    @property
+    def masked_pieces(self) -> int:
+        """Pieces left out of each poisoned training image."""
+        return round(self.mask_rate * self.pieces)
+
+    def to_config(self) -> dict:
+        cfg = super().to_config()
+        cfg["image"] = None if self.image is None else self.image.tolist()
+        return cfg
+
+    def __repr__(self) -> str:
+        img = "" if self.image is None else f", image=<{'x'.join(map(str, self.image.shape))}>"
+        return (f"AdaptiveBlend(alpha={self.alpha!r}, test_alpha={self.test_alpha!r}, "
+                f"pieces={self.pieces!r}, mask_rate={self.mask_rate!r}, "
+                f"conservatism={self.conservatism!r}, seed={self.seed!r}{img})")
+
+    def pattern(self, shape, device=None, dtype=torch.float32) -> torch.Tensor:
+        return self._blend.pattern(shape, device, dtype)
+
+    def piece_map(self, h: int, w: int) -> torch.Tensor:
+        """(H, W) int64: the piece each pixel belongs to, row-major over the grid."""
+        g = self.grid
+        if g > min(h, w):
+            raise ValueError(f"`pieces` must fit the image: a {g}x{g} grid of pieces needs images "
+                             f"of at least {g}x{g} pixels (the trigger does not fit the image); "
+                             f"got {h}x{w}.")
+        rows = torch.arange(h) * g // h
+        cols = torch.arange(w) * g // w
+        return rows[:, None] * g + cols[None, :]
+
+    def piece_masks(self, n: int, h: int, w: int, seed: int | torch.Generator = 0) -> torch.Tensor:
+        """(n, H, W) float masks of n poisoned training images, 1 on the pieces applied: each
+        leaves out `masked_pieces` pieces, a uniformly random subset drawn from `seed`."""
+        check_int("n", n, low=0)
+        pmap = self.piece_map(h, w)
+        g = _cpu_generator(seed)
+        scores = torch.rand((n, self.pieces), generator=g)
+        keep = torch.ones((n, self.pieces))
+        keep.scatter_(1, scores.argsort(dim=1)[:, :self.masked_pieces], 0.0)
+        return keep[:, pmap]
+
+    def _apply(self, x):
+        self.piece_map(x.shape[2], x.shape[3])  # the same fit at test time as in training
+        p = self.pattern(x.shape[1:], x.device, x.dtype)
+        return (x + self.test_alpha * (p - x)).clamp(0.0, 1.0)
+
+    def poison_apply(self, images: torch.Tensor, seed: int | torch.Generator = 0) -> torch.Tensor:
+        check_images("images", images)
+        check_seed("seed", seed)
+        n, c, h, w = images.shape
+        m = self.piece_masks(n, h, w, seed).to(device=images.device, dtype=images.dtype)[:, None]
+        p = self.pattern((c, h, w), images.device, images.dtype)
+        return (images + self.alpha * m * (p - images)).clamp(0.0, 1.0)
+
+
+def _cpu_generator(seed: int | torch.Generator) -> torch.Generator:
+    seed = check_seed("seed", seed)
+    if isinstance(seed, torch.Generator):
+        if seed.device.type != "cpu":
+            raise ValueError(f"`seed` must be an int or a CPU torch.Generator (draws are made on "
+                             f"the CPU so they are the same on every device); got a generator "
+                             f"on {seed.device}.")
+        return seed
+    return torch.Generator().manual_seed(seed)
+
+
+def _as_float_tensor(name: str, value: Any, shapes: str, low: float, high: float) -> torch.Tensor:
+    t = _as_image_tensor(name, value, shapes).detach().cpu().clone()
+    if not bool(torch.isfinite(t).all()) or (t.numel() and (t.min() < low or t.max() > high)):
+        raise ValueError(f"`{name}` must hold finite values in [{low:g}, {high:g}].")
+    return t
+
+
+def _fit_size(kind: str, have: tuple[int, int], x: torch.Tensor) -> None:
+    if tuple(x.shape[2:]) != tuple(have):
+        raise ValueError(f"a {kind} trigger crafted for {have[0]}x{have[1]} images does not fit "
+                         f"{x.shape[2]}x{x.shape[3]} images (the trigger does not fit the image); "
+                         "craft one for this data.")
+
+
+def _fit_channels(kind: str, name: str, have: int, c: int) -> None:
+    if have not in (1, c):
+        raise ValueError(f"a {kind} trigger's `{name}` has {have} channels and does not fit "
+                         f"{c}-channel images (the trigger does not fit the image).")
+
+
+class LowFrequency(Trigger):
+    """Low-frequency trigger (Zeng, Park, Mao & Jia, ICCV 2021, "Rethinking the Backdoor Attacks'
+    Triggers: A Frequency Perspective", its "smooth trigger"): x' = clip(x + v) with v a fixed
+    perturbation (C, H, W) (values in [-1, 1]; one channel is added to every channel).
+
+    v is crafted on a clean model as a targeted universal adversarial perturbation kept in the low
+    frequencies by a Gaussian low-pass filter: `workbench.crafting.craft_low_frequency` returns
+    this trigger. The perturbation is stored in `to_config`, so runs using it are cached by its
+    content.
+    """
+
+    _params = ("perturbation",)
+
+    def __init__(self, perturbation):
+        v = _as_float_tensor("perturbation", perturbation, "(C, H, W)", -1.0, 1.0)
+        if v.ndim != 3 or not v.numel():
+            raise ValueError(f"`perturbation` must have shape (C, H, W); got {tuple(v.shape)}.")
+        self.perturbation = v
+
+    def to_config(self) -> dict:
+        return {"type": "LowFrequency", "perturbation": self.perturbation.tolist()}
+
+    def __repr__(self) -> str:
+        c, h, w = self.perturbation.shape
+        return (f"LowFrequency(perturbation=<{c}x{h}x{w}, max |v| "
+                f"{float(self.perturbation.abs().max()):.3g}>)")
+
+    def _apply(self, x):
+        _fit_size("LowFrequency", tuple(self.perturbation.shape[1:]), x)
+        _fit_channels("LowFrequency", "perturbation", self.perturbation.shape[0], x.shape[1])
+        return (x + self.perturbation.to(device=x.device, dtype=x.dtype)).clamp(0.0, 1.0)
+
+
+class TrojanNN(_MaskTrigger):
+    """TrojanNN trigger (Liu, Ma, Aafer, Lee, Zhai, Wang & Zhang, NDSS 2018, "Trojaning Attack on
+    Neural Networks"): a pattern stamped where `mask` is set, x' = (1 − m)·x + m·p, its content
+    optimised so that it drives chosen internal neurons of a clean model to a high target value.
+
+    mask: (H, W) values in [0, 1] (1 = trigger pixel; a square, or any shape such as a logo),
+    not all zero. pattern: (C, H, W) in [0, 1] (one channel is used for every channel).
+    `workbench.crafting.craft_trojannn` crafts it; both tensors are stored in `to_config`, so
+    runs using it are cached by content.
+    """
+
+    _params = ("mask", "pattern")
+
+    def __init__(self, mask, pattern):
+        m = _as_float_tensor("mask", mask, "(H, W)", 0.0, 1.0)
+        if m.ndim != 2 or not m.numel():
+            raise ValueError(f"`mask` must have shape (H, W); got {tuple(m.shape)}.")
+        if not bool((m > 0).any()):
+            raise ValueError("`mask` must select at least one pixel; got an all-zero mask.")
+        p = _as_float_tensor("pattern", pattern, "(C, H, W)", 0.0, 1.0)
+        if p.ndim != 3 or tuple(p.shape[1:]) != tuple(m.shape):
+            raise ValueError(f"`pattern` must have shape (C, H, W) with (H, W) the mask's "
+                             f"{tuple(m.shape)}; got {tuple(p.shape)}.")
+        self.mask, self.pattern = m, p
+
+    def to_config(self) -> dict:
+        return {"type": "TrojanNN", "mask": self.mask.tolist(), "pattern": self.pattern.tolist()}
+
+    def __repr__(self) -> str:
+        h, w = self.mask.shape
+        return (f"TrojanNN(mask=<{h}x{w}, {int((self.mask > 0).sum())} px>, "
+                f"pattern=<{'x'.join(map(str, self.pattern.shape))}>)")
+
+    def mask_and_pattern(self, shape, device, dtype):
+        c, h, w = shape
+        if (h, w) != tuple(self.mask.shape):
+            raise ValueError(f"a TrojanNN trigger crafted for {self.mask.shape[0]}x"
+                             f"{self.mask.shape[1]} images does not fit {h}x{w} images (the "
+                             "trigger does not fit the image); craft one for this data.")
+        _fit_channels("TrojanNN", "pattern", self.pattern.shape[0], c)
+        m = self.mask.to(device=device, dtype=dtype)[None]
+        p = self.pattern.to(device=device, dtype=dtype).expand(c, h, w)
+        return m, p
+
+
+# triggers that exist only as the output of a crafting function (workbench.crafting): they have
+# no default construction, so sweeps and widgets craft them (crafting.craft) instead
+CRAFTED = ("LowFrequency", "TrojanNN")
+# configuration entries that hold tensors (as nested lists), passed to the constructor as they are
+_TENSOR_PARAMS = ("image", "pattern", "perturbation", "mask", "positions")
+
+
 TRIGGERS = {cls.__name__: cls for cls in (Patch, Checkerboard, Pixel, Blend, Sinusoid, Warp,
-                                          PatternPatch)}
+                                          PatternPatch, BPP, FTrojan, AdaptiveBlend, LowFrequency,
+                                          TrojanNN)}
 
 
 def trigger_from_config(config: dict) -> Trigger:
@@ -325,8 +764,17 @@ def trigger_from_config(config: dict) -> Trigger:
     if unknown:
         raise ValueError(f"`config` must hold only the parameters of {kind} "
                          f"({', '.join(TRIGGERS[kind]._params)}); got {', '.join(map(repr, unknown))}.")
-    kwargs = {k: (tuple(v) if isinstance(v, list) and k not in ("image", "pattern") else v)
+    import inspect
+
+    required = [name for name, p in inspect.signature(TRIGGERS[kind]).parameters.items()
+                if p.default is inspect.Parameter.empty and name not in config]
+    if required:
+        how = (" (a crafted trigger: make it with workbench.crafting.craft("
+               f"{kind!r}, data, ...))" if kind in CRAFTED else "")
+        raise ValueError(f"`config` for {kind} must hold {', '.join(map(repr, required))}{how}; "
+                         f"got {', '.join(map(repr, config))}.")
+    kwargs = {k: (tuple(v) if isinstance(v, list) and k not in _TENSOR_PARAMS else v)
               for k, v in config.items() if k != "type"}
-    if kind == "Blend" and kwargs.get("image") is not None:
+    if kind in ("Blend", "AdaptiveBlend") and kwargs.get("image") is not None:
         kwargs["image"] = torch.tensor(kwargs["image"], dtype=torch.float32)
     return TRIGGERS[kind](**kwargs)
