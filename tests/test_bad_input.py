@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import workbench as wb
-from workbench import detection, experiments, landscape, patterns, sweep, train, triggers
+from workbench import detection, experiments, landscape, patterns, poison, sweep, train, triggers
 from workbench.triggers import Blend, Checkerboard, PatternPatch, Patch, Pixel, Sinusoid, Warp
 from helpers import LinearK
 
@@ -388,6 +388,12 @@ class Spec:
         return p.default
 
 
+LC = {"poisoning": "label-consistent"}
+# one class only: an all-to-all attack (y -> (y + 1) mod K) means nothing on it
+ONE_CLASS = wb.Dataset("one-class", torch.rand(8, 1, 8, 8, generator=_G),
+                       torch.zeros(8, dtype=torch.int64), torch.rand(4, 1, 8, 8, generator=_G),
+                       torch.zeros(4, dtype=torch.int64), ("only",))
+
 TRAIN_PARAMS = [
     P("data", [Val("unknown", "nonsense", ValueError), Val("int", 3, TypeError),
                Val("None", None, TypeError), Val("upper-case", "DIGITS", ValueError)]),
@@ -396,6 +402,25 @@ TRAIN_PARAMS = [
     seed_p(), int_p("batch_size", 1, none_ok=True, good=32),
     float_p("lr", 0, 10, low_open=True, none_ok=True, good=1e-3),
     float_p("weight_decay", 0, 10), int_p("max_train", 1, none_ok=True, good=100),
+    # the attack atlas's poisoning and target modes (workbench.poison)
+    choice_p("poisoning", poison.POISONING_MODES), choice_p("target_mode", poison.TARGET_MODES),
+    float_p("epsilon", 0, 1, low_open=True, none_ok=True, good=0.1, ctx=LC),
+    int_p("pgd_steps", 1, 1000, none_ok=True, good=5, ctx=LC),
+    float_p("pgd_step_size", 0, 1, low_open=True, none_ok=True, good=0.01, ctx=LC),
+    # digits' class 0 holds 133 of 1347 training images: a clean-label rate can be 0.0987 at most
+    P("rate", [Val("clean-label-above-target-share", 0.2, ValueError, match=r"at most 0\.0987"),
+               Val("clean-label-at-target-share", 0.0987, GOOD)], ctx={"poisoning": "clean-label"}),
+    P("rate", [Val("label-consistent-above-target-share", 0.11, ValueError,
+                   match=r"at most 0\.0987")], ctx=LC),
+    P("epsilon", [Val("with-dirty-label", 0.1, ValueError, match="label-consistent")]),
+    P("pgd_steps", [Val("with-clean-label", 5, ValueError, match="label-consistent")],
+      ctx={"poisoning": "clean-label"}),
+    P("target", [Val("all-to-all-not-0", 3, ValueError, match="all-to-all")],
+      ctx={"target_mode": "all-to-all"}),
+    P("target_mode", [Val("all-to-all-clean-label", "all-to-all", ValueError, match="dirty-label")],
+      ctx={"poisoning": "clean-label"}),
+    P("target_mode", [Val("all-to-all-one-class", "all-to-all", ValueError, match="2 classes")],
+      ctx={"data": ONE_CLASS}),
 ]
 
 
@@ -469,15 +494,41 @@ SPECS = [
          lambda e: dict(model=e.model(), x=X, y=Y), [model_p(), images_p("x"), labels_p("y")]),
     Spec("attack_success_rate", wb.attack_success_rate,
          lambda e: dict(model=e.model(), x=X, y=Y, trigger=Patch(size=2), target=0),
-         [model_p(), images_p("x"), labels_p("y"), trigger_p(), int_p("target", 0, 2)]),
+         [model_p(), images_p("x"), labels_p("y"), trigger_p(), int_p("target", 0, 2),
+          choice_p("target_mode", poison.TARGET_MODES),
+          P("target", [Val("with-all-to-all", 0, ValueError, match="None")],
+            ctx={"target_mode": "all-to-all"})]),
     Spec("poison_dataset", wb.poison_dataset,
          lambda e: dict(x=X, y=Y, trigger=Patch(size=2), rate=0.25, target=0),
          [images_p("x", model=False), labels_p("y"), trigger_p(), float_p("rate", 0, 1),
-          int_p("target", 0, 2), seed_p(generator=True)]),
+          int_p("target", 0, 2), seed_p(generator=True),
+          choice_p("poisoning", poison.POISONING_MODES),
+          choice_p("target_mode", poison.TARGET_MODES),
+          P("rate", [Val("clean-label-above-target-share", 0.5, ValueError, match="at most 0.25")],
+            ctx={"poisoning": "clean-label"}),
+          P("epsilon", [Val("with-dirty-label", 0.1, ValueError)]),
+          P("model", [Val("None-label-consistent", None, TypeError)], ctx=LC),
+          P("num_classes", [Val("None-all-to-all", None, ValueError),
+                            Val("below-labels", 2, ValueError), Val("good", 4, GOOD)],
+            ctx={"target_mode": "all-to-all", "target": None}),
+          P("target", [Val("with-all-to-all", 0, ValueError, match="None")],
+            ctx={"target_mode": "all-to-all", "num_classes": 3})]),
     Spec("triggered_pairs", wb.triggered_pairs,
          lambda e: dict(x_test=X, y_test=Y, trigger=Patch(size=2), target=0, n=2),
          [images_p("x_test", model=False), labels_p("y_test"), trigger_p(), int_p("target", 0, 2),
-          int_p("n", 1, none_ok=True), seed_p(generator=True)]),
+          int_p("n", 1, none_ok=True), seed_p(generator=True),
+          choice_p("target_mode", poison.TARGET_MODES),
+          P("num_classes", [Val("None-all-to-all", None, ValueError),
+                            Val("below-labels", 2, ValueError), Val("good", 3, GOOD)],
+            ctx={"target_mode": "all-to-all", "target": None})]),
+    Spec("poison.adversarial_perturbation", poison.adversarial_perturbation,
+         lambda e: dict(model=e.model(), x=X, y=Y, epsilon=0.1, steps=2),
+         [model_p(), images_p("x"), labels_p("y"), float_p("epsilon", 0, 1, low_open=True),
+          int_p("steps", 1, 1000), float_p("step_size", 0, 1, low_open=True, none_ok=True,
+                                           good=0.01),
+          seed_p(generator=True), int_p("batch_size", 1),
+          P("y", [Val("above-classes", torch.tensor([0, 1, 3, 1]), ValueError)])],
+         stop_at_work=True),
     Spec("build_model", wb.build_model,
          lambda e: dict(name="small-cnn", in_channels=1, num_classes=10, image_size=(16, 16)), [
         choice_p("name", wb.MODELS), int_p("in_channels", 1), int_p("num_classes", 2),

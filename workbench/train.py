@@ -3,7 +3,11 @@
 A run is cached under `data/runs/<hash>/` by a hash of its full configuration: the dataset's
 name and a SHA-256 fingerprint of its training and test tensors (`Dataset.fingerprint`, so two
 folders holding different images under one name never share a run), `max_train`, the trigger,
-rate, target, model, optimiser settings, seed, and the workbench's version and cache format.
+rate, target, poisoning and target modes (with label-consistent poisoning's PGD settings), model,
+optimiser settings, seed, and the workbench's version and cache format. The poisoning settings
+added with the attack atlas are left out of the hash at their defaults (dirty-label,
+all-to-one, no PGD): a default run trains exactly as before they existed, so its key, and the
+runs already cached under it, stay valid; any other value is in the hash.
 Asking for the same configuration again loads it in well under a second. A cached run is trusted
 only after `workbench.runstore`'s checks pass (its stored configuration equals the request, the
 weights match their recorded checksum, the architecture's names and shapes, and are finite, the
@@ -35,7 +39,9 @@ from ._validate import (check_choice, check_device, check_float, check_images, c
                         check_labels, check_seed)
 from .data import DATASETS, Dataset, data_dir, load_dataset
 from .models import MODELS, build_model, default_device, preserve_model
-from .poison import make_generator, poison_dataset
+from .poison import (POISONING_MODES, TARGET_MODES, PoisonedSet, TriggeredPairs, attack_targets,
+                     check_attack, check_pgd, check_rate, make_generator, poison_dataset,
+                     triggered_pairs)
 from .triggers import Patch, Trigger, trigger_from_config
 
 # Bump when training code changes results, so old cached runs are not reused. 3: keys cover the
@@ -72,10 +78,25 @@ class TrainConfig:
     max_test: int | None = None  # the dataset's own truncation of its test split, if any
     workbench: str = ""  # workbench version that trained it
     cache_format: int = CACHE_FORMAT  # version of the training code's results
+    poisoning: str = "dirty-label"  # workbench.poison.POISONING_MODES
+    target_mode: str = "all-to-one"  # workbench.poison.TARGET_MODES
+    epsilon: float | None = None  # label-consistent: the PGD perturbation's L∞ radius
+    pgd_steps: int | None = None  # label-consistent: PGD steps
+    pgd_step_size: float | None = None  # label-consistent: PGD step size
 
     def key(self) -> str:
-        blob = json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
+        cfg = asdict(self)
+        for k, v in KEY_DEFAULTS.items():  # see the module docstring: old keys stay valid
+            if cfg[k] == v:
+                del cfg[k]
+        blob = json.dumps(cfg, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+# Settings added after cache format 3, at the values every earlier run was trained with: left out
+# of the key at these values (so those runs keep their keys), filled in when such a run is loaded.
+KEY_DEFAULTS = {"poisoning": "dirty-label", "target_mode": "all-to-one", "epsilon": None,
+                "pgd_steps": None, "pgd_step_size": None}
 
 
 def environment() -> dict:
@@ -98,25 +119,74 @@ class BackdoorRun:
     model: nn.Module
     config: dict  # TrainConfig as a dict
     clean_accuracy: float  # accuracy on the clean test set
-    attack_success_rate: float  # fraction of triggered non-target test inputs sent to the target
+    # fraction of the triggered test inputs the attack applies to that reach the attacker's label
+    # (all-to-one: non-target inputs sent to the target; all-to-all: every input to (y + 1) mod K)
+    attack_success_rate: float
     history: list[dict]  # one entry per epoch: loss, clean_accuracy, attack_success_rate, seconds
-    poison_indices: list[int]  # training-set indices that were poisoned
+    poison_indices: list[int]  # training-set indices that were triggered
     train_seconds: float  # wall time of training
     environment: dict = field(default_factory=dict)  # package versions it came from
     path: str | None = None  # where it is saved, if it is
+    # triggered training indices that kept their true label (a trigger's conservatism)
+    cover_indices: list[int] = field(default_factory=list)
 
     @property
     def trigger(self) -> Trigger:
         return trigger_from_config(self.config["trigger"])
 
     @property
+    def poisoning(self) -> str:
+        return self.config.get("poisoning", "dirty-label")
+
+    @property
+    def target_mode(self) -> str:
+        return self.config.get("target_mode", "all-to-one")
+
+    @property
     def target(self) -> int:
+        """The target class of an all-to-one run. An all-to-all run has none: asking for it is
+        an error (use `target_labels`, `triggered_pairs` or `measure_asr`, which handle both)."""
+        if self.target_mode == "all-to-all":
+            raise ValueError("This run's target_mode is 'all-to-all': each class y goes to "
+                             "(y + 1) mod K, so it has no single `target`. Use "
+                             "run.target_labels(y), run.triggered_pairs(x, y) or "
+                             "run.measure_asr(x, y), which handle every target mode.")
         return int(self.config["target"])
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.config["num_classes"])
+
+    def target_labels(self, y: torch.Tensor) -> torch.Tensor:
+        """The label the attacker wants for inputs of true labels `y` (either target mode)."""
+        check_labels("y", y, len(y))
+        return attack_targets(y, None if self.target_mode == "all-to-all" else self.target,
+                              self.target_mode, self.num_classes)
+
+    def triggered_pairs(self, x: torch.Tensor, y: torch.Tensor, n: int | None = None,
+                        seed: int | torch.Generator = 0) -> TriggeredPairs:
+        """`workbench.poison.triggered_pairs` for this run's trigger and target mode: up to `n`
+        test inputs the attack applies to and their triggered twins (pairs.targets: each one's
+        attacker's label)."""
+        a2a = self.target_mode == "all-to-all"
+        return triggered_pairs(x, y, self.trigger, None if a2a else self.target, n, seed,
+                               target_mode=self.target_mode, num_classes=self.num_classes)
+
+    def measure_asr(self, x: torch.Tensor, y: torch.Tensor) -> float:
+        """`attack_success_rate` of this run's model and trigger on (x, y), in its target mode."""
+        a2a = self.target_mode == "all-to-all"
+        return attack_success_rate(self.model, x, y, self.trigger, None if a2a else self.target,
+                                   target_mode=self.target_mode)
 
     def __repr__(self) -> str:
         c = self.config
+        attack = f"target={c['target']}" if self.target_mode == "all-to-one" else "all-to-all"
+        if self.poisoning != "dirty-label":
+            attack += f", {self.poisoning}"
+            if c.get("epsilon") is not None:
+                attack += f" (epsilon={c['epsilon']:.4g})"
         return (f"BackdoorRun({c['dataset']}, {c['model']}, {self.trigger!r}, rate={c['rate']}, "
-                f"target={c['target']}: clean_accuracy={self.clean_accuracy:.4f}, "
+                f"{attack}: clean_accuracy={self.clean_accuracy:.4f}, "
                 f"attack_success_rate={self.attack_success_rate:.4f})")
 
     def save(self, path: str | os.PathLike, overwrite: bool = False) -> Path:
@@ -140,7 +210,8 @@ class BackdoorRun:
         meta = {"config": self.config, "clean_accuracy": self.clean_accuracy,
                 "attack_success_rate": self.attack_success_rate, "history": self.history,
                 "poison_indices": self.poison_indices, "train_seconds": self.train_seconds,
-                "environment": self.environment, "model_class": type(self.model).__name__}
+                "environment": self.environment, "model_class": type(self.model).__name__,
+                "cover_indices": self.cover_indices}
         runstore.write_run(path, state, meta, overwrite)
         self.path = str(path)
 
@@ -162,6 +233,12 @@ def load_run(path: str | os.PathLike, device: str | torch.device | None = None) 
     runstore.check_meta(path / "run.json", meta)
     cfg = meta["config"]
     check_choice("model", cfg["model"], MODELS)
+    _check_attack_config(path / "run.json", cfg)
+    cover = meta.get("cover_indices", [])
+    if not isinstance(cover, list) or not all(
+            isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in cover):
+        raise runstore.RunFileError(f"{path / 'run.json'}: `cover_indices` must be a list of ints "
+                                    f">= 0; got {cover!r}"[:300])
     try:
         trigger_from_config(cfg["trigger"])
     except (TypeError, ValueError, KeyError) as exc:
@@ -180,7 +257,25 @@ def load_run(path: str | os.PathLike, device: str | torch.device | None = None) 
     return BackdoorRun(model, cfg, float(meta["clean_accuracy"]),
                        float(meta["attack_success_rate"]), meta["history"],
                        meta["poison_indices"], float(meta["train_seconds"]),
-                       meta["environment"], str(path))
+                       meta["environment"], str(path), cover)
+
+
+def _check_attack_config(file: Path, cfg: dict) -> None:
+    """Fill in the poisoning settings of a run saved before they existed (it was trained with
+    their defaults: dirty-label, all-to-one) and check those of any run (in place: `cfg` is
+    the freshly read run.json)."""
+    for k, v in KEY_DEFAULTS.items():
+        cfg.setdefault(k, v)
+    try:
+        check_attack(cfg["poisoning"], cfg["target_mode"])
+        pgd = check_pgd(cfg["poisoning"], cfg["epsilon"], cfg["pgd_steps"], cfg["pgd_step_size"])
+    except (TypeError, ValueError) as exc:
+        raise runstore.RunFileError(f"{file}: its poisoning settings are not valid ({exc})") from None
+    if pgd != (cfg["epsilon"], cfg["pgd_steps"], cfg["pgd_step_size"]):
+        raise runstore.RunFileError(f"{file}: `config.epsilon`, `pgd_steps` and `pgd_step_size` "
+                                    "must all be recorded for a label-consistent run; got "
+                                    f"{cfg['epsilon']!r}, {cfg['pgd_steps']!r}, "
+                                    f"{cfg['pgd_step_size']!r}.")
 
 
 def _check_cached(run: BackdoorRun, cfg: TrainConfig, data: Dataset) -> None:
@@ -227,10 +322,15 @@ def clean_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
 
 
 def attack_success_rate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, trigger: Trigger,
-                        target: int) -> float:
-    """Fraction of test inputs of classes other than `target` that the trigger sends to `target`
-    (BadNets, Gu et al. 2017). NaN when every input is of the target class (nothing to attack).
-    The one implementation of ASR in the workbench: use it rather than re-deriving it."""
+                        target: int | None, *, target_mode: str = "all-to-one") -> float:
+    """Attack success rate (BadNets, Gu et al. 2017), the one implementation in the workbench:
+    use it rather than re-deriving it.
+
+    all-to-one: the fraction of test inputs of classes other than `target` that the trigger sends
+    to `target`; NaN when every input is of the target class (nothing to attack).
+    all-to-all (`target` None): the fraction of *all* triggered test inputs sent to their own
+    shifted label (y + 1) mod K, K the model's number of classes.
+    """
     from .smoothness import check_model_input
 
     check_images("x", x)
@@ -238,6 +338,18 @@ def attack_success_rate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, trig
     check_labels("y", y, len(x))
     if not isinstance(trigger, Trigger):
         raise TypeError(f"`trigger` must be a workbench.triggers.Trigger; got {type(trigger).__name__}.")
+    check_attack("dirty-label", target_mode)
+    if target_mode == "all-to-all":
+        if target is not None:
+            raise ValueError("`target` must be None with target_mode='all-to-all' (each label y "
+                             f"goes to (y + 1) mod K); got {target!r}.")
+        if int(y.max()) >= k:
+            raise ValueError(f"`y` must hold classes of the model, in [0, {k - 1}]; got "
+                             f"{int(y.max())}.")
+        return float((predict(model, trigger(x)) == (y + 1) % k).float().mean())
+    if target is None:
+        raise TypeError(f"`target` must be an int in [0, {k - 1}] (None only with "
+                        "target_mode='all-to-all'); got None.")
     target = check_int("target", target, 0, k - 1)  # one of the model's classes
     keep = y != target
     if not keep.any():
@@ -250,10 +362,36 @@ def train_backdoor(data: Dataset | str = "digits", trigger: Trigger | None = Non
                    *, batch_size: int | None = None, lr: float | None = None,
                    weight_decay: float = 0.0, max_train: int | None = None, cache: bool = True,
                    device: str | torch.device | None = None, progress: bool = True,
-                   callbacks: list[Callable] | None = None) -> BackdoorRun:
+                   callbacks: list[Callable] | None = None, poisoning: str = "dirty-label",
+                   target_mode: str = "all-to-one", epsilon: float | None = None,
+                   pgd_steps: int | None = None, pgd_step_size: float | None = None) -> BackdoorRun:
     """Poison `data` with `trigger` at `rate`, train `model`, and measure clean accuracy and ASR.
 
     data: a Dataset or a dataset name. trigger: default Patch(size=3). rate 0 trains a clean model.
+    rate: the fraction of the whole training set (its first `max_train` images) that is
+        triggered, in every mode; for the clean-label modes it is therefore at most the target
+        class's share of the training set (a larger rate is refused, naming the maximum).
+    poisoning (workbench.poison has the papers):
+        "dirty-label" (default; BadNets, Gu et al. 2017): non-target images, triggered and
+            relabelled.
+        "clean-label" (SIG's setting, Barni et al. 2019): target-class images, triggered, labels
+            kept.
+        "label-consistent" (Turner et al. 2019): target-class images moved by PGD within an L∞
+            ball of radius `epsilon` on a clean model, then triggered, labels kept. The clean
+            model is `train_backdoor(data, Patch(size=3), rate=0.0, target=0)` with this call's
+            model, epochs, optimiser settings, seed and max_train (the model this training would
+            give without poisoning; a 1-pixel `Pixel()` trigger replaces the patch for images too
+            small for it, the trigger only matters for that run's ASR), trained once and always
+            cached, whatever `cache` says here; the perturbation is seeded by `seed`.
+    target_mode: "all-to-one" (default: poisoned images go to `target`) or "all-to-all" (BadNets:
+        an image of class y goes to (y + 1) mod K; dirty-label only, `target` must stay 0, and
+        ASR counts every triggered test input sent to its own shifted label).
+    epsilon, pgd_steps, pgd_step_size: label-consistent only (None elsewhere): the L∞ radius in
+        (0, 1] (default 16/255, Turner et al.'s largest), the PGD steps (default 20) and step
+        size (default 2.5·epsilon/steps, Madry et al. 2018).
+    A trigger with `conservatism` keeps the true label of that share of its triggered training
+    images, and one with `poison_apply(x, generator)` is applied through it to training images
+    (Adaptive-Blend, Qi et al. 2023; see workbench.poison).
     epochs, batch_size, lr: None for the dataset's defaults (see DEFAULTS).
     cache: reuse a run trained before with the same configuration and data (under data/runs/).
         A cached entry that fails its checks is reported with a warning and retrained. Processes
@@ -264,7 +402,9 @@ def train_backdoor(data: Dataset | str = "digits", trigger: Trigger | None = Non
     saved to the cache like any other.
     """
     data, trigger, cfg = _prepare(data, trigger, rate, target, model, epochs, seed, batch_size,
-                                  lr, weight_decay, max_train)
+                                  lr, weight_decay, max_train, poisoning=poisoning,
+                                  target_mode=target_mode, epsilon=epsilon, pgd_steps=pgd_steps,
+                                  pgd_step_size=pgd_step_size)
     if callbacks is not None:
         if not isinstance(callbacks, (list, tuple)) or not all(callable(cb) for cb in callbacks):
             raise TypeError("`callbacks` must be a list of callables cb(epoch, model, entry); got "
@@ -311,7 +451,8 @@ def _load_cached(cache_dir: Path, cfg: TrainConfig, data: Dataset, device,
 
 
 def _prepare(data, trigger, rate, target, model, epochs, seed, batch_size, lr, weight_decay,
-             max_train) -> tuple[Dataset, Trigger, TrainConfig]:
+             max_train, *, poisoning="dirty-label", target_mode="all-to-one", epsilon=None,
+             pgd_steps=None, pgd_step_size=None) -> tuple[Dataset, Trigger, TrainConfig]:
     """Validate everything and build the run's configuration (before any work)."""
     if isinstance(data, str):
         check_choice("data", data, DATASETS)
@@ -336,6 +477,22 @@ def _prepare(data, trigger, rate, target, model, epochs, seed, batch_size, lr, w
     for name in ("x_train", "x_test"):
         check_images(f"data.{name}", getattr(data, name))
     trigger(data.x_test[:1])  # fails now, not after training, if the trigger does not fit
+    poisoning, target_mode = check_attack(poisoning, target_mode)
+    epsilon, pgd_steps, pgd_step_size = check_pgd(poisoning, epsilon, pgd_steps, pgd_step_size)
+    if target_mode == "all-to-all":
+        if data.num_classes < 2:
+            raise ValueError("`target_mode` must be 'all-to-one' for data with fewer than 2 "
+                             "classes: 'all-to-all' sends y to (y + 1) mod K, which needs K >= 2; "
+                             f"the data has {data.num_classes}.")
+        if target != 0:
+            raise ValueError("`target` must be 0 (its default) with target_mode='all-to-all': each "
+                             "label y goes to (y + 1) mod K, there is no single target; got "
+                             f"{target}.")
+    if rate > 0:  # the mode must have enough images to choose from: refused now, not in training
+        y_train = data.y_train[:max_train]
+        check_labels("data.y_train", y_train, len(y_train))
+        check_rate(y_train, rate, None if target_mode == "all-to-all" else target, poisoning,
+                   target_mode)
     name = data.name
     if data.info.get("max_train") or data.info.get("max_test"):
         # a truncated dataset is a different experiment: keep it out of the full run's cache slot
@@ -344,25 +501,57 @@ def _prepare(data, trigger, rate, target, model, epochs, seed, batch_size, lr, w
 
     cfg = TrainConfig(name, trigger.to_config(), rate, target, model, epochs, batch_size, lr,
                       weight_decay, seed, max_train, data.fingerprint, data.info.get("max_test"),
-                      __version__)
+                      __version__, poisoning=poisoning, target_mode=target_mode, epsilon=epsilon,
+                      pgd_steps=pgd_steps, pgd_step_size=pgd_step_size)
     return data, trigger, cfg
 
 
 def is_cached(data: Dataset | str = "digits", trigger: Trigger | None = None, rate: float = 0.05,
               target: int = 0, model: str = "small-cnn", epochs: int | None = None, seed: int = 0,
               *, batch_size: int | None = None, lr: float | None = None, weight_decay: float = 0.0,
-              max_train: int | None = None) -> bool:
+              max_train: int | None = None, poisoning: str = "dirty-label",
+              target_mode: str = "all-to-one", epsilon: float | None = None,
+              pgd_steps: int | None = None, pgd_step_size: float | None = None) -> bool:
     """Whether `train_backdoor` with these arguments would load a cached run (the entry exists and
     passes every check a load makes)."""
     data, _, cfg = _prepare(data, trigger, rate, target, model, epochs, seed, batch_size, lr,
-                            weight_decay, max_train)
+                            weight_decay, max_train, poisoning=poisoning, target_mode=target_mode,
+                            epsilon=epsilon, pgd_steps=pgd_steps, pgd_step_size=pgd_step_size)
     return _load_cached(data_dir() / "runs" / cfg.key(), cfg, data, torch.device("cpu"),
                         warn=False) is not None
 
 
-def _train(data: Dataset, trigger: Trigger, cfg: TrainConfig, device, progress, callbacks) -> BackdoorRun:
+def surrogate_run(data: Dataset, cfg: TrainConfig, device, progress: bool) -> BackdoorRun:
+    """The clean model label-consistent poisoning crafts its perturbation on: the run this
+    training would give without poisoning (see train_backdoor's `poisoning`), from the cache."""
+    from .triggers import Pixel
+
+    probe = Patch(size=3)
+    try:
+        probe(data.x_test[:1])
+    except ValueError:  # images too small for the 3x3 patch: the trigger only sets its ASR
+        probe = Pixel()
+    return train_backdoor(data, trigger=probe, rate=0.0, target=0, model=cfg.model,
+                          epochs=cfg.epochs, seed=cfg.seed, batch_size=cfg.batch_size, lr=cfg.lr,
+                          weight_decay=cfg.weight_decay, max_train=cfg.max_train, cache=True,
+                          device=device, progress=progress)
+
+
+def _poison(data: Dataset, trigger: Trigger, cfg: TrainConfig, device, progress) -> PoisonedSet:
     x_train, y_train = data.x_train[:cfg.max_train], data.y_train[:cfg.max_train]
-    poisoned = poison_dataset(x_train, y_train, trigger, cfg.rate, cfg.target, seed=cfg.seed)
+    a2a = cfg.target_mode == "all-to-all"
+    surrogate = None
+    if cfg.poisoning == "label-consistent" and cfg.rate > 0:
+        surrogate = surrogate_run(data, cfg, device, progress).model
+    return poison_dataset(x_train, y_train, trigger, cfg.rate, None if a2a else cfg.target,
+                          seed=cfg.seed, poisoning=cfg.poisoning, target_mode=cfg.target_mode,
+                          num_classes=data.num_classes, model=surrogate, epsilon=cfg.epsilon,
+                          pgd_steps=cfg.pgd_steps, pgd_step_size=cfg.pgd_step_size)
+
+
+def _train(data: Dataset, trigger: Trigger, cfg: TrainConfig, device, progress, callbacks) -> BackdoorRun:
+    poisoned = _poison(data, trigger, cfg, device, progress)
+    a2a = cfg.target_mode == "all-to-all"
     with torch.random.fork_rng(devices=[]):  # seeded init without touching the caller's RNG
         torch.manual_seed(cfg.seed)
         net = build_model(cfg.model, data.image_shape[0], data.num_classes, data.image_shape[1:])
@@ -395,8 +584,9 @@ def _train(data: Dataset, trigger: Trigger, cfg: TrainConfig, device, progress, 
                 f"{epoch + 1} (lr={cfg.lr}); lower `lr`. Nothing was saved.")
         entry = {"epoch": epoch + 1, "loss": total / n,
                  "clean_accuracy": clean_accuracy(net, data.x_test, data.y_test),
-                 "attack_success_rate": attack_success_rate(net, data.x_test, data.y_test, trigger,
-                                                            cfg.target),
+                 "attack_success_rate": attack_success_rate(
+                     net, data.x_test, data.y_test, trigger, None if a2a else cfg.target,
+                     target_mode=cfg.target_mode),
                  "seconds": time.perf_counter() - te}
         history.append(entry)
         bar.set_postfix(acc=f"{entry['clean_accuracy']:.3f}", asr=f"{entry['attack_success_rate']:.3f}")
@@ -406,4 +596,5 @@ def _train(data: Dataset, trigger: Trigger, cfg: TrainConfig, device, progress, 
     config = {**asdict(cfg), "image_shape": list(data.image_shape), "num_classes": data.num_classes}
     return BackdoorRun(net.eval(), config, history[-1]["clean_accuracy"],
                        history[-1]["attack_success_rate"], history,
-                       poisoned.poison_indices.tolist(), seconds, environment())
+                       poisoned.poison_indices.tolist(), seconds, environment(),
+                       cover_indices=poisoned.cover_indices.tolist())
