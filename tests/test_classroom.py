@@ -159,11 +159,18 @@ def _curve_x(page):
         "el => el.data.map(t => Array.from(t.x || []))")
 
 
+# anywidget gives a widget's JavaScript 2 s to load and then drops every later message to it;
+# plotly's 5 MB module for six figures on a busy 2-core machine often takes longer. LiveFigure
+# notices the missing answers and puts a fresh copy in place: the page keeps working (the tests
+# check that the figures follow the controls), and this one error message is expected.
+ANYWIDGET_TIMEOUT = "[anywidget] Failed to initialize model."
+
+
 def _no_error(page, errors):
     text = page.inner_text("body")
     assert "Error displaying widget" not in text
     assert "Traceback" not in text
-    assert not errors, errors
+    assert not [e for e in errors if e != ANYWIDGET_TIMEOUT], errors
 
 
 def _kernel_rss_mib(server):
@@ -210,16 +217,28 @@ def test_classroom_in_browser_train_and_move_sigma(voila, browser, artifacts):
     handle.focus()
     page.keyboard.press("ArrowLeft")
     page.keyboard.press("ArrowLeft")
-    page.wait_for_function(
-        "x0 => { const el = document.querySelector('.classroom-step-3 .js-plotly-plot');"
-        " const x = el.data.map(t => Array.from(t.x || []));"
-        " return JSON.stringify(x) !== JSON.stringify(x0); }", arg=x0, timeout=120_000,
-        polling=500)
+    # Two quick presses: the second change reaches the kernel while the first redraw computes.
+    # The curves must end at the slider's final value (a stale plot here was a real bug).
+    readout = page.locator(".classroom-step-3 .widget-slider", has_text="largest σ").locator(
+        ".widget-readout")
+    expected = round(max(max(x) for x in x0 if x) - 0.1, 2)
+    try:
+        page.wait_for_function(
+            "want => { const el = document.querySelector('.classroom-step-3 .js-plotly-plot');"
+            " const m = Math.max(...el.data.filter(t => t.x).map(t => Math.max(...t.x)));"
+            " return Math.abs(m - want) < 1e-6; }", arg=expected, timeout=120_000, polling=500)
+    except Exception:
+        raise AssertionError(f"the curves did not follow the slider: readout {readout.inner_text()}, "
+                             f"curves' largest σ {[max(x) for x in _curve_x(page) if x]}, "
+                             f"expected {expected}") from None
     _wait_ready(page)
-    assert max(max(x) for x in _curve_x(page) if x) < max(max(x) for x in x0 if x)
+    assert readout.inner_text() == f"{expected:.2f}"
+    assert handle.get_attribute("aria-valuenow") == f"{expected:g}"
     page.set_viewport_size({"width": 1400, "height": 3600})  # Voila scrolls inside its page
     page.wait_for_timeout(2500)
     page.screenshot(path=str(artifacts / "classroom.png"))
+    with open(artifacts / "classroom-pageerrors.txt", "w") as f:
+        f.write(f"one visitor: {errors}\n")
     _no_error(page, errors)
     context.close()
 

@@ -75,3 +75,31 @@ def test_landscape_explorer_reacts_to_controls(digits, digits_run):
     assert lx.landscapes[0].entropy is not None
     lx.dir2.value = "trigger"  # same as direction 1: a message, no crash
     assert "different directions" in lx.message.value
+
+
+def test_live_figure_replaces_itself_when_the_browser_stops_answering():
+    """anywidget drops every message to a model whose JavaScript took over 2 s to load; the
+    browser then never answers the edits. LiveFigure puts a fresh copy with the same data in its
+    place (children and attribute), and leaves a figure alone whose edits were answered."""
+    import ipywidgets as W
+    import plotly.graph_objects as go
+    from workbench.widgets import LiveFigure
+
+    box = W.VBox()
+    fig = LiveFigure(go.Figure(go.Scatter(x=[1, 2], y=[3, 4])), owner=box)
+    box.fig = fig
+    box.children = (W.HTML("x"), W.HBox([fig]))
+    fig._js2py_traceDeltas = {"trace_deltas": [], "trace_edit_id": 0}  # a browser drew it
+    with fig.batch_update():
+        fig.data[0].y = [5, 6]
+    sent = fig._last_trace_edit_id
+    fig._js2py_traceDeltas = {"trace_deltas": [], "trace_edit_id": sent}  # answered: kept
+    fig._check(sent)
+    assert box.fig is fig and box.children[1].children[0] is fig
+    with fig.batch_update():
+        fig.data[0].y = [7, 8]
+    fig._check(fig._last_trace_edit_id)  # not answered: swapped for a copy
+    fresh = box.fig
+    assert fresh is not fig and isinstance(fresh, LiveFigure) and fig.comm is None
+    assert box.children[1].children[0] is fresh and fresh._owner is box and fresh._swaps == 1
+    assert list(fresh.data[0].y) == [7, 8] and list(fresh.data[0].x) == [1, 2]

@@ -11,12 +11,12 @@ configuration trained before (by anyone: runs are cached on disk by configuratio
 from __future__ import annotations
 
 import ipywidgets as W
-import plotly.graph_objects as go
 
 from .data import Dataset, load_dataset
 from .poison import triggered_pairs
 from .train import BackdoorRun, is_cached
-from .widgets import AttackPanel, LandscapeExplorer, SmoothnessExplorer, TriggerDesigner
+from .widgets import (AttackPanel, LandscapeExplorer, LiveFigure, SmoothnessExplorer, TriggerDesigner,
+                      _descendants)
 
 # Poisoning modes: the attack atlas (clean-label and other modes) has not landed yet.
 POISONING_MODES = ("dirty-label",)
@@ -66,18 +66,12 @@ flat basin.</p>
 _BUSY_STYLE = "padding:4px 8px;border-radius:4px;background:#FFF3CD;color:#664D03"
 
 
-def _descendants(widget):
-    yield widget
-    for child in getattr(widget, "children", ()):
-        yield from _descendants(child)
-
-
 def _fresh_figures(panel, *names):
     """Swap a panel's figure widgets for new ones holding their current data (updates sent to a
     figure before Voila's page connected never reach the browser)."""
     for name in names:
         old = getattr(panel, name)
-        fresh = go.FigureWidget(old)
+        fresh = LiveFigure(old, owner=panel)
         panel.children = tuple(fresh if c is old else c for c in panel.children)
         setattr(panel, name, fresh)
         old.close()  # before the page connects: the browser never builds it
@@ -121,7 +115,7 @@ class _Smoothness(SmoothnessExplorer):
         super().__init__(*args, **kw)
 
     def update(self, _change=None):
-        with self._page.busy("computing the smoothness curves…"):
+        with self._page.busy("computing the smoothness curves…", pause=False):
             super().update(_change)
 
 
@@ -131,24 +125,25 @@ class _Landscape(LandscapeExplorer):
         super().__init__(*args, **kw)
 
     def update(self, _change=None):
-        with self._page.busy("computing the landscape…"):
+        with self._page.busy("computing the landscape…", pause=False):
             super().update(_change)
 
 
 class _Busy:
-    def __init__(self, page: "Classroom", what: str):
-        self.page, self.what = page, what
+    def __init__(self, page: "Classroom", what: str, pause: bool):
+        self.page, self.what, self.pause = page, what, pause
 
     def __enter__(self):
         p = self.page
         p._depth += 1
-        if p._depth == 1:
+        if self.pause and not p._saved:
             p._saved = {}
             for w in _descendants(p):
                 if hasattr(w, "disabled") and not isinstance(w, W.IntProgress):
                     p._saved[w] = w.disabled
                     w.disabled = True
-        p.status.value = f"<span style='{_BUSY_STYLE}'>⏳ {self.what} The controls are paused until it finishes.</span>"
+        paused = " The controls are paused until it finishes." if p._saved else ""
+        p.status.value = f"<span style='{_BUSY_STYLE}'>⏳ {self.what}{paused}</span>"
         return self
 
     def __exit__(self, *exc):
@@ -206,9 +201,14 @@ class Classroom(W.VBox):
             self.attack.train()  # opens at once from the cache
         self._shown = True
 
-    def busy(self, what: str) -> _Busy:
-        """A context manager: every control disabled and a notice shown while the block runs."""
-        return _Busy(self, what)
+    def busy(self, what: str, pause: bool = True) -> _Busy:
+        """A context manager: a notice shown while the block runs and, with `pause` (training),
+        every control disabled until the outermost block ends.
+
+        Redraws (a slider moved) do not pause the controls: disabling a slider while the change
+        it sent is being computed made the browser drop a second key press or show the handle at
+        its old value beside the new readout; a second change now simply queues behind the first."""
+        return _Busy(self, what, pause)
 
     def _idle_text(self) -> str:
         if self.run is None:

@@ -12,9 +12,13 @@ memoised by their settings (work starts only when inputs change), and long work 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+
 import numpy as np
 import plotly.graph_objects as go
 import ipywidgets as W
+import traitlets
 
 from . import plots
 from ._validate import check_choice, check_int, check_seed, check_sigmas
@@ -30,6 +34,73 @@ from .triggers import CORNERS, TRIGGERS, trigger_from_config
 
 SAMPLE_CHOICES = (16, 32, 64, 128, 256, 512)  # SmoothnessExplorer's samples per input and σ
 _SLIDER = dict(continuous_update=False, style={"description_width": "initial"})
+
+
+class LiveFigure(go.FigureWidget):
+    """A plotly FigureWidget that replaces itself when its browser side stops taking updates.
+
+    anywidget (which runs plotly's FigureWidget in the browser) waits at most 2 s for a widget's
+    JavaScript to load; past that, the model's `ready` promise is rejected and every later message
+    to it is dropped, while the figure it has already drawn stays on the page. Loading plotly's
+    5 MB module for the six figures of a page takes longer than that on a busy 2-core machine, so
+    the kernel would hold the new figure and the page show the old one, with no error anywhere
+    (found by the classroom browser test: the σ slider moved, the curves did not).
+
+    A browser view answers every edit with the edit's number. After an update, the kernel checks
+    (when idle, `ACK_SECONDS` later) that the answer came; where it did not, a fresh copy of the
+    figure, with all its data, takes this one's place in `owner` (the panel holding it), at most
+    `MAX_SWAPS` times. Nothing is checked before a browser has drawn the figure once (no browser,
+    as in a headless notebook run: nothing to check)."""
+
+    ACK_SECONDS = 4.0
+    MAX_SWAPS = 3
+
+    def __init__(self, *args, owner: W.Widget | None = None, swaps: int = 0, **kw):
+        super().__init__(*args, **kw)
+        self._owner, self._swaps, self._acked, self._drawn = owner, swaps, 0, False
+
+    @traitlets.observe("_js2py_traceDeltas")
+    def _note_ack(self, change):
+        msg = change["new"]
+        if msg and "trace_edit_id" in msg:
+            self._drawn = True
+            self._acked = max(self._acked, msg["trace_edit_id"])
+
+    @contextlib.contextmanager
+    def batch_update(self):
+        """plotly's batch_update, then a check that the browser took the batch (see `watch`)."""
+        with super().batch_update():
+            yield
+        self.watch()
+
+    def watch(self) -> None:
+        """Check, once the kernel is idle, that the browser took the edits sent so far."""
+        if not self._drawn or self._owner is None or self._swaps >= self.MAX_SWAPS:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # not inside a kernel's event loop
+            return
+        loop.call_later(self.ACK_SECONDS, self._check, self._last_trace_edit_id)
+
+    def _check(self, sent: int) -> None:
+        if self._acked >= sent or self._last_trace_edit_id != sent or self.comm is None:
+            return  # taken, or a later edit has its own check, or closed
+        fresh = LiveFigure(self, owner=self._owner, swaps=self._swaps + 1)
+        fresh._drawn = True  # a page is open: watch the copy as well
+        for w in _descendants(self._owner):
+            if self in getattr(w, "children", ()):
+                w.children = tuple(fresh if c is self else c for c in w.children)
+        for name, value in list(vars(self._owner).items()):
+            if value is self:
+                setattr(self._owner, name, fresh)
+        self.close()
+
+
+def _descendants(widget):
+    yield widget
+    for child in getattr(widget, "children", ()):
+        yield from _descendants(child)
 
 
 def _replace(target: go.FigureWidget, new: go.Figure, **grid) -> None:
@@ -62,8 +133,8 @@ class TriggerDesigner(W.VBox):
         self.message = _status()
         self._preview_x = self.data.x_test[:n_preview]
         self.trigger = trigger_from_config({"type": "Patch", "size": 3})
-        self.figure = go.FigureWidget(plots.image_pairs(self._preview_x, self.trigger(self._preview_x),
-                                                        n=n_preview))
+        self.figure = LiveFigure(plots.image_pairs(self._preview_x, self.trigger(self._preview_x),
+                                                n=n_preview), owner=self)
         for wdg in (self.kind, self.size, self.position, self.value, self.alpha, self.seed):
             wdg.observe(self._changed, names="value")
         controls = W.HBox([W.VBox([self.kind, self.size, self.position]),
@@ -135,7 +206,7 @@ class AttackPanel(W.VBox):
         self.train_button = W.Button(description="Train", button_style="primary", icon="play")
         self.progress = W.IntProgress(value=0, min=0, max=1, description="epochs")
         self.result = _status("Set the attack and press <b>Train</b>.")
-        self.confusion = go.FigureWidget(self._confusion_figure(np.zeros((k, k)), np.zeros(k)))
+        self.confusion = LiveFigure(self._confusion_figure(np.zeros((k, k)), np.zeros(k)), owner=self)
         self.train_button.on_click(lambda _b: self.train())
         self.run: BackdoorRun | None = None
         super().__init__([W.HBox([W.VBox([self.dataset, self.rate, self.target]),
@@ -254,8 +325,8 @@ class SmoothnessExplorer(W.VBox):
         self.summary = W.Dropdown(options=[("mean W over σ", "mean"), ("smoothness radius", "radius")],
                                   value="mean", description="summary")
         self.message = _status()
-        self.curves = go.FigureWidget()
-        self.distribution = go.FigureWidget()
+        self.curves = LiveFigure(owner=self)
+        self.distribution = LiveFigure(owner=self)
         self._cache: dict = {}
         self.comparison = None
         for wdg in (self.sigma_max, self.n_sigmas, self.n_samples, self.mode, self.n_inputs,
@@ -320,8 +391,8 @@ class LandscapeExplorer(W.VBox):
                                    **_SLIDER)
         self.resolution, self.n_samples = resolution, n_samples
         self.message = _status()
-        self.plane = go.FigureWidget()
-        self.curve = go.FigureWidget()
+        self.plane = LiveFigure(owner=self)
+        self.curve = LiveFigure(owner=self)
         self._cache: dict = {}
         self.landscapes = None
         for wdg in (self.index, self.dir1, self.dir2, self.extent, self.colour, self.sigma):
