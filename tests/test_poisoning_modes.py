@@ -98,6 +98,31 @@ def test_a_triggers_conservatism_and_training_form_are_used(digits):
     assert len(cl.cover_indices) == 0 and torch.equal(cl.y, y)
 
 
+def test_adaptive_blend_poisons_with_covers_and_its_own_piece_subsets(digits):
+    """Qi et al. 2023's Adaptive-Blend through poison_dataset: half the triggered images are
+    covers (true label), each poisoned image shows its own subset of 8 of the 16 pieces."""
+    ab = getattr(wb.triggers, "AdaptiveBlend", None)
+    if ab is None:
+        pytest.skip("workbench.triggers.AdaptiveBlend has not landed")
+    trig = ab()  # conservatism 0.5, 16 pieces, mask rate 0.5
+    x, y = digits.x_train, digits.y_train
+    p = wb.poison_dataset(x, y, trig, rate=0.1, target=0, seed=0)
+    n = round(0.1 * len(y))
+    assert len(p.poison_indices) == n and len(p.cover_indices) == round(0.5 * n)
+    cover = p.cover_indices
+    assert torch.equal(p.y[cover], y[cover]) and (y[cover] != 0).all()
+    assert int((p.y[p.poison_indices] == 0).sum()) == n - len(cover)
+    # which pieces each poisoned image got: pixels changed, read piece by piece
+    changed = (p.x[p.poison_indices] != x[p.poison_indices])[:, 0]  # (P, H, W)
+    pmap = trig.piece_map(*x.shape[2:])
+    per_piece = torch.stack([changed[:, pmap == k].float().mean(1) for k in range(16)], 1)
+    assert bool(((per_piece == 0) | (per_piece == 1)).all())  # a piece is applied whole or not
+    assert bool((per_piece.sum(1) == 8).all())  # 8 of 16 pieces per image
+    assert len({tuple(r.tolist()) for r in per_piece}) > n // 2  # subsets differ between images
+    again = wb.poison_dataset(x, y, trig, rate=0.1, target=0, seed=0)
+    assert torch.equal(again.x, p.x) and torch.equal(again.cover_indices, cover)
+
+
 # --- label-consistent: PGD on a clean model -------------------------------------------------------
 
 LC = dict(trigger=PATCH, rate=0.08, target=0, epochs=8, seed=0, progress=False,
