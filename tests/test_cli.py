@@ -35,7 +35,7 @@ def test_sweep_then_report_commands(tmp_path, digits_run, capsys):
     csv_path, html = tmp_path / "sweep.csv", tmp_path / "paper.html"
     assert cli.main(["sweep", *SMALL_SWEEP, "--out", str(csv_path)]) == 0
     table = sw.read_table(csv_path)
-    assert sorted(table.column("rate").tolist()) == [0.0, 0.005, 0.01, 0.05]
+    assert sorted(table["rate"].tolist()) == [0.0, 0.005, 0.01, 0.05]
     assert "4 runs in" in capsys.readouterr().out
     assert cli.main(["report", "--sweep", str(csv_path), "--out", str(html), "--pairs", "20",
                      "--samples", "16"]) == 0
@@ -45,7 +45,7 @@ def test_sweep_then_report_commands(tmp_path, digits_run, capsys):
         assert section in page
     summary = json.loads(html.with_suffix(".json").read_text())
     corr = summary["correlations"]["digits"]
-    rho = stats.spearmanr(table.column("attack_success_rate"), table.column("gap")).statistic
+    rho = stats.spearmanr(table["attack_success_rate"], table["gap"]).statistic
     assert corr["runs"] == 4 and corr["gap"]["rho"] == pytest.approx(rho, abs=5e-4)
     assert any(d["method"].startswith("STRIP") for d in summary["detection"])
     strip = [d for d in summary["detection"] if d["method"].startswith("STRIP")][0]

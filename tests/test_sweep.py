@@ -2,6 +2,7 @@ import csv
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 from scipy import stats
 
@@ -10,6 +11,9 @@ from workbench import sweep as sw
 
 
 def test_spearman_matches_scipy_and_has_a_fisher_interval():
+    from workbench import stats as wstats
+
+    assert sw.spearman_ci is wstats.spearman_ci  # it lives in workbench.stats; the old import works
     rng = np.random.default_rng(1)
     x = rng.normal(size=30)
     y = x + rng.normal(size=30)
@@ -100,24 +104,24 @@ def test_sweep_runs_resumes_and_filters(tmp_path, digits_run):
     path = tmp_path / "sweep.csv"
     grid = sw.SweepGrid(**SMALL)
     table = sw.run_sweep(grid, path, max_workers=1, progress=False)
-    assert len(table) == 2 and path.exists()
-    control = table.filter(rate=0.0).rows[0]
-    attacked = table.filter(rate=0.05).rows[0]
+    assert isinstance(table, pd.DataFrame) and len(table) == 2 and path.exists()
+    assert table.attrs["computed"] == table["key"].tolist()
+    control = table[table.rate == 0.0].iloc[0]
+    attacked = table[table.rate == 0.05].iloc[0]
     assert attacked["attack_success_rate"] >= 0.95 > control["attack_success_rate"]
     assert attacked["clean_accuracy"] == pytest.approx(digits_run.clean_accuracy)
-    assert table.sort("gap", descending=True).rows[0]["gap"] == max(table.column("gap"))
     # an interrupted sweep: drop one finished row and tear the last line, then resume
     lines = path.read_text().splitlines()
     path.write_text("\n".join(lines[:2]) + "\n" + lines[2][: len(lines[2]) // 2])
     with pytest.warns(UserWarning, match="an interrupted write was repaired"):
         again = sw.run_sweep(grid, path, max_workers=1, progress=False)
-    assert len(again) == 2 and again.computed == [table.rows[1]["key"]]
+    assert len(again) == 2 and again.attrs["computed"] == [table["key"][1]]
     assert (tmp_path / "sweep.csv.torn").read_text() == lines[2][: len(lines[2]) // 2] + "\n"
-    assert sorted(sw.read_table(path).column("rate").tolist()) == [0.0, 0.05]
-    assert sw.read_table(path).rows[0]["key"] == table.rows[0]["key"]
+    assert sorted(sw.read_table(path)["rate"].tolist()) == [0.0, 0.05]
+    assert sw.read_table(path)["key"][0] == table["key"][0]
     with pytest.raises(FileExistsError, match="nothing was overwritten"):
         sw.run_sweep(grid, path, resume=False, progress=False)
-    out = table.to_csv(tmp_path / "copy.csv")
+    out = sw.write_table(table, tmp_path / "copy.csv")
     assert list(csv.DictReader(open(out)))[1]["rate"] == "0.05"
 
 
@@ -172,8 +176,8 @@ def test_a_failed_run_does_not_lose_the_others(tmp_path, digits_run, workers, mo
     err = info.value
     assert "digits Patch 3 rate 0.05 target 0 seed 0: RuntimeError: worker lost" in str(err)
     assert len(err.failures) == 1 and err.failures[0][0]["rate"] == 0.05
-    assert [r["rate"] for r in err.table.rows] == [0.0]
-    assert sw.read_table(path).column("rate").tolist() == [0.0]  # the finished run is saved
+    assert err.table["rate"].tolist() == [0.0]
+    assert sw.read_table(path)["rate"].tolist() == [0.0]  # the finished run is saved
     if executor is not None:
         executor.shutdown()
 
@@ -187,8 +191,8 @@ def test_sweep_on_local_processes_and_dask(tmp_path, digits_run):
                                   dashboard_address=None) as cluster, distributed.Client(cluster) as client:
         remote = sw.run_sweep(grid, tmp_path / "dask.csv", executor=sw.dask_executor(client),
                               progress=False)
-    for a, b in zip(local.rows, remote.rows):
-        assert a["key"] == b["key"] and a["gap"] == pytest.approx(b["gap"])
+    assert local["key"].tolist() == remote["key"].tolist()
+    assert remote["gap"].to_numpy() == pytest.approx(local["gap"].to_numpy())
 
 
 @pytest.fixture(scope="module")
@@ -206,16 +210,16 @@ def test_a_point_written_twice_counts_once(tmp_path, four_runs):
     lines = src.read_bytes().splitlines(keepends=True)
     path.write_bytes(b"".join(lines + lines[1:]))  # two sweeps appended every row
     read = sw.read_table(path)
-    assert len(read) == 4 and sorted(read.column("key")) == sorted(table.column("key"))
+    assert len(read) == 4 and sorted(read["key"]) == sorted(table["key"])
     head = paper.headline(read)["digits"]
-    ref = sw.spearman_ci(table.column("attack_success_rate"), table.column("gap"))
+    ref = sw.spearman_ci(table["attack_success_rate"], table["gap"])
     assert head["runs"] == 4 and head["gap"]["ci"] == [round(c, 3) for c in ref["ci"]]
-    assert paper.headline(sw.SweepTable(table.rows * 2))["digits"]["runs"] == 4
+    assert paper.headline(pd.concat([table, table]))["digits"]["runs"] == 4
     # a run measured again under other settings (another key) is still one run
-    again = [{**r, "key": r["key"][::-1], "n_samples": 32} for r in table.rows]
-    latest, superseded = paper.latest_per_run(sw.SweepTable(table.rows + again))
-    assert superseded == 4 and latest.column("n_samples").tolist() == [32] * 4
-    assert paper.headline(sw.SweepTable(table.rows + again))["digits"]["runs"] == 4
+    again = table.assign(key=table["key"].str[::-1], n_samples=32)
+    latest, superseded = paper.latest_per_run(pd.concat([table, again]))
+    assert superseded == 4 and latest["n_samples"].tolist() == [32] * 4
+    assert paper.headline(pd.concat([table, again]))["digits"]["runs"] == 4
 
 
 def test_rows_of_other_settings_are_not_reused(tmp_path, four_runs, monkeypatch):
@@ -226,15 +230,15 @@ def test_rows_of_other_settings_are_not_reused(tmp_path, four_runs, monkeypatch)
     path.write_bytes(src.read_bytes())
     grid = sw.SweepGrid(**{**FOUR, "rates": (0.0, 0.05), "n_samples": 24})
     other = sw.run_sweep(grid, path, max_workers=1, progress=False)
-    assert len(other.computed) == 2 and other.column("n_samples").tolist() == [24, 24]
+    assert len(other.attrs["computed"]) == 2 and other["n_samples"].tolist() == [24, 24]
     # the default σ grid changes: rows made with the old default are computed again
     grid = sw.SweepGrid(**{**FOUR, "rates": (0.0,), "sigmas": None})
     first = sw.run_sweep(grid, path, max_workers=1, progress=False)
-    assert len(first.computed) == 1 and first.rows[0]["sigma_max"] == 0.6
-    assert sw.run_sweep(grid, path, max_workers=1, progress=False).computed == []
+    assert len(first.attrs["computed"]) == 1 and first["sigma_max"][0] == 0.6
+    assert sw.run_sweep(grid, path, max_workers=1, progress=False).attrs["computed"] == []
     monkeypatch.setitem(experiments.DEFAULT_SIGMAS, "digits", (0.05, 0.3))
     changed = sw.run_sweep(grid, path, max_workers=1, progress=False)
-    assert len(changed.computed) == 1 and changed.rows[0]["sigma_max"] == 0.3
+    assert len(changed.attrs["computed"]) == 1 and changed["sigma_max"][0] == 0.3
     assert len(sw.read_table(path)) == 4 + 2 + 2  # old rows stay in the file, unused
 
 
@@ -248,11 +252,82 @@ def test_a_file_that_is_not_a_sweep_table_is_refused(tmp_path):
     assert path.read_text() == "name,value\nx,1\n"
 
 
-def test_to_csv_is_atomic_and_reads_back(tmp_path, four_runs):
-    table, _ = four_runs
-    out = table.to_csv(tmp_path / "copy.csv")
+def test_write_table_is_atomic_and_reads_back(tmp_path, four_runs):
+    table, src = four_runs
+    subset = table[table.rate > 0].sort_values("gap")  # any DataFrame of sweep rows
+    out = sw.write_table(subset, tmp_path / "copy.csv")
     assert [p.name for p in tmp_path.iterdir()] == ["copy.csv"]  # no temporary file left
-    assert sw.read_table(out).rows == table.rows
+    pd.testing.assert_frame_equal(sw.read_table(out), subset.reset_index(drop=True))
+    pd.testing.assert_frame_equal(sw.read_table(src), table)  # what the sweep returned, as read
+    with pytest.raises(ValueError, match="`table` must have every sweep column; it lacks gap"):
+        sw.write_table(table.drop(columns="gap"), tmp_path / "x.csv")
+    with pytest.raises(TypeError, match="`table` must be a pandas DataFrame"):
+        sw.write_table(table.to_dict("records"), tmp_path / "x.csv")
+
+
+def test_read_table_gives_typed_columns(tmp_path, four_runs):
+    table, src = four_runs
+    read = sw.read_table(src)
+    for col, kind in sw.COLUMN_TYPES.items():
+        dtype = read[col].dtype
+        if kind == "str":
+            assert pd.api.types.is_string_dtype(dtype), (col, dtype)
+        else:
+            assert str(dtype) == {"int": "int64", "float": "float64", "Int64": "Int64"}[kind], col
+    assert list(read.columns) == sw.COLUMNS and (read["row_format"] == sw.ROW_FORMAT).all()
+    assert read["rate"].tolist() == [0.0, 0.05, 0.1, 0.2]  # numbers, in the file's order
+    assert read.sort_values("rate", ascending=False)["rate"].iloc[-1] == 0.0  # sorts numerically
+    empty = sw.read_table(tmp_path / "missing.csv")  # no file yet: no rows, the same columns
+    assert len(empty) == 0 and (empty.dtypes == read.dtypes).all()
+    # a value its column cannot hold (a seed of 1.5) is a damaged line: left out, like a torn one
+    lines = src.read_bytes().splitlines(keepends=True)
+    fields = next(csv.reader([lines[1].decode()]))
+    fields[sw.COLUMNS.index("seed")] = "1.5"
+    bad = tmp_path / "bad.csv"
+    bad.write_bytes(lines[0] + sw._csv_record(fields) + b"".join(lines[2:]))
+    assert sw.read_table(bad)["rate"].tolist() == [0.05, 0.1, 0.2]
+
+
+def _legacy(src, dst, rows=None):
+    """`src`'s table as a row-format-2 workbench wrote it: no row_format and radius interval."""
+    lines = src.read_bytes().splitlines(keepends=True)
+    out = []
+    for ln in [lines[0], *(lines[1:] if rows is None else [lines[1 + i] for i in rows])]:
+        fields = dict(zip(sw.COLUMNS, next(csv.reader([ln.decode()]))))
+        out.append(sw._csv_record([fields[c] for c in sw._LEGACY_COLUMNS]))
+    dst.write_bytes(b"".join(out))
+    return dst
+
+
+def test_rows_of_older_row_formats_are_read_never_reused(tmp_path, four_runs):
+    table, src = four_runs
+    path = _legacy(src, tmp_path / "sweep.csv", rows=[0, 1])
+    old = sw.read_table(path)
+    assert len(old) == 2 and old["row_format"].isna().all()  # read, marked as of no known format
+    assert old["gap"].tolist() == table["gap"][:2].tolist() and old["radius_gap_ci_low"].isna().all()
+    current, stale = sw.current_rows(old)
+    assert len(current) == 0 and stale == 2
+    # a sweep into it upgrades the header, keeps the old rows and computes the points again (even
+    # where an old row's key matched: only rows of this row format are reused)
+    grid = sw.SweepGrid(**{**FOUR, "rates": (0.0, 0.05)})
+    with pytest.warns(UserWarning, match=r"older workbench .*its 2 rows are kept with an empty row_format"):
+        new = sw.run_sweep(grid, path, max_workers=1, progress=False)
+    assert len(new.attrs["computed"]) == 2 and (new["row_format"] == sw.ROW_FORMAT).all()
+    lines = path.read_bytes().splitlines()
+    assert lines[0] + b"\r\n" == sw._HEADER and len(lines) == 1 + 2 + 2
+    assert lines[1].split(b",")[1] == b""  # the old rows, with an empty row_format
+    assert sw.current_rows(sw.read_table(path))[1] == 0  # one row per key: the new ones
+    # a row of another row format in a current table is read and set apart too
+    fields = next(csv.reader([lines[3].decode()]))
+    fields[1] = str(sw.ROW_FORMAT + 1)
+    path.write_bytes(b"\n".join(lines[:3]) + b"\n" + sw._csv_record(fields) + lines[4] + b"\n")
+    current, stale = sw.current_rows(sw.read_table(path))
+    assert len(current) == 1 and stale == 1
+
+
+def test_sweeptable_names_its_replacement():
+    with pytest.raises(AttributeError, match=r"replaced by a pandas DataFrame.*df\.to_dict\('records'\)"):
+        sw.SweepTable  # noqa: B018
 
 
 def test_keys_cover_the_datas_content(monkeypatch):

@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import signal
 import sys
@@ -92,17 +91,17 @@ def _sweep(args) -> int:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not print a traceback
         keys = {p["key"] for p in grid.points()}
         try:
-            saved = str(sum(r["key"] in keys for r in read_table(args.out).rows))
+            saved = str(int(read_table(args.out)["key"].isin(keys).sum()))
         except (OSError, ValueError):  # the message matters more than the count
             saved = "some"
         print(f"interrupted: {saved} of {len(keys)} runs are saved in {args.out}; to resume, run "
               f"the same command again: {_command(args)}", file=sys.stderr)
         return 130
-    for r in table.rows:
+    for r in table.to_dict("records"):
         print(f"{r['dataset']:>13} {r['trigger_type']:>12} {r['trigger_size']} rate {r['rate']:<6} "
               f"acc {r['clean_accuracy']:.4f} ASR {r['attack_success_rate']:.4f} "
               f"gap {r['gap']:+.4f} [{r['gap_ci_low']:+.4f}, {r['gap_ci_high']:+.4f}]")
-    n = len(table.computed)
+    n = len(table.attrs["computed"])
     print(f"{len(table)} runs in {time.perf_counter() - t0:.1f} s -> {args.out} ({n} computed now, "
           f"{len(table) - n} read from the file)")
     if failed is not None:
@@ -118,9 +117,11 @@ def _command(args) -> str:
 def _report(args) -> int:
     from .paper import paper_report
 
-    s = paper_report(args.sweep, args.out, args.dataset, n_pairs=args.pairs, n_samples=args.samples)
-    print(json.dumps(s, indent=1, default=str))
-    print(f"report -> {args.out}")
+    s = paper_report(args.sweep, args.out, args.dataset, n_pairs=args.pairs,
+                     n_samples=args.samples, command=_command(args))
+    for f in s["findings"]:
+        print(f"{f['finding']}: {f['verdict']}\n    {f['measured']}")
+    print(f"report -> {args.out} (summary: {Path(args.out).with_suffix('.json')})")
     return 0
 
 

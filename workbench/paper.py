@@ -5,10 +5,13 @@ study, every detector on every attack: `detection_report`, `python -m workbench.
 
 from __future__ import annotations
 
+import html
+import re
 import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from . import detection, plots
 from ._validate import check_choice, check_int
@@ -19,9 +22,9 @@ from .fileio import write_json
 from .models import MODELS, build_model
 from .patterns import measure_patterns, pattern_table, random_patches, universal_patch
 from .poison import triggered_pairs
-from .report import table_html, write_report
+from .report import Raw, ci, percent, pval, table_html, write_report
 from .stats import spearman_ci
-from .sweep import SweepTable, read_table
+from .sweep import ROW_FORMAT, SIZED, _check_table, current_rows, read_table
 from .train import environment, train_backdoor
 from .triggers import TRIGGERS, Patch
 
@@ -30,36 +33,43 @@ from .triggers import TRIGGERS, Patch
 RUN_COLUMNS = ("dataset", "trigger", "rate", "target", "seed", "model", "epochs")
 
 
-def latest_per_run(table: SweepTable) -> tuple[SweepTable, int]:
+def latest_per_run(table: pd.DataFrame) -> tuple[pd.DataFrame, int]:
     """One row per trained run (the last one in the table) and how many rows were left out.
 
     A CSV can hold a run twice under different keys (measured again after a change of settings
     or of the estimator); both rows come from one model, so a correlation over runs counts it
     once.
     """
-    latest: dict[tuple, dict] = {}
-    for r in table.rows:
-        k = tuple(r[c] for c in RUN_COLUMNS)
-        latest.pop(k, None)
-        latest[k] = r
-    return SweepTable(list(latest.values())), len(table) - len(latest)
+    _check_table("table", table)
+    latest = table.drop_duplicates(subset=list(RUN_COLUMNS), keep="last")
+    return latest, len(table) - len(latest)
 
 
-def headline(table: SweepTable) -> dict:
+def report_rows(table: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
+    """The rows a report uses: those of this version's row format (`sweep.current_rows`: rows of
+    older tables are set apart, never mixed in), one per trained run (`latest_per_run`), sorted
+    by dataset, trigger, rate, target and seed. Returns (rows, {"stale": n, "superseded": m})."""
+    current, stale = current_rows(table)
+    latest, superseded = latest_per_run(current)
+    latest = latest.sort_values(["dataset", "trigger_type", "trigger_size", "rate", "target",
+                                 "seed"], kind="stable").reset_index(drop=True)
+    return latest, {"stale": stale, "superseded": superseded}
+
+
+def headline(table: pd.DataFrame) -> dict:
     """Spearman correlations of ASR with the mean-W gap and with the radius gap, per dataset,
     over distinct runs (`latest_per_run`): "runs" is the n of the intervals."""
     table, _ = latest_per_run(table)
     out = {}
-    for ds in sorted({r["dataset"] for r in table.rows}):
-        rows = table.filter(dataset=ds)
-        asr = rows.column("attack_success_rate")
+    for ds, rows in table.groupby("dataset", sort=True):
+        asr = rows["attack_success_rate"].to_numpy()
         entry = {"runs": len(rows)}
         for col in ("gap", "radius_gap"):
             if len(rows) >= 4 and np.ptp(asr) > 0:
-                s = spearman_ci(asr, rows.column(col))
+                s = spearman_ci(asr, rows[col].to_numpy())
                 entry[col] = {"rho": round(s["rho"], 3), "ci": [round(c, 3) for c in s["ci"]],
                               "p_value": float(f"{s['p_value']:.3g}")}
-        out[ds] = entry
+        out[str(ds)] = entry
     return out
 
 
@@ -422,15 +432,377 @@ def pattern_size_study(dataset: str = "digits", sizes=None, n_random: int = 2, s
     return size_table(pattern_sizes(dataset, sizes, n_random, seed, n_pairs, n_samples))
 
 
+# --- The paper report (reports/paper.html) -----------------------------------------------------
+
+def _trigger_name(kind: str, size: int) -> str:
+    return f"{kind} {size}×{size}" if kind in SIZED else kind
+
+
+def attack_strength_table(rows: pd.DataFrame) -> pd.DataFrame:
+    """A sweep's rows for people (`report_rows`' order): human headers, rates as percentages,
+    accuracies to 3 decimals, each gap with its 95% interval in one column, p-values to 2
+    digits; target, seed, model and epochs only where they vary (else `run_settings` says). The
+    radius gap's p-value stays in the CSV (its interval is shown)."""
+    _check_table("rows", rows)
+    vary = [c for c in ("model", "epochs", "target", "seed") if rows[c].nunique() > 1]
+    out = []
+    for r in rows.to_dict("records"):
+        row = {"dataset": r["dataset"], "trigger": _trigger_name(r["trigger_type"], r["trigger_size"]),
+               "poisoning rate": "0 (control)" if r["rate"] == 0 else percent(r["rate"])}
+        row.update({c: r[c] for c in vary})
+        row.update({
+            "clean accuracy": f"{r['clean_accuracy']:.3f}", "ASR": f"{r['attack_success_rate']:.3f}",
+            "smoothing gap, nats [95% CI]": ci(r["gap"], (r["gap_ci_low"], r["gap_ci_high"])),
+            "p": pval(r["p_value"]),
+            "radius gap, σ [95% CI]": ci(r["radius_gap"], (r["radius_gap_ci_low"],
+                                                          r["radius_gap_ci_high"]))})
+        out.append(row)
+    return pd.DataFrame(out)
+
+
+def run_settings(rows: pd.DataFrame) -> str:
+    """One sentence with what every row shares (model, epochs, target, seed, pairs, samples, σ)."""
+    def one(col, fmt="{}"):
+        vals = sorted(rows[col].unique().tolist())
+        return fmt.format(vals[0]) if len(vals) == 1 else "/".join(fmt.format(v) for v in vals)
+
+    return (f"model {one('model')}, {one('epochs')} epochs, target {one('target')}, seed "
+            f"{one('seed')}; {one('n_pairs')} clean/triggered test pairs × {one('n_samples')} noisy "
+            f"samples per σ, σ from {one('sigma_min', '{:g}')} to {one('sigma_max', '{:g}')}")
+
+
+def correlation_table(head: dict) -> list[dict]:
+    """`headline`'s correlations per dataset, each ρ with its 95% interval in one column."""
+    rows = []
+    for ds, e in head.items():
+        row = {"dataset": ds, "runs": e["runs"]}
+        for col, what in (("gap", "mean-W gap"), ("radius_gap", "radius gap")):
+            c = e.get(col)
+            row[f"Spearman ρ (ASR, {what}) [95% CI]"] = (
+                ci(c["rho"], c["ci"], digits=2) if c else "n/a (needs ≥ 4 runs)")
+            row[f"p ({what})"] = pval(c["p_value"]) if c else "n/a"
+        rows.append(row)
+    return rows
+
+
+def _verdict(text: str, tone: str) -> Raw:
+    """A verdict cell; tone: "yes" (as the paper says), "no" (against it), "mixed", "none"."""
+    return Raw(f"<span class='verdict {tone}'>{html.escape(text)}</span>")
+
+
+def _direction(lo: np.ndarray, hi: np.ndarray) -> tuple[str, str, str]:
+    """(counts, verdict, tone) of gap intervals: above 0 (smoother), below 0, or including 0."""
+    n, above, below = len(lo), int((lo > 0).sum()), int((hi < 0).sum())
+    counts = f"{above} of {n} intervals above 0, {below} below"
+    if n == 0:
+        return "no such run", "not measured", "none"
+    if above == n:
+        return counts, "smoother", "yes"
+    if below == n:
+        return counts, "less smooth", "no"
+    if above == below == 0:
+        return counts, "no measurable effect", "none"
+    return counts, "mixed", "mixed"
+
+
+def _runs(n: int, what: str = "run") -> str:
+    return f"{n} {what}" + ("" if n == 1 else "s")
+
+
+def _gap_range(g: pd.DataFrame) -> str:
+    if len(g) == 1:
+        r = g.iloc[0]
+        return "gap " + ci(r["gap"], (r["gap_ci_low"], r["gap_ci_high"]))
+    return f"gaps {g['gap'].min():+.3f} to {g['gap'].max():+.3f}"
+
+
+def sweep_findings(rows: pd.DataFrame, head: dict) -> list[dict]:
+    """The sweep's findings per dataset, each with what was measured and a verdict: claim 4 (the
+    correlation of ASR and gap), successful and unsuccessful attacks, and the clean-model control."""
+    out = []
+    for ds, e in head.items():
+        g = rows[rows["dataset"] == ds]
+        c, r = e.get("gap"), e.get("radius_gap")
+        if c is None:
+            measured, verdict, tone = (f"{_runs(e['runs'])}: a correlation needs at least 4 runs "
+                                       "with different ASR", "not measured", "none")
+        else:
+            measured = (f"Spearman ρ(ASR, mean-W gap) {ci(c['rho'], c['ci'], 2)}, p = "
+                        f"{pval(c['p_value'])}, {e['runs']} runs"
+                        + (f"; with the radius gap {ci(r['rho'], r['ci'], 2)}" if r else ""))
+            verdict, tone = (("reproduces", "yes") if c["ci"][0] > 0 else
+                             ("reverses", "no") if c["ci"][1] < 0 else
+                             ("inconclusive: the interval includes 0", "mixed"))
+        out.append({"finding": f"Smoothing grows with the attack's success (claim 4), {ds}",
+                    "measured": measured, "verdict": _verdict(verdict, tone)})
+        for label, sel in (
+                ("Successful attacks (ASR ≥ 0.9): triggered inputs smoother", 
+                 (g["rate"] > 0) & (g["attack_success_rate"] >= 0.9)),
+                ("Unsuccessful attacks (ASR < 0.5)", (g["rate"] > 0) & (g["attack_success_rate"] < 0.5)),
+                ("Control: the trigger on a clean model (rate 0)", g["rate"] == 0)):
+            sub = g[sel]
+            counts, verdict, tone = _direction(sub["gap_ci_low"].to_numpy(),
+                                               sub["gap_ci_high"].to_numpy())
+            if not label.startswith("Successful"):
+                tone = "none" if tone in ("yes", "no") else tone  # descriptive, not a claim
+            measured = f"{_runs(len(sub))}: {_gap_range(sub)}; {counts}" if len(sub) else "no such run"
+            out.append({"finding": f"{label}, {ds}", "measured": measured,
+                        "verdict": _verdict(verdict, tone)})
+    return out
+
+
+def _first_epochs(dyn: list[dict]) -> tuple[int | None, int | None]:
+    first_asr = next((r["epoch"] for r in dyn if r["attack_success_rate"] >= 0.9), None)
+    first_gap = next((r["epoch"] for r in dyn if r["gap_ci"][0] > 0), None)
+    return first_asr, first_gap
+
+
+def dynamics_finding(dyn: list[dict], dataset: str) -> dict:
+    a, g = _first_epochs(dyn)
+    last = dyn[-1]
+    measured = (f"ASR first ≥ 0.9 at epoch {a if a is not None else '–'}; the gap's interval first "
+                f"above 0 at epoch {g if g is not None else '–'}; after epoch {last['epoch']}: gap "
+                f"{ci(last['gap'], last['gap_ci'])}")
+    if a is None:
+        verdict = "not measured: ASR never reached 0.9"
+    elif g is None:
+        verdict = "no smoothing during training"
+    elif g == a:
+        verdict = "together with the attack"
+    elif g > a:
+        verdict = f"after the attack succeeds ({g - a} epochs later)"
+    else:
+        verdict = f"before the attack succeeds ({a - g} epochs earlier)"
+    return {"finding": f"When smoothing appears during training, {dataset}", "measured": measured,
+            "verdict": _verdict(verdict, "none")}
+
+
+def pattern_findings(by_size: dict[int, list], dataset: str) -> list[dict]:
+    """Claim 5 (universal patches on a clean model) and its controls (white and random patches)."""
+    uni = [(s, m) for s, ms in sorted(by_size.items()) for m in ms if m.name == "universal patch"]
+    measured = "; ".join(f"{s}×{s}: success {m.success_rate:.0%}, gap "
+                         f"{ci(m.comparison.gap, m.comparison.gap_ci)}" for s, m in uni)
+    smooth = [s for s, m in uni if m.comparison.gap_ci[0] > 0]
+    if smooth:
+        verdict = _verdict("reproduces for the " + ", ".join(f"{s}×{s}" for s in smooth)
+                           + " pattern" + ("s" if len(smooth) > 1 else ""),
+                           "yes" if len(smooth) == len(uni) else "mixed")
+    else:
+        verdict = _verdict("not reproduced: no universal patch is smoother", "no")
+    ctrl = [m for ms in by_size.values() for m in ms if m.name != "universal patch"]
+    lo = np.array([m.comparison.gap_ci[0] for m in ctrl])
+    hi = np.array([m.comparison.gap_ci[1] for m in ctrl])
+    counts, v, _ = _direction(lo, hi)
+    return [{"finding": f"Artificial patterns without poisoning (claim 5): universal patches on a "
+                        f"clean model, {dataset}", "measured": measured, "verdict": verdict},
+            {"finding": f"Controls: white and random patches of the same sizes, {dataset}",
+             "measured": f"{_runs(len(ctrl), 'pattern')}: {counts}",
+             "verdict": _verdict(f"{v}" if v != "smoother" else "smoother (all)", "none")}]
+
+
+def detection_finding(dets: list, dataset: str, attack: str) -> dict:
+    best = max(dets, key=lambda d: d.auc)
+    w = [d for d in dets if d.method.startswith("w-")]
+    measured = f"best: {best.method} AUC {ci(best.auc, best.auc_ci, signed=False)}"
+    if not w:
+        verdict = _verdict("no W_σ score measured", "none")
+    else:
+        bw = max(w, key=lambda d: d.auc)
+        measured += f"; best W_σ score: {bw.method} {ci(bw.auc, bw.auc_ci, signed=False)}"
+        if bw is best:
+            verdict = _verdict(f"a W_σ score detects best ({bw.method})", "yes")
+        elif bw.auc_ci[1] >= best.auc_ci[0]:
+            verdict = _verdict(f"W_σ on par with {best.method} (intervals overlap)", "mixed")
+        else:
+            verdict = _verdict(f"{best.method} beats every W_σ score", "no")
+    return {"finding": f"Detecting triggered inputs by smoothness, {dataset}, {attack}",
+            "measured": measured, "verdict": verdict}
+
+
+def dynamics_heatmap(dyn: list[dict]):
+    """Per epoch (x) and σ (y): the gap of the mean curves, mean W_σ(clean) − mean W_σ(triggered)
+    (nats; red: triggered inputs smoother), with both curves' values in the hover text and a line
+    at the first epoch whose ASR reaches 0.9."""
+    import plotly.graph_objects as go
+
+    ep = [r["epoch"] for r in dyn]
+    sig = np.asarray(dyn[0]["sigmas"], float)
+    clean = np.array([r["clean_curve"] for r in dyn]).T  # (σ, epoch)
+    trig = np.array([r["triggered_curve"] for r in dyn]).T
+    z = clean - trig
+    lim = float(np.nanmax(np.abs(z))) or 1.0
+    text = [[f"epoch {e}, σ {s:g}<br>clean {c:.3f}, triggered {t:.3f}<br>difference {d:+.3f}"
+             for e, c, t, d in zip(ep, cr, tr, dr)] for s, cr, tr, dr in zip(sig, clean, trig, z)]
+    fig = go.Figure(go.Heatmap(
+        x=ep, y=[f"{s:g}" for s in sig], z=z, text=text, hoverinfo="text", colorscale="RdBu_r",
+        zmid=0, zmin=-lim, zmax=lim,
+        colorbar=dict(title=dict(text="W<sub>σ</sub> clean −<br>triggered (nats)"), thickness=14)))
+    a, _ = _first_epochs(dyn)
+    if a is not None:
+        fig.add_vline(x=a - 0.5, line=dict(color="#222", dash="dash", width=1),
+                      annotation_text=f"ASR ≥ 0.9 from epoch {a}", annotation_position="top right")
+    fig.update_layout(template=plots.TEMPLATE, height=380, margin=dict(t=60, r=20),
+                      title="Where smoothing appears: the W<sub>σ</sub> gap by epoch and noise scale",
+                      xaxis=dict(title="epoch", dtick=1 if len(ep) <= 15 else 5),
+                      yaxis_title="noise scale σ")
+    return fig
+
+
+def pattern_size_rows(by_size: dict[int, list]) -> list[dict]:
+    """`pattern_sizes`' measurements for people: one row per pattern, sorted by size."""
+    return [{"size": f"{s}×{s}", "pattern": m.name, "success rate": f"{m.success_rate:.3f}",
+             "smoothing gap, nats [95% CI]": ci(m.comparison.gap, m.comparison.gap_ci),
+             "p": pval(m.comparison.p_value)}
+            for s, ms in sorted(by_size.items()) for m in ms]
+
+
+def detection_rows(dets: list) -> list[dict]:
+    """Detectors for people, best AUC first."""
+    f = lambda v, c: ci(v, c, signed=False)  # noqa: E731
+    return [{"detector": d.label, "AUC [95% CI]": f(d.auc, d.auc_ci),
+             "TPR at 1% FPR [95% CI]": f(d.tpr_at_1_fpr, d.tpr_at_1_fpr_ci),
+             "TPR at 5% FPR [95% CI]": f(d.tpr_at_5_fpr, d.tpr_at_5_fpr_ci),
+             "ms per input": f"{1000 * d.seconds_per_input:.2f}"}
+            for d in sorted(dets, key=lambda d: -d.auc)]
+
+
+def attack_atlas_section(rows: pd.DataFrame) -> tuple[str, list] | None:
+    """The attack atlas's section of the report (issue 11: every attack family side by side: gap
+    against ASR by family, gap against the trigger's L2 norm, W_σ curves per attack), built from
+    the report's sweep rows (`report_rows`). Returns (heading, [figures and HTML]) or None to
+    leave the section out: None until the sweep rows carry the atlas's attack columns."""
+    _check_table("rows", rows)
+    return None
+
+
+def write_paper(table: pd.DataFrame, out: str | Path = "reports/paper.html", *,
+                dynamics: list[dict] | None = None, patterns: dict[int, list] | None = None,
+                detection: tuple | None = None, dataset: str = "digits",
+                provenance: dict | None = None) -> dict:
+    """Write the paper report to `out` (offline HTML) and `out` with .json (the summary) from a
+    sweep table (`read_table`'s DataFrame: only rows of this row format are used, one per trained
+    run) and the studies' results on `dataset`: `dynamics` (`smoothing_dynamics`' rows),
+    `patterns` (`pattern_sizes`' {size: measurements}), `detection` (`detection_study`'s (run,
+    DetectionResults)); a study left None is left out. `provenance`: the command, seeds and
+    settings that made it (versions are added). Returns the summary."""
+    _check_table("table", table)
+    if not isinstance(out, (str, Path)):
+        raise TypeError(f"`out` must be a str or a Path; got {out!r}.")
+    for name, v, kind in (("dynamics", dynamics, list), ("patterns", patterns, dict),
+                          ("detection", detection, tuple), ("provenance", provenance, dict)):
+        if v is not None and not isinstance(v, kind):
+            raise TypeError(f"`{name}` must be None or a {kind.__name__}; got {type(v).__name__}.")
+    rows, counts = report_rows(table)
+    if not len(rows):
+        raise ValueError(f"`table` must hold rows of row format {ROW_FORMAT} (this version's); it "
+                         f"holds {len(table)} rows of older formats, which are never used: run the "
+                         "sweep again (trained runs come from the cache).")
+    head = headline(rows)
+    findings = sweep_findings(rows, head)
+    summary: dict = {"correlations": head, "sweep_rows_superseded": counts["superseded"],
+                     "sweep_rows_stale": counts["stale"]}
+    stale_note = "".join([
+        f" Left out: {_runs(counts['superseded'], 'older measurement')} of the same runs."
+        if counts["superseded"] else "",
+        f" Ignored: {_runs(counts['stale'], 'row')} of an older row format (written by an earlier "
+        "workbench)." if counts["stale"] else ""])
+    sections = [("Attack strength", [
+        "<p class='note'>Claim 4: smoothing grows with the attack's success. Each row is one "
+        f"trained run ({run_settings(rows)}). Rate-0 rows are clean-model controls: the trigger "
+        "on a model trained without poisoning. The smoothing gap is mean W<sub>σ</sub>(clean) − "
+        "mean W<sub>σ</sub>(triggered) over the σ grid (> 0: triggered inputs smoother); the "
+        "radius gap is the shift of the σ at which W<sub>σ</sub> first exceeds 10% of log K. "
+        "Intervals: 95% t-intervals over pairs; p: Wilcoxon signed-rank." + stale_note + "</p>",
+        table_html(attack_strength_table(rows)),
+        "<h3>Correlation across runs</h3>", table_html(correlation_table(head)),
+        "<p class='note'>Spearman's ρ over distinct runs, 95% Fisher-z interval.</p>",
+        plots.attack_strength(rows), plots.rate_curves(rows)])]
+    atlas = attack_atlas_section(rows)
+    if atlas is not None:
+        sections.append(atlas)
+    if dynamics:
+        a, g = _first_epochs(dynamics)
+        summary["dynamics"] = {"first_epoch_asr_ge_0.9": a, "first_epoch_gap_ci_above_0": g}
+        findings.append(dynamics_finding(dynamics, dataset))
+        sections.append(("Training dynamics", [
+            f"<p class='note'>A backdoor (3×3 patch, 5%, target 0) trained on {dataset} while the "
+            "clean/triggered comparison is measured on fixed test pairs after every epoch. First "
+            f"epoch with ASR ≥ 0.9: {a if a is not None else 'none'}; first epoch whose gap "
+            f"interval lies above 0: {g if g is not None else 'none'}.</p>",
+            plots.dynamics(dynamics), dynamics_heatmap(dynamics)]))
+    if patterns:
+        by_size = size_table(patterns)
+        largest = max(patterns)
+        summary.update({"patterns_size": largest, "patterns": pattern_table(patterns[largest]),
+                        "patterns_by_size": by_size})
+        findings.extend(pattern_findings(patterns, dataset))
+        sections.append(("Artificial patterns without poisoning", [
+            "<p class='note'>Claim 5: patterns crafted on a clean model (no poisoning), at the "
+            "centre of the image: a universal adversarial patch per size, with the white patch and "
+            "random patches of the same size as controls. Success rate: the share of non-target "
+            "test inputs the pattern sends to class 0.</p>",
+            table_html(pattern_size_rows(patterns)), plots.pattern_sizes(by_size),
+            f"<h3>The {largest}×{largest} patterns in detail</h3>",
+            plots.patterns_figure(patterns[largest])]))
+    if detection:
+        det_run, detection = detection
+        attack = type(det_run.trigger).__name__
+        summary["detection"] = [{"method": d.label, "name": d.method, "auc": round(d.auc, 4),
+                                 "auc_ci": [round(v, 4) for v in d.auc_ci],
+                                 "tpr_at_1_fpr": round(d.tpr_at_1_fpr, 4),
+                                 "tpr_at_5_fpr": round(d.tpr_at_5_fpr, 4),
+                                 "ms_per_input": round(1000 * d.seconds_per_input, 3)}
+                                for d in detection]
+        findings.append(detection_finding(detection, dataset, attack))
+        cfg = det_run.config
+        sections.append(("Detection", [
+            f"<p class='note'>One attack: {html.escape(repr(det_run.trigger))} at "
+            f"{percent(cfg['rate'])}, target {cfg['target']}, model {html.escape(cfg['model'])} "
+            f"(clean accuracy {det_run.clean_accuracy:.3f}, ASR {det_run.attack_success_rate:.3f}); "
+            f"{len(detection[0].clean_scores)} clean vs {len(detection[0].triggered_scores)} "
+            "triggered test inputs; intervals: bootstrap 95%. Every detector on every attack: "
+            "<code>python -m workbench.detection</code> (reports/detection.html).</p>",
+            table_html(detection_rows(detection)),
+            detection_roc(detection, title=f"Detecting triggered inputs: {dataset}, {attack}")]))
+    summary["findings"] = [{k: html.unescape(re.sub("<[^>]+>", "", str(v))) for k, v in f.items()}
+                           for f in findings]
+    sections.insert(0, ("Summary of findings", [
+        table_html(findings, classes="findings"),
+        "<p class='note'>Verdicts are read from the 95% intervals: “smoother” when every interval "
+        "lies above 0, “less smooth” when every one lies below, “mixed” otherwise. Green: as the "
+        "paper (Grosse et al. 2022) says; red: against it.</p>"]))
+    datasets = ", ".join(sorted(rows["dataset"].unique()))
+    meta = dict(provenance or {})
+    meta["sweep rows"] = {"read": len(table), "used (one per run)": len(rows),
+                          "older row format, ignored": counts["stale"],
+                          "superseded measurements": counts["superseded"],
+                          "row format": ROW_FORMAT,
+                          "sweep seeds": sorted(int(s) for s in rows["seed"].unique()),
+                          "made with workbench": sorted(rows["workbench"].unique().tolist()),
+                          "made with torch": sorted(rows["torch"].unique().tolist())}
+    meta["versions"] = environment()
+    command = meta.get("command")
+    write_report(out, "Backdoor smoothing: the paper's findings, reproduced", sections,
+                 metadata=meta,
+                 subtitle=f"{len(rows)} sweep runs on {html.escape(datasets)}"
+                          + (f"; studies on {html.escape(dataset)}" if dynamics or patterns or detection else "")
+                          + (f". Made by <code>{html.escape(command)}</code>" if command else "")
+                          + f" on {time.strftime('%Y-%m-%d %H:%M %Z')}.")
+    write_json(Path(out).with_suffix(".json"), summary, default=str)
+    return summary
+
+
 def paper_report(sweep_csv: str | Path = "reports/sweep.csv", out: str | Path = "reports/paper.html",
                  dataset: str = "digits", seed: int = 0, n_pairs: int | None = None,
-                 n_samples: int | None = None) -> dict:
+                 n_samples: int | None = None, command: str | None = None) -> dict:
     """Write `out` (offline HTML) and `out` with .json (the summary) from a sweep's CSV and the
-    dynamics, pattern and detection studies on `dataset`.
+    dynamics, pattern and detection studies on `dataset` (`write_paper`).
 
     n_pairs, n_samples: None keeps each study's default (dynamics 40 pairs × 32 samples, patterns
     100 × 64, detection 200 clean and 200 triggered inputs × 64); a number sets all three
-    (smaller is faster, with wider intervals).
+    (smaller is faster, with wider intervals). command: how it was called, for the provenance
+    (default: this call, in Python). Only rows of this version's row format are used: a CSV of
+    older rows only is refused before any study runs.
     """
     t0 = time.perf_counter()
     check_choice("dataset", dataset, DATASETS)
@@ -438,64 +810,36 @@ def paper_report(sweep_csv: str | Path = "reports/sweep.csv", out: str | Path = 
     for name, v in (("n_pairs", n_pairs), ("n_samples", n_samples)):
         if v is not None:
             check_int(name, v, low=4)
-    table, superseded = latest_per_run(read_table(sweep_csv))
-    if not len(table):
+    if command is not None and not isinstance(command, str):
+        raise TypeError(f"`command` must be None or a str; got {command!r}.")
+    table = read_table(sweep_csv)
+    rows, counts = report_rows(table)
+    if not len(rows):
+        if len(table):
+            raise ValueError(f"`sweep_csv` {sweep_csv} must hold rows of this version's row format "
+                             f"({ROW_FORMAT}); its {len(table)} rows were written by an older "
+                             "workbench and are never used. Run the same `python -m workbench "
+                             f"sweep --out {sweep_csv}` again (trained runs come from the cache).")
         raise FileNotFoundError(f"`sweep_csv` {sweep_csv} holds no rows: run `python -m workbench "
                                 "sweep` first.")
-    head = headline(table)
     data = load_dataset(dataset)
-    dyn = smoothing_dynamics(data, n_pairs=n_pairs or 40, n_samples=n_samples or 32, seed=seed)
-    measured = pattern_sizes(dataset, seed=seed, n_pairs=n_pairs or 100, n_samples=n_samples or 64)
-    by_size = size_table(measured)
-    largest = max(measured)  # the detailed view: the size at which the effect can appear
-    pats = measured[largest]
+    settings = {"dynamics": {"pairs": n_pairs or 40, "samples": n_samples or 32},
+                "patterns": {"pairs": n_pairs or 100, "samples": n_samples or 64},
+                "detection": {"inputs": n_pairs or 200, "samples": n_samples or 64}}
+    dyn = smoothing_dynamics(data, n_pairs=settings["dynamics"]["pairs"],
+                             n_samples=settings["dynamics"]["samples"], seed=seed)
+    measured = pattern_sizes(dataset, seed=seed, n_pairs=settings["patterns"]["pairs"],
+                             n_samples=settings["patterns"]["samples"])
     # the detection study's Patch attack, every detector (the full study: `detection_report`)
-    _, dets = detection_study(dataset, seed=seed, n=n_pairs or 200, n_samples=n_samples or 64,
-                              attack=REPORT_DETECTION_ATTACKS[0])
-    first_asr = next((r["epoch"] for r in dyn if r["attack_success_rate"] >= 0.9), None)
-    first_gap = next((r["epoch"] for r in dyn if r["gap_ci"][0] > 0), None)
-    summary = {"correlations": head, "sweep_rows_superseded": superseded, "dynamics": {"first_epoch_asr_ge_0.9": first_asr,
-                                                  "first_epoch_gap_ci_above_0": first_gap},
-               "patterns_size": largest, "patterns": pattern_table(pats), "patterns_by_size": by_size,
-               "detection": [{"method": d.label, "name": d.method, "auc": round(d.auc, 4),
-                              "auc_ci": [round(v, 4) for v in d.auc_ci],
-                              "tpr_at_1_fpr": round(d.tpr_at_1_fpr, 4),
-                              "tpr_at_5_fpr": round(d.tpr_at_5_fpr, 4),
-                              "ms_per_input": round(1000 * d.seconds_per_input, 3)}
-                             for d in dets]}
-    corr_rows = [{"dataset": ds, "runs": e["runs"],
-                  "Spearman ρ (ASR, mean-W gap)": f"{e['gap']['rho']} {e['gap']['ci']}" if "gap" in e else "n/a",
-                  "p": e.get("gap", {}).get("p_value", "n/a"),
-                  "Spearman ρ (ASR, radius gap)": f"{e['radius_gap']['rho']} {e['radius_gap']['ci']}" if "radius_gap" in e else "n/a"}
-                 for ds, e in head.items()]
-    cols = ["dataset", "trigger_type", "trigger_size", "rate", "clean_accuracy",
-            "attack_success_rate", "gap", "gap_ci_low", "gap_ci_high", "p_value", "radius_gap"]
-    write_report(out, "Backdoor smoothing: the paper's findings, reproduced", [
-        ("Attack strength", [table_html([{k: r[k] for k in cols} for r in table.rows]),
-                             table_html(corr_rows),
-                             "<p class='note'>Claim 4: smoothing grows with the attack's success. "
-                             "Rate 0 rows are clean-model controls. Intervals: 95% t-intervals over "
-                             "pairs (gap), Fisher-z (Spearman). One row per trained run"
-                             + (f" ({superseded} older measurements of the same runs left out)"
-                                if superseded else "") + ".</p>",
-                             plots.attack_strength(table), plots.rate_curves(table)]),
-        ("Training dynamics", [plots.dynamics(dyn), plots.dynamics_curves(dyn, every=max(1, len(dyn) // 6)),
-                               f"<p class='note'>First epoch with ASR ≥ 0.9: {first_asr}; first epoch "
-                               f"whose gap CI excludes 0: {first_gap}.</p>"]),
-        ("Artificial patterns without poisoning", [
-            "<p class='note'>Claim 5: patterns crafted on a clean model, at the centre of the image: "
-            "a universal adversarial patch per size, with the white patch and random patches of the "
-            "same size as controls.</p>",
-            table_html(by_size), plots.pattern_sizes(by_size),
-            f"<p class='note'>The {largest}×{largest} patterns in detail:</p>",
-            plots.patterns_figure(pats)]),
-        ("Detection", [table_html([d.row() | {"detector": d.label} for d in dets]),
-                       detection_roc(dets, title=f"Detecting triggered inputs: {dataset}, "
-                                     f"{REPORT_DETECTION_ATTACKS[0]}, {DETECTION_MODEL}"),
-                       "<p class='note'>One attack (3×3 patch, 5%) on the BatchNorm CNN, 200 "
-                       "clean vs 200 triggered inputs; intervals: bootstrap 95%. Every attack: "
-                       "<code>python -m workbench.detection</code> (reports/detection.html).</p>"]),
-    ], metadata={"summary": summary, "sweep_csv": str(sweep_csv), "environment": environment(),
-                 "seconds": round(time.perf_counter() - t0, 1)})
-    write_json(Path(out).with_suffix(".json"), summary, default=str)
-    return summary
+    dets = detection_study(dataset, seed=seed, n=settings["detection"]["inputs"],
+                           n_samples=settings["detection"]["samples"],
+                           attack=REPORT_DETECTION_ATTACKS[0])
+    if command is None:
+        command = (f"workbench.paper.paper_report({str(sweep_csv)!r}, {str(out)!r}, "
+                   f"dataset={dataset!r}, seed={seed}, n_pairs={n_pairs}, n_samples={n_samples})")
+    return write_paper(table, out, dynamics=dyn, patterns=measured, detection=dets,
+                       dataset=dataset, provenance={
+                           "command": command, "sweep table": str(sweep_csv),
+                           "study seed": seed, "study dataset": dataset,
+                           "study settings": settings,
+                           "seconds": round(time.perf_counter() - t0, 1)})

@@ -216,10 +216,17 @@ def landscape_pair(clean_land, triggered_land, colour_by: str = "class",
     return fig
 
 
+def _sweep_rows(table) -> list[dict]:
+    """The rows of a sweep table: a DataFrame (`read_table`, `run_sweep`) or a list of dicts."""
+    if hasattr(table, "to_dict") and hasattr(table, "columns"):
+        return table.to_dict("records")
+    return list(table)
+
+
 def attack_strength(table, x: str = "attack_success_rate", title: str | None = None) -> go.Figure:
     """Smoothing gap (with its CI) against ASR (or another column), one colour per trigger size;
-    rate-0 (clean) controls drawn as open symbols."""
-    rows = table.rows if hasattr(table, "rows") else list(table)
+    rate-0 (clean) controls drawn as open symbols. table: a sweep DataFrame or a list of rows."""
+    rows = _sweep_rows(table)
     if rows:  # x: a numeric column of the table
         check_choice("x", x, list(dict.fromkeys(k for r in rows for k, v in r.items()
                                                 if isinstance(v, Real) and not isinstance(v, bool))))
@@ -245,8 +252,9 @@ def attack_strength(table, x: str = "attack_success_rate", title: str | None = N
 
 
 def rate_curves(table) -> go.Figure:
-    """ASR and smoothing gap against the poisoning rate (rate 0 plotted at the axis' left end)."""
-    rows = table.rows if hasattr(table, "rows") else list(table)
+    """ASR and smoothing gap against the poisoning rate (rate 0 plotted at the axis' left end).
+    table: a sweep DataFrame or a list of rows."""
+    rows = _sweep_rows(table)
     fig = make_subplots(rows=1, cols=2, subplot_titles=("attack success rate", "smoothing gap"))
     groups = sorted({(r["dataset"], r["trigger_type"], r["trigger_size"]) for r in rows})
     positive = [r["rate"] for r in rows if r["rate"] > 0]

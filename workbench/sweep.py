@@ -13,6 +13,12 @@ flock on `.NAME.lock` next to it, and a sweep holds a claim (`.NAME.claims/KEY.l
 each point it computes, so the others skip it and read its row when it is done; a claim dies with
 its process. A torn last line (a write interrupted by a crash) is moved to `NAME.torn` before the
 next append.
+
+The table comes back as a pandas DataFrame (`read_table`, `run_sweep`): one row per key, columns
+`COLUMNS` typed (`COLUMN_TYPES`). Every row says which `row_format` made it; `current_rows` keeps
+those of this version. Tables written before row format 3 (no `row_format` column) are read with
+`row_format` missing (<NA>), and the first sweep that appends to one rewrites its header, keeping
+their rows (unused: their keys never match).
 """
 
 from __future__ import annotations
@@ -33,12 +39,12 @@ import threading
 import time
 import warnings
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Iterable
 
-import numpy as np
+import pandas as pd
 from tqdm.auto import tqdm
 
 from ._validate import check_choice, check_float, check_int, check_seed, check_sigmas
@@ -56,7 +62,9 @@ except ImportError:  # pragma: no cover - Windows
 # Version of the rows' content and of what their keys cover: bump whenever a change in this module
 # can move a number in a row or changes the key, so that rows made by older code never match.
 # 2: keys cover the resolved σ grid and training defaults, the estimator's settings and versions.
-ROW_FORMAT = 2
+# 3: rows carry their row format (a `row_format` column), so readers can tell stale rows apart,
+#    and the radius gap's interval (radius_gap_ci_low, radius_gap_ci_high).
+ROW_FORMAT = 3
 
 # The estimator settings every row is measured with: passed explicitly to the estimator by
 # `run_point` and part of every key, so a change here can never reuse rows made with the old ones.
@@ -66,15 +74,26 @@ ESTIMATOR_SETTINGS = {
     "summary": "mean", "confidence": 0.95,
     "radius_threshold": 0.1,  # the radius gap's threshold, as a fraction of log K
 }
-COLUMNS = ["key", "dataset", "trigger", "trigger_type", "trigger_size", "rate", "target", "seed",
-           "model", "epochs", "clean_accuracy", "attack_success_rate", "gap", "gap_ci_low",
-           "gap_ci_high", "p_value", "radius_gap", "radius_p_value", "clean_mean_W",
-           "triggered_mean_W", "n_pairs", "n_samples", "sigma_min", "sigma_max",
-           "train_seconds", "torch", "workbench"]
-_NUMERIC = {"trigger_size", "rate", "target", "seed", "epochs", "clean_accuracy",
-            "attack_success_rate", "gap", "gap_ci_low", "gap_ci_high", "p_value", "radius_gap",
-            "radius_p_value", "clean_mean_W", "triggered_mean_W", "n_pairs", "n_samples",
-            "sigma_min", "sigma_max", "train_seconds"}
+# Each column and its type in `read_table`'s DataFrame: "str", "int" (int64; a row without one is
+# damaged), "float" (float64, NaN where empty), "Int64" (nullable int: rows of older tables have no
+# row format).
+COLUMN_TYPES = {
+    "key": "str", "row_format": "Int64", "dataset": "str", "trigger": "str", "trigger_type": "str",
+    "trigger_size": "int", "rate": "float", "target": "int", "seed": "int", "model": "str",
+    "epochs": "int", "clean_accuracy": "float", "attack_success_rate": "float", "gap": "float",
+    "gap_ci_low": "float", "gap_ci_high": "float", "p_value": "float", "radius_gap": "float",
+    "radius_gap_ci_low": "float", "radius_gap_ci_high": "float", "radius_p_value": "float",
+    "clean_mean_W": "float", "triggered_mean_W": "float", "n_pairs": "int", "n_samples": "int", "sigma_min": "float", "sigma_max": "float",
+    "train_seconds": "float", "torch": "str", "workbench": "str"}
+COLUMNS = list(COLUMN_TYPES)
+# The header of row formats 1 and 2: read (the columns it lacks are missing values), and upgraded on
+# the next append.
+_LEGACY_COLUMNS = ["key", "dataset", "trigger", "trigger_type", "trigger_size", "rate", "target",
+                   "seed", "model", "epochs", "clean_accuracy", "attack_success_rate", "gap",
+                   "gap_ci_low", "gap_ci_high", "p_value", "radius_gap", "radius_p_value",
+                   "clean_mean_W", "triggered_mean_W", "n_pairs", "n_samples", "sigma_min",
+                   "sigma_max", "train_seconds", "torch", "workbench"]
+assert all(COLUMN_TYPES[c] in ("float", "Int64") for c in COLUMNS if c not in _LEGACY_COLUMNS)
 # A grid names triggers by type and size: those whose content must be given (a crafted pattern)
 # cannot be swept.
 SWEEPABLE = tuple(k for k in TRIGGERS if k != "PatternPatch")
@@ -254,13 +273,14 @@ def run_point(point: dict) -> dict:
     r_c = c.clean.smoothness_radius(threshold * scale)
     r_t = c.triggered.smoothness_radius(threshold * scale)
     rad = paired_gap(r_c, r_t, "radius", est["confidence"])
-    return {"key": point["key"], "dataset": data.name, "trigger": repr(trig),
-            "trigger_type": point["trigger"]["type"], "trigger_size": point["trigger"].get("size", 1),
+    return {"key": point["key"], "row_format": ROW_FORMAT, "dataset": data.name,
+            "trigger": repr(trig), "trigger_type": point["trigger"]["type"], "trigger_size": point["trigger"].get("size", 1),
             "rate": point["rate"], "target": point["target"], "seed": point["seed"],
             "model": point["model"], "epochs": run.config["epochs"],
             "clean_accuracy": run.clean_accuracy, "attack_success_rate": run.attack_success_rate,
             "gap": c.gap, "gap_ci_low": c.gap_ci[0], "gap_ci_high": c.gap_ci[1],
-            "p_value": c.p_value, "radius_gap": rad["gap"], "radius_p_value": rad["p_value"],
+            "p_value": c.p_value, "radius_gap": rad["gap"], "radius_gap_ci_low": rad["gap_ci"][0],
+            "radius_gap_ci_high": rad["gap_ci"][1], "radius_p_value": rad["p_value"],
             "clean_mean_W": float(c.clean_summary.mean()),
             "triggered_mean_W": float(c.triggered_summary.mean()), "n_pairs": c.n_pairs,
             "n_samples": point["n_samples"], "sigma_min": sig[0], "sigma_max": sig[-1],
@@ -268,47 +288,54 @@ def run_point(point: dict) -> dict:
             "workbench": __version__}
 
 
-@dataclass
-class SweepTable:
-    """Rows of a sweep: sort, filter, save as CSV, or hand to pandas."""
+def _frame(rows: list[dict]) -> pd.DataFrame:
+    """Rows (dicts of `COLUMNS`) as a DataFrame with `COLUMN_TYPES` (also when there are none)."""
+    df = pd.DataFrame([[r.get(c) for c in COLUMNS] for r in rows], columns=COLUMNS)
+    for c, kind in COLUMN_TYPES.items():
+        if kind == "float":
+            df[c] = pd.to_numeric(df[c]).astype("float64")
+        elif kind == "int":
+            df[c] = df[c].astype("int64")
+        elif kind == "Int64":
+            df[c] = pd.array([None if v is None or v != v else int(v) for v in df[c]], dtype="Int64")
+        else:
+            df[c] = df[c].astype(str)
+    return df
 
-    rows: list[dict] = field(default_factory=list)
-    # keys of the rows that the `run_sweep` call returning this table computed itself (the others
-    # were read back from its CSV: earlier sweeps, or another sweep running at the same time)
-    computed: list[str] = field(default_factory=list, compare=False, repr=False)
 
-    def __len__(self) -> int:
-        return len(self.rows)
+def _records(table: pd.DataFrame) -> list[dict]:
+    """The rows of a table as dicts of plain Python values (None where missing)."""
+    out = []
+    for r in table[COLUMNS].to_dict("records"):
+        out.append({k: (None if v is pd.NA or v is None else
+                        v.item() if hasattr(v, "item") else v) for k, v in r.items()})
+    return out
 
-    def column(self, name: str) -> np.ndarray:
-        return np.array([r[name] for r in self.rows])
 
-    def sort(self, by: str, descending: bool = False) -> "SweepTable":
-        check_choice("by", by, COLUMNS)
-        return SweepTable(sorted(self.rows, key=lambda r: r[by], reverse=descending))
+def current_rows(table: pd.DataFrame) -> tuple[pd.DataFrame, int]:
+    """The rows of `table` made by this version's row format, and how many others it held (rows of
+    older tables, or of another version of the workbench): those are never mixed into a result."""
+    _check_table("table", table)
+    keep = (table["row_format"] == ROW_FORMAT).fillna(False).astype(bool)
+    return table[keep], int((~keep).sum())
 
-    def filter(self, predicate: Callable[[dict], bool] | None = None, **equals) -> "SweepTable":
-        """Rows where predicate(row) holds and every column named in `equals` has that value."""
-        for k in equals:
-            check_choice("column", k, COLUMNS)
-        keep = [r for r in self.rows if (predicate is None or predicate(r))
-                and all(r[k] == v for k, v in equals.items())]
-        return SweepTable(keep)
 
-    def to_csv(self, path: str | os.PathLike) -> Path:
-        return atomic_write(path, (_HEADER + b"".join(_csv_line(r) for r in self.rows)).decode())
+def write_table(table: pd.DataFrame, path: str | os.PathLike) -> Path:
+    """Write a sweep table (a DataFrame with `COLUMNS`, e.g. a filtered `read_table`) to `path` as
+    a sweep CSV, atomically; `read_table` reads it back equal."""
+    _check_table("table", table)
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"`path` must be a str or an os.PathLike; got {path!r}.")
+    return atomic_write(path, (_HEADER + b"".join(_csv_line(r) for r in _records(table))).decode())
 
-    def to_pandas(self):
-        import pandas as pd  # optional
 
-        return pd.DataFrame(self.rows, columns=COLUMNS)
-
-    def _repr_html_(self) -> str:
-        from .report import table_html
-
-        show = ["dataset", "trigger_type", "trigger_size", "rate", "clean_accuracy",
-                "attack_success_rate", "gap", "gap_ci_low", "gap_ci_high", "p_value"]
-        return table_html([{k: r[k] for k in show} for r in self.rows])
+def _check_table(name: str, table) -> None:
+    if not isinstance(table, pd.DataFrame):
+        raise TypeError(f"`{name}` must be a pandas DataFrame of sweep rows (as `read_table` returns); "
+                        f"got {type(table).__name__}.")
+    missing = [c for c in COLUMNS if c not in table.columns]
+    if missing:
+        raise ValueError(f"`{name}` must have every sweep column; it lacks {', '.join(missing)}.")
 
 
 class SweepFileError(ValueError):
@@ -327,15 +354,6 @@ def _csv_line(row: dict) -> bytes:
     return buf.getvalue().encode("utf-8")
 
 
-def _header_line() -> bytes:
-    buf = io.StringIO()
-    csv.writer(buf).writerow(COLUMNS)
-    return buf.getvalue().encode("utf-8")
-
-
-_HEADER = _header_line()
-
-
 def _fields(line: bytes) -> list[str] | None:
     """The fields of one physical line, or None when it is not one whole record (a torn quote)."""
     text = line.decode("utf-8", errors="replace").rstrip("\r")
@@ -345,11 +363,29 @@ def _fields(line: bytes) -> list[str] | None:
         return None
 
 
-def _is_torn_header(line: bytes) -> bool:
-    """A first line that is a proper beginning of the header: a crash while the file was created
-    (older versions then appended rows after it)."""
+def _csv_record(fields: list[str]) -> bytes:
+    """One CSV record as the csv module writes it (quoted where needed, CRLF)."""
+    buf = io.StringIO()
+    csv.writer(buf).writerow(fields)
+    return buf.getvalue().encode("utf-8")
+
+
+_HEADER = _csv_record(COLUMNS)
+_LEGACY_HEADER = _csv_record(_LEGACY_COLUMNS)
+
+
+def _layout(line: bytes) -> str | None:
+    """What a table's first line (without its newline) is: "current" (this version's header, or a
+    proper beginning of it: a crash while the file was created, after which older versions
+    appended rows), "legacy" (the header of row formats 1 and 2, or a beginning of it only), or
+    None (not a sweep table)."""
     text = line.rstrip(b"\r")
-    return text != _HEADER.rstrip(b"\r\n") and _HEADER.startswith(text)
+    fields = _fields(line)
+    if fields == COLUMNS or _HEADER.startswith(text):
+        return "current"
+    if fields == _LEGACY_COLUMNS or _LEGACY_HEADER.startswith(text):
+        return "legacy"
+    return None
 
 
 def _not_a_table(path: Path) -> SweepFileError:
@@ -358,31 +394,50 @@ def _not_a_table(path: Path) -> SweepFileError:
                           "(nothing was changed).")
 
 
+def _parse_value(kind: str, text: str):
+    """One field's value; ValueError when it cannot be one of `kind`."""
+    if kind == "str":
+        return text
+    if text == "":
+        if kind in ("float", "Int64"):
+            return None
+        raise ValueError("missing")
+    if kind == "float":
+        return float(text)
+    try:  # "int", "Int64"
+        return int(text)
+    except ValueError:
+        v = float(text)  # "3.0" is accepted, "3.5" is not
+        if not v.is_integer():
+            raise
+        return int(v)
+
+
 def _parse(data: bytes, path: Path) -> list[dict]:
-    """Every complete row of a sweep CSV's bytes, in file order, duplicates included.
+    """Every complete row of a sweep CSV's bytes, in file order, duplicates included, each value
+    of its column's type (`COLUMN_TYPES`); rows of a legacy table have row_format None.
 
     Each physical line is parsed on its own, so a line torn inside a quoted field (by older
     versions, which appended after it) cannot swallow the rows after it; the text after the last
-    newline is a torn write and is left out.
+    newline is a torn write and is left out, and so is a line with a value its column cannot hold.
     """
     lines = data.split(b"\n")[:-1]
     if not lines:
         return []
-    if _fields(lines[0]) != COLUMNS and not _is_torn_header(lines[0]):
+    layout = _layout(lines[0])
+    if layout is None:
         raise _not_a_table(path)
+    columns = COLUMNS if layout == "current" else _LEGACY_COLUMNS
     rows = []
     for line in lines[1:]:
         vals = _fields(line)
-        if vals is None or len(vals) != len(COLUMNS) or not vals[0]:
+        if vals is None or len(vals) != len(columns) or not vals[0]:
             continue  # torn by an interrupted write
         try:
-            r = {k: (float(v) if k in _NUMERIC and v != "" else v) for k, v in zip(COLUMNS, vals)}
+            r = {k: _parse_value(COLUMN_TYPES[k], v) for k, v in zip(columns, vals)}
         except ValueError:
             continue
-        for k in ("trigger_size", "target", "seed", "epochs", "n_pairs", "n_samples"):
-            if isinstance(r[k], float) and math.isfinite(r[k]):
-                r[k] = int(r[k])
-        rows.append(r)
+        rows.append({c: r.get(c) for c in COLUMNS})  # a legacy row lacks the newer columns
     return rows
 
 
@@ -396,17 +451,19 @@ def _latest_by_key(rows: list[dict]) -> dict[str, dict]:
     return out
 
 
-def read_table(path: str | os.PathLike) -> SweepTable:
-    """Rows from a sweep CSV, one per key (the last complete one); damaged lines (interrupted
-    writes) are skipped. Raises SweepFileError when the file is not a sweep table."""
+def read_table(path: str | os.PathLike) -> pd.DataFrame:
+    """The rows of a sweep CSV as a pandas DataFrame: one row per key (the last complete one), the
+    columns `COLUMNS` with their types (`COLUMN_TYPES`), in file order. Damaged lines (interrupted
+    writes) are skipped; a missing file gives an empty table. Rows of every row format are read:
+    `current_rows` keeps this version's. Raises SweepFileError when the file is not a sweep table."""
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"`path` must be a str or an os.PathLike; got {path!r}.")
     path = Path(path)
     try:
         data = path.read_bytes()
     except FileNotFoundError:
-        return SweepTable([])
-    return SweepTable(list(_latest_by_key(_parse(data, path)).values()))
+        return _frame([])
+    return _frame(list(_latest_by_key(_parse(data, path)).values()))
 
 
 class _Store:
@@ -445,10 +502,11 @@ class _Store:
         return self._rows
 
     def finished(self) -> dict[str, dict]:
-        """key -> row of every point finished so far, after repairing a torn tail."""
+        """key -> row of every point finished so far (rows of this row format only), after
+        repairing a torn tail."""
         with self.locked():
             self._repair()
-            return _latest_by_key(self._read())
+            return _latest_by_key([r for r in self._read() if r["row_format"] == ROW_FORMAT])
 
     def _repair(self) -> None:
         """Make the file end with a complete record, the lock held. A torn tail (a write cut by a
@@ -465,10 +523,14 @@ class _Store:
             return
         data = self.path.read_bytes()
         first = data.find(b"\n") + 1  # 0: no complete line
-        header_ok = first > 0 and _fields(data[:first - 1]) == COLUMNS
         line = data[:first - 1] if first else data  # one line without newline: all of the file
-        if not header_ok and not _is_torn_header(line):
+        layout = _layout(line)
+        if layout is None:
             raise _not_a_table(self.path)
+        if layout == "legacy":
+            self._upgrade(data, first)
+            return
+        header_ok = first > 0 and _fields(line) == COLUMNS
         end = data.rfind(b"\n") + 1
         if header_ok and end == len(data):
             return
@@ -482,6 +544,30 @@ class _Store:
             atomic_write(self.path, body)
         warnings.warn(f"{self.path}: an interrupted write was repaired (the torn text is kept in "
                       f"{self.torn_path}); its row will be computed again.", stacklevel=4)
+
+    def _upgrade(self, data: bytes, first: int) -> None:
+        """Rewrite a table of row formats 1-2 (the lock held) with this version's header, its
+        complete rows given an empty row_format and empty newer columns (so they are read, never
+        reused) and every other line kept as it was; a torn header or tail goes to NAME.torn."""
+        end = data.rfind(b"\n") + 1
+        torn = [] if first and _fields(data[:first - 1]) == _LEGACY_COLUMNS else [data[:first or None]]
+        if end < len(data) and first:
+            torn.append(data[end:])
+        out, n = [], 0
+        for ln in (data[first:end].split(b"\n")[:-1] if first else []):
+            vals = _fields(ln)
+            if vals is not None and len(vals) == len(_LEGACY_COLUMNS) and vals[0]:
+                old = dict(zip(_LEGACY_COLUMNS, vals))
+                ln, n = _csv_record([old.get(c, "") for c in COLUMNS]).rstrip(b"\r\n"), n + 1
+            out.append(ln.rstrip(b"\r") + b"\r\n")
+        if torn:
+            self._set_aside(torn)
+        atomic_write(self.path, _HEADER + b"".join(out))
+        warnings.warn(f"{self.path} is a sweep table of an older workbench (row format 2 or "
+                      f"earlier): its header was upgraded to row format {ROW_FORMAT}; its {n} rows "
+                      "are kept with an empty row_format (never reused: they are computed again)"
+                      + (f", and torn text was moved to {self.torn_path}" if torn else "") + ".",
+                      stacklevel=4)
 
     def _set_aside(self, fragments: list[bytes]) -> None:
         with open(self.torn_path, "ab") as f:
@@ -639,8 +725,10 @@ _POLL = 0.5  # seconds between looks at points another sweep is computing
 
 def run_sweep(grid: SweepGrid, path: str | os.PathLike | None = "reports/sweep.csv",
               executor: cf.Executor | None = None, max_workers: int | None = None,
-              resume: bool = True, progress: bool = True) -> SweepTable:
-    """Run every grid point not already in `path`; return all rows of the grid.
+              resume: bool = True, progress: bool = True) -> pd.DataFrame:
+    """Run every grid point not already in `path`; return all rows of the grid as a DataFrame
+    (as `read_table`'s, in the grid's order); `.attrs["computed"]` lists the keys this call
+    computed itself (the others were read back from `path`).
 
     executor: any concurrent.futures.Executor (None: a local process pool of `max_workers`,
     or in-process when max_workers == 1). Rows are appended to `path` as they finish.
@@ -747,7 +835,8 @@ def run_sweep(grid: SweepGrid, path: str | os.PathLike | None = "reports/sweep.c
                 ex.shutdown(wait=True, cancel_futures=True)
             else:
                 _stop_workers(ex)
-    table = SweepTable([_normalise(done[p["key"]]) for p in points if p["key"] in done], computed)
+    table = _frame([_normalise(done[p["key"]]) for p in points if p["key"] in done])
+    table.attrs["computed"] = computed
     if failures:
         raise SweepError(failures, table, path)
     return table
@@ -758,7 +847,7 @@ class SweepError(RuntimeError):
     `failures` the (grid point, exception) pairs. Running the sweep again retries only the
     failed points (the finished ones are read back from the CSV)."""
 
-    def __init__(self, failures: list[tuple[dict, BaseException]], table: SweepTable,
+    def __init__(self, failures: list[tuple[dict, BaseException]], table: pd.DataFrame,
                  path: Path | None):
         self.failures, self.table, self.path = failures, table, path
         lines = [f"  {_describe(p)}: {type(e).__name__}: {e}" for p, e in failures[:10]]
@@ -781,6 +870,22 @@ def _normalise(row: dict) -> dict:
     return {k: row.get(k) for k in COLUMNS}
 
 
-__all__ = ["SweepGrid", "SweepTable", "SweepError", "SweepFileError", "run_sweep", "read_table",
-           "run_point", "point_key", "spearman_ci", "local_executor", "dask_executor",
-           "trigger_config", "ROW_FORMAT", "ESTIMATOR_SETTINGS"]
+_MOVED = {
+    "SweepTable": "SweepTable was replaced by a pandas DataFrame: `read_table` and `run_sweep` return "
+                  "one. table.rows -> df.to_dict('records'); table.column(c) -> df[c].to_numpy(); "
+                  "table.filter(rate=0) -> df[df.rate == 0]; table.sort(c) -> df.sort_values(c); "
+                  "table.computed -> df.attrs['computed']; table.to_csv(p) -> "
+                  "workbench.sweep.write_table(df, p); current rows only -> current_rows(df).",
+}
+
+
+def __getattr__(name: str):
+    if name in _MOVED:
+        raise AttributeError(f"workbench.sweep.{name} no longer exists. {_MOVED[name]}")
+    raise AttributeError(f"module 'workbench.sweep' has no attribute {name!r}")
+
+
+__all__ = ["SweepGrid", "SweepError", "SweepFileError", "run_sweep", "read_table", "write_table",
+           "current_rows", "run_point", "point_key", "spearman_ci", "local_executor",
+           "dask_executor", "trigger_config", "COLUMNS", "COLUMN_TYPES", "ROW_FORMAT",
+           "ESTIMATOR_SETTINGS"]
