@@ -33,6 +33,7 @@ def main(argv=None):
     ap.add_argument("--only", nargs="+", default=None, help="trigger names to run")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1: robust on a busy "
                     "2-core machine)")
+    ap.add_argument("--variants", action="store_true", help="also the non-default settings")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -49,7 +50,13 @@ def main(argv=None):
     crafted = {"LowFrequency": lambda: craft_low_frequency(data, 0, model=clean.model,
                                                            seed=args.seed),
                "TrojanNN": lambda: craft_trojannn(data, model=clean.model, seed=args.seed)}
-    for name, make in {**triggers, **crafted}.items():
+    # settings other than the defaults, measured where the defaults are not learnt (--variants)
+    variants = {"BPP(bits=2)": lambda: BPP(bits=2), "BPP(bits=1)": lambda: BPP(bits=1),
+                "FTrojan(magnitude=0.5)": lambda: FTrojan(magnitude=0.5),
+                "LowFrequency(epsilon=0.1)": lambda: craft_low_frequency(
+                    data, 0, model=clean.model, epsilon=0.1, seed=args.seed)}
+    todo = {**triggers, **crafted, **(variants if args.variants else {})}
+    for name, make in todo.items():
         if args.only and name not in args.only:
             continue
         tc = time.perf_counter()
