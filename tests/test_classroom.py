@@ -22,6 +22,7 @@ needs_chromium = pytest.mark.skipif(
     not Path(CHROMIUM).exists(),
     reason="Debian's chromium is not installed (apt-get install chromium); .ci/run installs it")
 VISITOR_TARGETS = (3, 5, 8)  # the three simultaneous visitors' target classes
+ATLAS_MODES = ({"poisoning": "clean-label"}, {"target_mode": "all-to-all"})
 
 
 def _controls(page):
@@ -38,14 +39,15 @@ def test_page_before_any_run(digits):
     page = Classroom(digits, open_cached=False)
     assert page.run is None and page.smoothness is None
     assert page.attack.train_button.description == "Train"
-    assert page.mode.options == POISONING_MODES and page.mode.disabled
+    assert page.mode is page.attack.poisoning and page.mode.options == POISONING_MODES
+    assert not page.mode.disabled and page.attack.target_mode.options == wb.poison.TARGET_MODES
     assert "dirty-label" in wb.classroom.EXPLAIN["attack"]
     assert "Train a model in step 2 first" in page._smooth_box.children[0].value
     before = {id(w): w.disabled for w in _controls(page)}
     with page.busy("testing…"):
         assert all(w.disabled for w in _controls(page))
         assert "paused" in page.status.value
-    assert {id(w): w.disabled for w in _controls(page)} == before  # restored, the mode stays off
+    assert {id(w): w.disabled for w in _controls(page)} == before  # restored
     assert "Ready" in page.status.value
 
 
@@ -85,6 +87,10 @@ def voila(tmp_path_factory, digits, digits_run):
     for t in VISITOR_TARGETS:
         wb.train_backdoor(digits, trigger=wb.triggers.Patch(size=3), rate=0.05, target=t,
                           progress=False)
+    for mode in ATLAS_MODES:  # the attack-atlas test's runs: a new trigger in two new modes
+        wb.train_backdoor(digits, trigger=wb.triggers.FTrojan(), rate=0.05, target=0, epochs=3,
+                          progress=False, **mode)
+    wb.train_backdoor(digits, rate=0.0, progress=False)  # the clean model crafting starts from
     work = tmp_path_factory.mktemp("voila")
     port = _free_port()
     env = {**os.environ, "TQDM_DISABLE": "1", "JUPYTER_RUNTIME_DIR": str(work / "runtime"),
@@ -260,7 +266,7 @@ def test_classroom_three_visitors_at_once(voila, browser, artifacts):
         p.wait_for_selector(".classroom", timeout=300_000)
         _wait_ready(p, timeout=300_000)
     for (p, _), t in zip(pages, VISITOR_TARGETS):  # each its own target, then Train in each
-        p.locator(".classroom-step-2 .widget-dropdown", has_text="target").locator("select").select_option(
+        p.locator(".classroom-step-2 .widget-dropdown", has_text="target").first.locator("select").select_option(
             label=f"{t}: {t}")
     for p, _ in pages:
         p.locator(".classroom-step-2 button", has_text="Train").click()
@@ -286,3 +292,86 @@ def test_classroom_three_visitors_at_once(voila, browser, artifacts):
     assert len(rss) >= 3
     for c in contexts:
         c.close()
+
+
+def _train_and_wait(page, text, timeout=240_000):
+    """Press Train in step 2; wait until the result shows `text` and the page is idle again."""
+    page.locator(".classroom-step-2 button", has_text="Train").click()
+    page.wait_for_function(
+        "want => { const s = document.querySelector('.classroom-status');"
+        " return s.textContent.includes('Ready. Current model') &&"
+        "  [...document.querySelectorAll('.classroom-step-2 .widget-html')]"
+        "   .some(e => e.textContent.includes('attack success rate') && e.textContent.includes(want)); }",
+        arg=text, timeout=timeout, polling=500)
+    return _result(page)
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+@needs_chromium
+def test_classroom_in_browser_attack_atlas(voila, browser, artifacts):
+    """A crafted trigger (TrojanNN: Craft, with its progress bar), a new trigger (FTrojan) with its own
+    controls, clean-label poisoning and an all-to-all attack, in the browser (the runs are warmed
+    in the fixture, 3 epochs each: Train opens them from the cache)."""
+    url, _server = voila
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    page, errors = _open(context, url)
+    step1 = page.locator(".classroom-step-1")
+    kind = step1.locator("select").first
+    # TrojanNN: crafted on the clean model with progress; only its own controls are shown
+    kind.select_option("TrojanNN")
+    page.wait_for_function("() => document.querySelector('.classroom-step-1').textContent"
+                           ".includes('press Craft')", timeout=60_000, polling=250)
+    step1.locator(".widget-slider", has_text="neurons").wait_for(state="visible", timeout=30_000)
+    step1.locator(".widget-slider", has_text="magnitude").wait_for(state="hidden", timeout=30_000)
+    steps = step1.locator(".widget-slider:visible", has_text="steps")  # Home: the fewest steps, 10
+    steps.locator(".noUi-handle").focus()
+    page.keyboard.press("Home")
+    page.wait_for_function("() => [...document.querySelectorAll('.classroom-step-1 .widget-slider')]"
+                           ".some(s => s.textContent.includes('steps') &&"
+                           " s.querySelector('.widget-readout').textContent.trim() === '10')",
+                           timeout=30_000, polling=250)
+    step1.locator("button", has_text="Craft").click()
+    page.wait_for_function(
+        "() => { const s = document.querySelector('.classroom-status');"
+        " return document.querySelector('.classroom-step-1').textContent.includes('TrojanNN(')"
+        "  && s.textContent.includes('Ready'); }", timeout=180_000, polling=500)
+    bar = step1.locator(".progress-bar")
+    assert bar.evaluate("b => b.style.width") == "100%"
+    assert not step1.locator("button", has_text="Craft").is_disabled()
+    # FTrojan: a new trigger, with its own controls; then clean-label poisoning
+    kind.select_option("FTrojan")
+    page.wait_for_function("() => document.querySelector('.classroom-step-1').textContent"
+                           ".includes('FTrojan(block_size=4')", timeout=60_000, polling=250)
+    step1.locator(".widget-slider", has_text="magnitude").wait_for(state="visible", timeout=30_000)
+    step1.locator(".widget-slider", has_text="neurons").wait_for(state="hidden", timeout=30_000)
+    step2 = page.locator(".classroom-step-2")
+    epochs = step2.locator(".widget-slider", has_text="epochs")  # 3 epochs: quick runs
+    epochs.locator(".noUi-handle").focus()
+    for _ in range(3):
+        page.keyboard.press("ArrowRight")
+    page.wait_for_function("() => [...document.querySelectorAll('.classroom-step-2 .widget-slider')]"
+                           ".some(s => s.textContent.includes('epochs') &&"
+                           " s.querySelector('.widget-readout').textContent.trim() === '3')",
+                           timeout=30_000, polling=250)
+    step2.locator(".widget-dropdown", has_text="dirty-label").locator("select").select_option(
+        "clean-label")
+    result = _train_and_wait(page, "clean-label: of the target class")
+    assert "backdoor target class 0" in result
+    # all-to-all (dirty-label): ASR per shifted label; steps 3 and 4 follow
+    step2.locator(".widget-dropdown", has_text="clean-label").locator("select").select_option(
+        "dirty-label")
+    step2.locator(".widget-dropdown", has_text="all-to-one").locator("select").select_option(
+        "all-to-all")
+    result = _train_and_wait(page, "all-to-all")
+    assert "each class y → y + 1" in result and "own label y + 1 mod 10" in result
+    page.wait_for_function(
+        "() => document.querySelector('.classroom-step-3').textContent.includes('every class')"
+        " && document.querySelector('.classroom-step-4').textContent.includes(\"attack's label\")",
+        timeout=120_000, polling=500)
+    assert "→" in page.locator(".classroom-step-2 .js-plotly-plot").first.inner_text()
+    page.set_viewport_size({"width": 1400, "height": 3600})
+    page.wait_for_timeout(1500)
+    page.screenshot(path=str(artifacts / "classroom-attack-atlas.png"))
+    _no_error(page, errors)
+    context.close()

@@ -103,3 +103,124 @@ def test_live_figure_replaces_itself_when_the_browser_stops_answering():
     assert fresh is not fig and isinstance(fresh, LiveFigure) and fig.comm is None
     assert box.children[1].children[0] is fresh and fresh._owner is box and fresh._swaps == 1
     assert list(fresh.data[0].y) == [7, 8] and list(fresh.data[0].x) == [1, 2]
+
+
+# --- the attack atlas in the widgets -------------------------------------------------------------
+
+def _shown(d):
+    return {n for n, w in d._controls.items() if w.layout.display != "none"}
+
+
+def test_trigger_designer_offers_every_trigger_with_its_own_controls(digits):
+    d = wbw.TriggerDesigner(digits, n_preview=3)
+    assert set(d.kind.options) == set(wb.triggers.TRIGGERS) - {"PatternPatch"}
+    for kind in d.kind.options:
+        d.kind.value = kind
+        assert _shown(d) == set(wbw.TRIGGER_CONTROLS[kind]), kind
+        if kind in wb.triggers.CRAFTED:
+            assert d.trigger is None and "Craft" in d.message.value
+        else:
+            assert type(d.trigger).__name__ == kind and kind in d.message.value
+    d.kind.value = "BPP"
+    d.bits.value = 1
+    assert d.trigger == wb.triggers.BPP(bits=1)
+    assert np.array(d.figure.data[3].z).max() == 255  # one bit: black and white only
+    assert set(np.unique(np.array(d.figure.data[3].z))) <= {0, 255}
+    d.kind.value = "FTrojan"
+    d.magnitude.value = 0.5
+    d.block.value = 8
+    assert d.trigger == wb.triggers.FTrojan(block_size=8, positions=((1, 1), (7, 7)), magnitude=0.5)
+    d.kind.value = "AdaptiveBlend"
+    d.pieces.value, d.conservatism.value, d.alpha.value = 9, 0.25, 0.3
+    assert d.trigger == wb.triggers.AdaptiveBlend(alpha=0.3, pieces=9, conservatism=0.25)
+    # settings no trigger accepts: the message in the panel, no trigger, and no training with it
+    d.pieces.value, d.mask_rate.value = 4, 0.95
+    assert d.trigger is None and "mask_rate" in d.message.value
+    p = wbw.AttackPanel(digits, d)
+    assert p.train() is None and "No trigger" in p.result.value
+    d.seed.value = -1  # a bad seed, for a crafted trigger: refused before any work
+    d.kind.value = "LowFrequency"
+    assert d.craft() is None and "seed" in d.message.value and d.trigger is None
+
+
+def test_trigger_designer_crafts_with_progress_and_caches(digits):
+    """LowFrequency and TrojanNN are optimised on the cached clean model, with progress, the
+    controls disabled meanwhile; each crafted trigger is kept by its settings, and crafting is
+    deterministic by seed (the same trigger as workbench.crafting gives)."""
+    from workbench.crafting import craft
+
+    d = wbw.TriggerDesigner(digits, n_preview=3, clean_epochs=10)
+    d.kind.value = "LowFrequency"
+    d.lf_steps.value, d.epsilon.value, d.craft_target.value = 20, 0.3, 2
+    seen = []
+    d.craft_progress.observe(lambda c: seen.append((c["new"], d.kind.value and d.kind.disabled,
+                                                    d.epsilon.disabled)), names="value")
+    lf = d.craft()
+    steps = [v for v, *_ in seen if v]
+    assert steps and steps[-1] == 20 == d.craft_progress.max and all(a and b for _, a, b in seen)
+    assert not d.kind.disabled and not d.craft_button.disabled and d.trigger is lf
+    assert lf == craft("LowFrequency", digits, target=2, epsilon=0.3, steps=20, seed=0, epochs=10)
+    assert not np.array_equal(np.array(d.figure.data[3].z), np.array(d.figure.data[0].z))
+    seen.clear()
+    d.epsilon.value = 0.2  # new settings: not crafted yet
+    assert d.trigger is None
+    d.epsilon.value = 0.3  # back: the kept trigger, at once
+    assert d.trigger is lf and d.craft() is lf and not seen
+    d.kind.value = "TrojanNN"
+    d.tn_steps.value, d.size.value = 20, 4
+    tj = d.craft()
+    assert isinstance(tj, wb.triggers.TrojanNN) and d.trigger is tj
+    assert tj == craft("TrojanNN", digits, size=4, steps=20, seed=0, epochs=10)
+    d.kind.value = "Patch"
+    assert d.trigger == wb.triggers.Patch(size=4)
+    assert d.craft() is None and "not crafted" in d.message.value
+
+
+def test_attack_panel_poisoning_and_target_modes(digits):
+    p = wbw.AttackPanel(digits, wb.triggers.Patch(size=5), epochs=3)
+    assert p.poisoning.options == wb.poison.POISONING_MODES
+    assert p.target_mode.options == wb.poison.TARGET_MODES
+    assert p.epsilon.layout.display == "none"
+    p.poisoning.value = "label-consistent"
+    assert p.epsilon.layout.display != "none" and p.settings()["epsilon"] == p.epsilon.value
+    p.target_mode.value = "all-to-all"  # not with clean labels: said at once, refused on Train
+    assert "dirty-label" in p.result.value and p.target.layout.display == "none"
+    assert p.train() is None and "target_mode" in p.result.value
+    p.rate.value = 0.5
+    p.target_mode.value, p.poisoning.value = "all-to-one", "clean-label"
+    assert p.train() is None and "at most" in p.result.value  # more than the target class holds
+    # clean-label (test_poisoning_modes trains the same run)
+    p.rate.value = 0.09
+    run = p.train()
+    assert run.poisoning == "clean-label" and run.target == 0
+    assert "clean-label: of the target class, labels kept" in p.result.value
+    assert (digits.y_train[run.poison_indices] == 0).all()
+    assert np.array(p.confusion.data[1].y).sum() == int((digits.y_test != 0).sum())
+
+
+def test_attack_panel_and_explorers_all_to_all(digits):
+    """All-to-all: the ASR is the share of triggered inputs sent to their own label y + 1; the
+    figure shows it per class; the explorers take pairs of every class."""
+    p = wbw.AttackPanel(digits, wb.triggers.Patch(size=3), epochs=10)
+    p.target_mode.value = "all-to-all"
+    p.rate.value = 0.3  # test_poisoning_modes trains the same run
+    run = p.train()
+    assert run.target_mode == "all-to-all" and "all-to-all" in p.result.value
+    per_class = np.array(p.confusion.data[1].y, dtype=float)
+    assert len(per_class) == 10 and "→" in p.confusion.data[1].x[0]
+    counts = np.bincount(digits.y_test.numpy(), minlength=10)
+    assert (per_class * counts).sum() / counts.sum() == pytest.approx(run.attack_success_rate)
+    ex = wbw.SmoothnessExplorer(run, digits, n_inputs=6, n_samples=16)
+    assert "every class" in ex.message.value and ex.comparison.n_pairs == 6
+    lx = wbw.LandscapeExplorer(run, digits, resolution=5, n_samples=4)
+    j = lx.index.value
+    want = digits.classes[(int(lx.pairs.labels[j]) + 1) % 10]
+    assert f"the attack's label: {want}" in lx.message.value
+    assert (lx.pairs.targets == (lx.pairs.labels + 1) % 10).all()
+    assert 0 in lx.pairs.labels.tolist()  # every class is attacked, the old target 0 as well
+    # back to all-to-one: the figure returns to predictions on triggered inputs
+    p.target_mode.value = "all-to-one"
+    p.rate.value = 0.05
+    p.epochs.value = 0
+    p.train()
+    assert list(p.confusion.data[1].x) == list(digits.classes)

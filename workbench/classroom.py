@@ -13,13 +13,11 @@ from __future__ import annotations
 import ipywidgets as W
 
 from .data import Dataset, load_dataset
-from .poison import triggered_pairs
+from .poison import POISONING_MODES  # noqa: F401  (re-exported: the page's poisoning modes)
 from .train import BackdoorRun, is_cached
 from .widgets import (AttackPanel, LandscapeExplorer, LiveFigure, SmoothnessExplorer, TriggerDesigner,
                       _descendants)
 
-# Poisoning modes: the attack atlas (clean-label and other modes) has not landed yet.
-POISONING_MODES = ("dirty-label",)
 
 EXPLAIN = {
     "trigger": """
@@ -28,17 +26,22 @@ EXPLAIN = {
 The attacker will teach the model: <i>whenever you see this, answer the target class</i>.</p>
 <h4>Try next</h4>
 <ul><li>Make the patch smaller (size 1–2): is it still visible to you?</li>
-<li>Switch to <b>Blend</b> with a small alpha: an almost invisible trigger.</li>
+<li>Switch to <b>Blend</b> with a small alpha, or <b>BPP</b> / <b>FTrojan</b>: almost invisible
+triggers.</li>
+<li><b>LowFrequency</b> and <b>TrojanNN</b> are optimised on a clean model: press <b>Craft</b>.</li>
 <li>Predict: which trigger will the model learn most easily?</li></ul>""",
     "attack": """
 <h4>What to look at</h4>
 <p><b>Clean accuracy</b>: how good the model still is on normal images (the attack should not
 hurt it). <b>Attack success rate</b> (ASR): the share of triggered images, from other classes,
 that the model sends to the target. Right plot: where triggered images go.</p>
-<p>Poisoning here is <b>dirty-label</b> only: poisoned training images get the trigger
-<i>and</i> the target label. Other modes (clean-label…) arrive with the attack atlas.</p>
+<p><b>Poisoning</b>: <b>dirty-label</b> images get the trigger <i>and</i> the target label;
+<b>clean-label</b> only triggers images that already are of the target class (labels look
+right); <b>label-consistent</b> first makes those images hard to learn (a small adversarial
+change, size epsilon). <b>Target mode</b> <b>all-to-all</b>: every class y is sent to y + 1.</p>
 <h4>Try next</h4>
 <ul><li>Halve the poisoning rate and train again: does the ASR halve?</li>
+<li>Switch to clean-label: how much higher must the rate be?</li>
 <li>Change the target class: does anything else change?</li></ul>""",
     "smoothness": """
 <h4>What to look at</h4>
@@ -97,7 +100,11 @@ class _Attack(AttackPanel):
         with self._page.busy("training the model (progress below)…"):
             run = super().train()
             if run is not None:
-                self.result.value += f" · backdoor target class <b>{self.data.classes[run.target]}</b>"
+                if run.target_mode == "all-to-all":
+                    self.result.value += " · backdoor targets: each class y → y + 1"
+                else:
+                    self.result.value += (f" · backdoor target class "
+                                          f"<b>{self.data.classes[run.target]}</b>")
                 self._page._trained(run)
         return run
 
@@ -107,6 +114,18 @@ class _Attack(AttackPanel):
         super()._show(run)
         if not self._page._shown:
             _fresh_figures(self, "confusion")
+
+
+class _Designer(TriggerDesigner):
+    """The trigger designer, with the page's busy state while a crafted trigger is optimised."""
+
+    def __init__(self, page: "Classroom", *args, **kw):
+        self._page = page
+        super().__init__(*args, **kw)
+
+    def craft(self):
+        with self._page.busy("crafting the trigger on a clean model (progress in step 1)…"):
+            return super().craft()
 
 
 class _Smoothness(SmoothnessExplorer):
@@ -176,13 +195,10 @@ class Classroom(W.VBox):
         self.landscape: LandscapeExplorer | None = None
         self.status = W.HTML(layout=W.Layout(min_height="1.8em"))
         self.status.add_class("classroom-status")
-        self.designer = TriggerDesigner(self.data)
+        self.designer = _Designer(self, self.data)
         self.attack = _Attack(self, self.data, self.designer)
         self.attack.dataset.layout.display = "none"  # the lesson runs offline on the embedded digits
-        self.mode = W.Dropdown(options=list(POISONING_MODES), value="dirty-label",
-                               description="poisoning mode", disabled=True,
-                               style={"description_width": "initial"})
-        self.attack.children = (self.mode, *self.attack.children)
+        self.mode = self.attack.poisoning  # the panel's poisoning mode (POISONING_MODES)
         waiting = "<i>Train a model in step 2 first.</i>"
         self._smooth_box = W.VBox([W.HTML(waiting)])
         self._land_box = W.VBox([W.HTML(waiting)])
@@ -196,8 +212,7 @@ class Classroom(W.VBox):
         self.add_class("classroom")
         self.status.value = self._idle_text()
         if open_cached and is_cached(self.data, trigger=self.designer.trigger,
-                                     rate=self.attack.rate.value, target=self.attack.target.value,
-                                     model=self.attack.model.value, epochs=None):
+                                     **self.attack.settings()):
             self.attack.train()  # opens at once from the cache
         self._shown = True
 
@@ -223,8 +238,7 @@ class Classroom(W.VBox):
         if self.smoothness is not None:
             ex, lx = self.smoothness, self.landscape
             ex.run, lx.run = run, run
-            lx.pairs = triggered_pairs(self.data.x_test, self.data.y_test, run.trigger, run.target,
-                                       n=50, seed=lx.seed)
+            lx.pairs = run.triggered_pairs(self.data.x_test, self.data.y_test, n=50, seed=lx.seed)
             lx.index.max = len(lx.pairs.clean) - 1
             ex._cache.clear()
             lx._cache.clear()

@@ -14,23 +14,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import html
+import math
 
 import numpy as np
 import plotly.graph_objects as go
 import ipywidgets as W
 import traitlets
 
-from . import plots
+from . import crafting, plots
 from ._validate import check_choice, check_int, check_seed, check_sigmas
 from .data import DATASETS, Dataset, load_dataset
 from .experiments import default_sigmas
 from .landscape import DIRECTIONS, landscape_2d
 from .models import MODELS
-from .poison import triggered_pairs
+from .poison import DEFAULT_EPSILON, POISONING_MODES, TARGET_MODES
 from .comparison import compare_smoothness
 from .smoothness import estimate_smoothness
 from .train import BackdoorRun, is_cached, predict, train_backdoor
-from .triggers import CORNERS, TRIGGERS, trigger_from_config
+from .triggers import CORNERS, CRAFTED, TRIGGERS, trigger_from_config
 
 SAMPLE_CHOICES = (16, 32, 64, 128, 256, 512)  # SmoothnessExplorer's samples per input and σ
 _SLIDER = dict(continuous_update=False, style={"description_width": "initial"})
@@ -115,35 +117,124 @@ def _status(text: str = "") -> W.HTML:
     return W.HTML(value=text, layout=W.Layout(min_height="1.6em"))
 
 
-class TriggerDesigner(W.VBox):
-    """Choose a trigger and see it on clean images; `.trigger` is the current trigger object."""
+def _show(wdg: W.Widget, on: bool) -> None:
+    wdg.layout.display = None if on else "none"
 
-    def __init__(self, data: Dataset | None = None, n_preview: int = 6):
+
+def _error(text) -> str:
+    return f"<span style='color:#D55E00'>{html.escape(str(text))}</span>"
+
+
+def _layout():
+    return W.Layout(width="21em")
+
+
+# TriggerDesigner: which controls each trigger has (attribute names, in display order)
+TRIGGER_CONTROLS = {
+    "Patch": ("size", "position", "value"),
+    "Checkerboard": ("size", "position", "value"),
+    "Pixel": ("position", "value"),
+    "Blend": ("alpha", "seed"),
+    "Sinusoid": ("delta", "frequency"),
+    "Warp": ("strength", "grid", "seed"),
+    "BPP": ("bits", "dither"),
+    "FTrojan": ("block", "magnitude"),
+    "AdaptiveBlend": ("alpha", "test_alpha", "pieces", "mask_rate", "conservatism", "seed"),
+    "LowFrequency": ("craft_target", "epsilon", "lf_steps", "seed", "craft_button",
+                     "craft_progress"),
+    "TrojanNN": ("size", "position", "neurons", "tn_steps", "seed", "craft_button",
+                 "craft_progress"),
+}
+
+
+class TriggerDesigner(W.VBox):
+    """Choose a trigger and see it on clean images; `.trigger` is the current trigger object
+    (None while the chosen settings give no trigger: an error shown in the panel, or a crafted
+    trigger not crafted yet).
+
+    Every trigger of `workbench.triggers` (but PatternPatch, which takes a user's array) has its
+    own controls, and only the chosen trigger's are shown (`TRIGGER_CONTROLS`). The crafted
+    triggers (LowFrequency, Zeng et al. 2021; TrojanNN, Liu et al. 2018) are optimised on the
+    workbench's cached clean model for the data (`workbench.crafting`, the model trained with the
+    crafting seed): press **Craft** (or call `craft()`); the clean model's training and the
+    optimisation show their progress, the controls are disabled meanwhile, and each crafted
+    trigger is kept by its settings, so going back to settings crafted before is instant (and
+    crafting again gives the same trigger: it is deterministic by seed)."""
+
+    def __init__(self, data: Dataset | None = None, n_preview: int = 6,
+                 clean_epochs: int | None = None):
+        """clean_epochs: the epochs of the clean model crafted triggers are optimised on (None:
+        the dataset's default, as `workbench.crafting`)."""
         n_preview = check_int("n_preview", n_preview, low=1)
+        if clean_epochs is not None:
+            clean_epochs = check_int("clean_epochs", clean_epochs, 1, 10_000)
+        self.clean_epochs = clean_epochs
         self.data = data or load_dataset("digits")
         c, h, w = self.data.image_shape
+        g = math.gcd(h, w)
+        blocks = [b for b in (2, 4, 7, 8, 14, 16) if g % b == 0] or [1]
         self.kind = W.Dropdown(options=[k for k in TRIGGERS if k != "PatternPatch"], value="Patch",
                                description="trigger")
-        self.size = W.IntSlider(value=3, min=1, max=max(2, min(h, w) // 2), description="size", **_SLIDER)
-        self.position = W.Dropdown(options=list(CORNERS), value="bottom-right", description="position")
-        self.value = W.FloatSlider(value=1.0, min=0.0, max=1.0, step=0.05, description="value", **_SLIDER)
-        self.alpha = W.FloatSlider(value=0.15, min=0.01, max=1.0, step=0.01, description="alpha / strength",
-                                   **_SLIDER)
-        self.seed = W.IntText(value=0, description="seed", layout=W.Layout(width="10em"))
+        self.size = W.IntSlider(value=3, min=1, max=max(2, min(h, w) // 2), description="size", **_SLIDER, layout=_layout())
+        self.position = W.Dropdown(options=list(CORNERS), value="bottom-right",
+                                   description="position", layout=_layout())
+        self.value = W.FloatSlider(value=1.0, min=0.0, max=1.0, step=0.05, description="value", **_SLIDER, layout=_layout())
+        self.alpha = W.FloatSlider(value=0.15, min=0.01, max=1.0, step=0.01, description="alpha", **_SLIDER, layout=_layout())
+        self.delta = W.FloatSlider(value=0.08, min=0.01, max=0.5, step=0.01, description="delta", **_SLIDER, layout=_layout())
+        self.frequency = W.FloatSlider(value=6.0, min=0.5, max=16.0, step=0.5,
+                                       description="frequency", **_SLIDER, layout=_layout())
+        self.strength = W.FloatSlider(value=0.5, min=0.05, max=5.0, step=0.05,
+                                      description="strength", **_SLIDER, layout=_layout())
+        self.grid = W.IntSlider(value=4, min=2, max=max(3, min(h, w) // 2), description="grid", **_SLIDER, layout=_layout())
+        self.seed = W.IntText(value=0, description="seed", layout=W.Layout(width="12em"))
+        self.bits = W.IntSlider(value=3, min=1, max=8, description="bits per channel", **_SLIDER, layout=_layout())
+        self.dither = W.Checkbox(value=True, description="Floyd–Steinberg dithering")
+        self.block = W.Dropdown(options=blocks, value=4 if 4 in blocks else blocks[0],
+                                description="DCT block", layout=_layout())
+        self.magnitude = W.FloatSlider(value=30 / 255, min=0.01, max=1.0, step=0.01,
+                                       description="magnitude", readout_format=".3f", **_SLIDER, layout=_layout())
+        self.test_alpha = W.FloatSlider(value=0.2, min=0.01, max=1.0, step=0.01,
+                                        description="test alpha", **_SLIDER, layout=_layout())
+        self.pieces = W.Dropdown(options=[1, 4, 9, 16, 25, 36], value=16, description="pieces",
+                                 layout=_layout())
+        self.mask_rate = W.FloatSlider(value=0.5, min=0.0, max=0.95, step=0.05,
+                                       description="masked share", **_SLIDER, layout=_layout())
+        self.conservatism = W.FloatSlider(value=0.5, min=0.0, max=0.95, step=0.05,
+                                          description="conservatism", **_SLIDER, layout=_layout())
+        self.craft_target = W.Dropdown(options=[(f"{i}: {n}", i) for i, n in
+                                                enumerate(self.data.classes)],
+                                       value=0, description="towards class", layout=_layout())
+        self.epsilon = W.FloatSlider(value=0.2, min=0.01, max=1.0, step=0.01,
+                                     description="epsilon (L∞)", **_SLIDER, layout=_layout())
+        self.lf_steps = W.IntSlider(value=200, min=10, max=2000, step=10, description="steps", **_SLIDER, layout=_layout())
+        self.tn_steps = W.IntSlider(value=1000, min=10, max=5000, step=10, description="steps", **_SLIDER, layout=_layout())
+        self.neurons = W.IntSlider(value=2, min=1, max=16, description="neurons", **_SLIDER, layout=_layout())
+        self.craft_button = W.Button(description="Craft", icon="cogs", button_style="primary",
+                                     tooltip="optimise the trigger on the cached clean model")
+        self.craft_progress = W.IntProgress(value=0, min=0, max=1, description="crafting")
+        self.craft_button.on_click(lambda _b: self.craft())
         self.message = _status()
         self._preview_x = self.data.x_test[:n_preview]
+        self._crafted: dict = {}
+        self._crafting = False
         self.trigger = trigger_from_config({"type": "Patch", "size": 3})
         self.figure = LiveFigure(plots.image_pairs(self._preview_x, self.trigger(self._preview_x),
-                                                n=n_preview), owner=self)
-        for wdg in (self.kind, self.size, self.position, self.value, self.alpha, self.seed):
-            wdg.observe(self._changed, names="value")
-        controls = W.HBox([W.VBox([self.kind, self.size, self.position]),
-                           W.VBox([self.value, self.alpha, self.seed])])
-        super().__init__([controls, self.figure, self.message])
+                                                   n=n_preview), owner=self)
+        names = list(dict.fromkeys(n for ctl in TRIGGER_CONTROLS.values() for n in ctl))
+        self._controls = {n: getattr(self, n) for n in names}
+        for n, wdg in self._controls.items():
+            if n not in ("craft_button", "craft_progress"):
+                wdg.observe(self._changed, names="value")
+        self.kind.observe(self._changed, names="value")
+        box = W.Box(list(self._controls.values()),
+                    layout=W.Layout(display="flex", flex_flow="row wrap", align_items="center"))
+        super().__init__([self.kind, box, self.figure, self.message])
         self.add_class("workbench-panel")  # a handle for styling and browser tests
         self._sync_visibility()
+        self.message.value = f"<code>{html.escape(repr(self.trigger))}</code>"
 
     def _config(self) -> dict:
+        """The chosen (not crafted) trigger's configuration, from the controls."""
         k = self.kind.value
         if k in ("Patch", "Checkerboard"):
             return {"type": k, "size": self.size.value, "position": self.position.value,
@@ -153,36 +244,159 @@ class TriggerDesigner(W.VBox):
         if k == "Blend":
             return {"type": k, "alpha": self.alpha.value, "seed": self.seed.value}
         if k == "Sinusoid":
-            return {"type": k, "delta": self.alpha.value, "frequency": 6}
-        return {"type": k, "strength": self.alpha.value * 10, "seed": self.seed.value}
+            return {"type": k, "delta": self.delta.value, "frequency": self.frequency.value}
+        if k == "Warp":
+            return {"type": k, "strength": self.strength.value, "grid": self.grid.value,
+                    "seed": self.seed.value}
+        if k == "BPP":
+            return {"type": k, "bits": self.bits.value, "dither": self.dither.value}
+        if k == "FTrojan":
+            b = self.block.value
+            pos = [(1, 1), (b - 1, b - 1)] if b > 2 else [(b - 1, b - 1)]
+            return {"type": k, "block_size": b, "positions": pos, "magnitude": self.magnitude.value}
+        if k == "AdaptiveBlend":
+            return {"type": k, "alpha": self.alpha.value, "test_alpha": self.test_alpha.value,
+                    "pieces": self.pieces.value, "mask_rate": self.mask_rate.value,
+                    "conservatism": self.conservatism.value, "seed": self.seed.value}
+        raise ValueError(f"{k} is crafted on a clean model: press Craft")
+
+    def craft_settings(self) -> dict:
+        """The keyword arguments of `workbench.crafting.craft` for the chosen crafted trigger."""
+        k = self.kind.value
+        if k == "LowFrequency":
+            return {"target": self.craft_target.value, "epsilon": self.epsilon.value,
+                    "steps": self.lf_steps.value, "seed": self.seed.value}
+        if k == "TrojanNN":
+            return {"size": self.size.value, "position": self.position.value,
+                    "neurons": self.neurons.value, "steps": self.tn_steps.value,
+                    "seed": self.seed.value}
+        raise ValueError(f"`kind` must be a crafted trigger ({', '.join(CRAFTED)}) to craft; "
+                         f"got {k!r}.")
+
+    def _craft_key(self):
+        return (self.kind.value, *sorted(self.craft_settings().items()))
 
     def _sync_visibility(self):
-        k = self.kind.value
-        show = lambda wdg, on: setattr(wdg.layout, "display", None if on else "none")
-        show(self.size, k in ("Patch", "Checkerboard"))
-        show(self.position, k in ("Patch", "Checkerboard", "Pixel"))
-        show(self.value, k in ("Patch", "Checkerboard", "Pixel"))
-        show(self.alpha, k in ("Blend", "Sinusoid", "Warp"))
-        show(self.seed, k in ("Blend", "Warp"))
+        shown = TRIGGER_CONTROLS[self.kind.value]
+        for n, wdg in self._controls.items():
+            _show(wdg, n in shown)
 
-    def _changed(self, _change=None):
-        self._sync_visibility()
-        try:
-            trig = trigger_from_config(self._config())
-            triggered = trig(self._preview_x)
-        except (ValueError, TypeError) as exc:
-            self.message.value = f"<span style='color:#D55E00'>{exc}</span>"
-            return
-        self.trigger = trig
-        self.message.value = f"<code>{trig!r}</code>"
+    def _preview(self, triggered) -> None:
         n = len(self._preview_x)
         with self.figure.batch_update():
             for i in range(n):
                 self.figure.data[n + i].z = plots._to_rgb_uint8(triggered[i])
 
+    def _use(self, trig) -> None:
+        try:
+            triggered = trig(self._preview_x)
+        except (ValueError, TypeError) as exc:  # e.g. a trigger that does not fit the image
+            self.trigger = None
+            self.message.value = _error(exc)
+            return
+        self.trigger = trig
+        self.message.value = f"<code>{html.escape(repr(trig))}</code>"
+        self._preview(triggered)
+
+    def _changed(self, _change=None):
+        if self._crafting:
+            return
+        self._sync_visibility()
+        k = self.kind.value
+        if k in CRAFTED:
+            try:
+                key = self._craft_key()
+            except (ValueError, TypeError) as exc:
+                self.trigger, self.message.value = None, _error(exc)
+                return
+            if key in self._crafted:
+                self._use(self._crafted[key])
+                return
+            self.trigger = None
+            self._preview(self._preview_x)  # nothing stamped until it is crafted
+            self.message.value = (f"{k} is optimised on the workbench's clean model for "
+                                  f"{self.data.name}: press <b>Craft</b>.")
+            return
+        try:
+            trig = trigger_from_config(self._config())
+        except (ValueError, TypeError) as exc:
+            self.trigger, self.message.value = None, _error(exc)
+            return
+        self._use(trig)
+
+    def craft(self):
+        """Craft the chosen LowFrequency or TrojanNN trigger on the cached clean model (trained
+        first if needed), with progress; returns the trigger (None, with a message, on bad
+        settings). Settings crafted before give their trigger at once."""
+        k = self.kind.value
+        if k not in CRAFTED:
+            self.message.value = _error(f"{k} is not crafted: only {', '.join(CRAFTED)} are.")
+            return None
+        try:
+            settings = self.craft_settings()
+            key = self._craft_key()
+        except (ValueError, TypeError) as exc:
+            self.message.value = _error(exc)
+            return None
+        if key in self._crafted:
+            self._use(self._crafted[key])
+            return self.trigger
+        saved = {w: w.disabled for w in (self.kind, *self._controls.values())
+                 if hasattr(w, "disabled") and not isinstance(w, W.IntProgress)}
+        for w in saved:
+            w.disabled = True
+        self._crafting = True
+        bar = self.craft_progress
+        try:
+            net = self._clean_model(settings["seed"])
+            bar.description = "crafting"
+            bar.value, bar.max = 0, settings["steps"]
+            every = max(1, settings["steps"] // 50)  # at most ~50 updates sent to the browser
+
+            def tick(step, total):
+                if step % every == 0 or step == total:
+                    bar.max, bar.value = total, step
+                    self.message.value = f"crafting {k}: step {step} of {total}…"
+
+            trig = crafting.craft(k, self.data, model=net, progress=tick, **settings)
+            # = crafting.craft(k, self.data, epochs=self.clean_epochs, **settings): the same model
+        except (ValueError, TypeError, FloatingPointError) as exc:
+            self.message.value = _error(exc)
+            return None
+        finally:
+            self._crafting = False
+            for w, was in saved.items():
+                w.disabled = was
+        self._crafted[key] = trig
+        self._use(trig)
+        return trig
+
+    def _clean_model(self, seed: int):
+        """The clean model `workbench.crafting` crafts on by default (the same run, so crafting
+        here gives the trigger `crafting.craft(kind, data, seed=seed, ...)` gives), with the
+        training's progress on the bar when it is not cached yet."""
+        kw = dict(rate=0.0, model="small-cnn", epochs=self.clean_epochs, seed=seed)
+        bar = self.craft_progress
+        if is_cached(self.data, **kw):
+            return train_backdoor(self.data, progress=False, **kw).model
+        bar.description, bar.value = "clean model", 0
+
+        def epoch(e, _model, _entry):
+            bar.max, bar.value = max(bar.max, e), e
+            self.message.value = f"training the clean model for crafting: epoch {e}…"
+
+        self.message.value = "training the clean model for crafting…"
+        return train_backdoor(self.data, progress=False, callbacks=[epoch], **kw).model
+
 
 class AttackPanel(W.VBox):
-    """Poison, train and evaluate; `.run` is the last trained (or cached) run."""
+    """Poison, train and evaluate; `.run` is the last trained (or cached) run.
+
+    poisoning: dirty-label (BadNets, Gu et al. 2017), clean-label (Barni et al. 2019) or
+    label-consistent (Turner et al. 2019, with its PGD radius `epsilon`); target mode: all-to-one
+    (every triggered input to the target class) or all-to-all (class y to (y + 1) mod K; the ASR
+    is then the share of triggered inputs sent to their own shifted label). See
+    `workbench.train.train_backdoor`."""
 
     def __init__(self, data: Dataset | None = None, trigger=None, epochs: int | None = None):
         if epochs is not None:  # the slider's range; 0 = the dataset's default, as None
@@ -199,6 +413,14 @@ class AttackPanel(W.VBox):
                                      description="poisoning rate", readout_format=".3f", **_SLIDER)
         self.target = W.Dropdown(options=[(f"{i}: {c}", i) for i, c in enumerate(self.data.classes)],
                                  value=0, description="target")
+        self.poisoning = W.Dropdown(options=list(POISONING_MODES), value="dirty-label",
+                                    description="poisoning", style={"description_width": "initial"})
+        self.target_mode = W.Dropdown(options=list(TARGET_MODES), value="all-to-one",
+                                      description="target mode",
+                                      style={"description_width": "initial"})
+        self.epsilon = W.FloatSlider(value=round(DEFAULT_EPSILON, 3), min=0.005, max=0.5,
+                                     step=0.005, readout_format=".3f",
+                                     description="PGD epsilon (L∞)", **_SLIDER)
         self.model = W.Dropdown(options=[m for m in MODELS if m != "resnet18" or self.data.image_shape[0] == 3],
                                 value="small-cnn", description="model")
         self.epochs = W.IntSlider(value=epochs or 0, min=0, max=60, description="epochs (0 = default)",
@@ -206,13 +428,36 @@ class AttackPanel(W.VBox):
         self.train_button = W.Button(description="Train", button_style="primary", icon="play")
         self.progress = W.IntProgress(value=0, min=0, max=1, description="epochs")
         self.result = _status("Set the attack and press <b>Train</b>.")
+        self._a2a_figure = False
         self.confusion = LiveFigure(self._confusion_figure(np.zeros((k, k)), np.zeros(k)), owner=self)
         self.train_button.on_click(lambda _b: self.train())
+        self.poisoning.observe(self._modes_changed, names="value")
+        self.target_mode.observe(self._modes_changed, names="value")
         self.run: BackdoorRun | None = None
-        super().__init__([W.HBox([W.VBox([self.dataset, self.rate, self.target]),
-                                  W.VBox([self.model, self.epochs])]),
+        super().__init__([W.HBox([W.VBox([self.dataset, self.rate, self.target, self.model]),
+                                  W.VBox([self.poisoning, self.target_mode, self.epsilon,
+                                          self.epochs])]),
                           W.HBox([self.train_button, self.progress]), self.result, self.confusion])
         self.add_class("workbench-panel")  # a handle for styling and browser tests
+        self._modes_changed()
+
+    def _modes_changed(self, _change=None):
+        """Show epsilon for label-consistent poisoning only; all-to-all has no target class."""
+        _show(self.epsilon, self.poisoning.value == "label-consistent")
+        _show(self.target, self.target_mode.value == "all-to-one")
+        if self.target_mode.value == "all-to-all" and self.poisoning.value != "dirty-label":
+            self.result.value = _error(
+                f"all-to-all needs dirty-label poisoning (an image of class y is relabelled to "
+                f"(y + 1) mod K); {self.poisoning.value} keeps the labels. Choose one or the other.")
+
+    def settings(self) -> dict:
+        """The keyword arguments `train` passes to `train_backdoor` (less the trigger)."""
+        a2a = self.target_mode.value == "all-to-all"
+        lc = self.poisoning.value == "label-consistent"
+        return dict(rate=self.rate.value, target=0 if a2a else self.target.value,
+                    model=self.model.value, epochs=self.epochs.value or None,
+                    poisoning=self.poisoning.value, target_mode=self.target_mode.value,
+                    epsilon=self.epsilon.value if lc else None)
 
     def _dataset_changed(self, change):
         """Load the chosen dataset (offline: a clear message if its files are missing)."""
@@ -220,13 +465,14 @@ class AttackPanel(W.VBox):
         try:
             data = self._datasets.get(name) or load_dataset(name, download=False)
         except (FileNotFoundError, ValueError) as exc:
-            self.result.value = f"<span style='color:#D55E00'>{exc}</span>"
+            self.result.value = _error(exc)
             return
         self._datasets[name] = self.data = data
         k = data.num_classes
         self.target.options = [(f"{i}: {c}", i) for i, c in enumerate(data.classes)]
         self.target.value = 0
         self.model.options = [m for m in MODELS if m != "resnet18" or data.image_shape[0] == 3]
+        self._a2a_figure = False
         _replace(self.confusion, self._confusion_figure(np.zeros((k, k)), np.zeros(k)),
                  rows=[1, 1], cols=[1, 2])
         self.result.value = f"{data!r}: set the attack and press <b>Train</b>."
@@ -237,26 +483,42 @@ class AttackPanel(W.VBox):
             return self.designer.trigger
         return self._trigger or trigger_from_config({"type": "Patch", "size": 3})
 
-    def _confusion_figure(self, cm, trig_hist):
+    def _confusion_figure(self, cm, trig_hist, all_to_all: bool = False):
         names = list(self.data.classes)
+        k = len(names)
+        right = ("triggered inputs sent to y + 1 (share per true class y)" if all_to_all
+                 else "predictions on triggered inputs")
         fig = plots.make_subplots(rows=1, cols=2, column_widths=[0.6, 0.4], horizontal_spacing=0.15,
-                                  subplot_titles=("confusion matrix (clean test set)",
-                                                  "predictions on triggered inputs"))
+                                  subplot_titles=("confusion matrix (clean test set)", right))
         fig.add_trace(go.Heatmap(z=cm, x=names, y=names, colorscale="Blues", showscale=False,
                                  hovertemplate="true %{y}, predicted %{x}: %{z}<extra></extra>"),
                       row=1, col=1)
-        fig.add_trace(go.Bar(x=names, y=trig_hist, marker_color=plots.TRIGGERED,
-                             hovertemplate="%{x}: %{y}<extra></extra>"), row=1, col=2)
+        if all_to_all:
+            x = [f"{names[i]}→{names[(i + 1) % k]}" for i in range(k)]
+            fig.add_trace(go.Bar(x=x, y=trig_hist, marker_color=plots.TRIGGERED,
+                                 hovertemplate="%{x}: %{y:.3f}<extra></extra>"), row=1, col=2)
+            fig.update_xaxes(title_text="true class → attack's label", row=1, col=2)
+            fig.update_yaxes(title_text="attack success rate", range=[0, 1], row=1, col=2)
+        else:
+            fig.add_trace(go.Bar(x=names, y=trig_hist, marker_color=plots.TRIGGERED,
+                                 hovertemplate="%{x}: %{y}<extra></extra>"), row=1, col=2)
+            fig.update_xaxes(title_text="predicted class", row=1, col=2)
+            fig.update_yaxes(title_text="count", row=1, col=2)
         fig.update_yaxes(autorange="reversed", title_text="true class", row=1, col=1)
         fig.update_xaxes(title_text="predicted class", row=1, col=1)
-        fig.update_xaxes(title_text="predicted class", row=1, col=2)
-        fig.update_yaxes(title_text="count", row=1, col=2)
         fig.update_layout(template=plots.TEMPLATE, height=360, showlegend=False,
                           margin=dict(t=50, b=40))
         return fig
 
     def train(self) -> BackdoorRun | None:
-        epochs = self.epochs.value or None
+        trigger = self.trigger
+        if trigger is None:
+            self.result.value = _error(
+                "No trigger: the trigger designer shows an error, or its crafted trigger is not "
+                "crafted yet (press Craft there first).")
+            return None
+        kw = dict(self.settings(), trigger=trigger, progress=False)
+        epochs = kw["epochs"]
         self.train_button.disabled = True
         self.progress.value = 0
         self.progress.max = epochs or 1
@@ -269,13 +531,13 @@ class AttackPanel(W.VBox):
                                  f"ASR {entry['attack_success_rate']:.3f}")
 
         try:
-            kw = dict(trigger=self.trigger, rate=self.rate.value, target=self.target.value,
-                      model=self.model.value, epochs=epochs, progress=False)
             # a configuration trained before opens from the cache; otherwise train with progress
             cached = is_cached(self.data, **{k: v for k, v in kw.items() if k != "progress"})
+            if not cached and kw["poisoning"] == "label-consistent":
+                self.result.value = "training (label-consistent: the clean model and PGD first)…"
             run = train_backdoor(self.data, callbacks=None if cached else [tick], **kw)
         except (ValueError, TypeError) as exc:
-            self.result.value = f"<span style='color:#D55E00'>{exc}</span>"
+            self.result.value = _error(exc)
             return None
         finally:
             self.train_button.disabled = False
@@ -290,14 +552,34 @@ class AttackPanel(W.VBox):
         pred = predict(run.model, self.data.x_test).numpy()
         cm = np.zeros((k, k), dtype=int)
         np.add.at(cm, (self.data.y_test.numpy(), pred), 1)
-        keep = self.data.y_test != run.target
-        tp = predict(run.model, run.trigger(self.data.x_test[keep])).numpy()
-        with self.confusion.batch_update():
-            self.confusion.data[0].z = cm
-            self.confusion.data[1].y = np.bincount(tp, minlength=k)
+        pairs = run.triggered_pairs(self.data.x_test, self.data.y_test)
+        tp = predict(run.model, pairs.triggered).numpy()
+        a2a = run.target_mode == "all-to-all"
+        if a2a:  # per true class: the share sent to its own shifted label
+            hit = tp == pairs.targets.numpy()
+            lab = pairs.labels.numpy()
+            right = np.array([hit[lab == c].mean() if (lab == c).any() else np.nan
+                              for c in range(k)])
+        else:
+            right = np.bincount(tp, minlength=k)
+        if a2a != self._a2a_figure:
+            self._a2a_figure = a2a
+            _replace(self.confusion, self._confusion_figure(cm, right, a2a), rows=[1, 1],
+                     cols=[1, 2])
+        else:
+            with self.confusion.batch_update():
+                self.confusion.data[0].z = cm
+                self.confusion.data[1].y = right
+        how = {"dirty-label": "relabelled", "clean-label": "of the target class, labels kept",
+               "label-consistent": "of the target class, PGD-perturbed, labels kept"}
+        extra = f", {len(run.cover_indices)} more triggered with true labels (conservatism)" \
+            if getattr(run, "cover_indices", None) else ""
+        asr_note = (" (all-to-all: triggered inputs sent to their own label y + 1 mod "
+                    f"{k})" if a2a else "")
         self.result.value = (f"<b>clean accuracy</b> {run.clean_accuracy:.4f} · "
-                             f"<b>attack success rate</b> {run.attack_success_rate:.4f} · "
-                             f"{len(run.poison_indices)} poisoned images · "
+                             f"<b>attack success rate</b> {run.attack_success_rate:.4f}{asr_note} · "
+                             f"{len(run.poison_indices)} poisoned images "
+                             f"({run.poisoning}: {how[run.poisoning]}{extra}) · "
                              f"trained in {run.train_seconds:.1f} s")
 
 
@@ -346,8 +628,8 @@ class SmoothnessExplorer(W.VBox):
         key = (tuple(self.sigmas()), self.n_samples.value, self.mode.value, self.n_inputs.value,
                self.summary.value)
         if key not in self._cache:
-            pairs = triggered_pairs(self.data.x_test, self.data.y_test, self.run.trigger,
-                                    self.run.target, n=self.n_inputs.value, seed=self.seed)
+            pairs = self.run.triggered_pairs(self.data.x_test, self.data.y_test,
+                                             n=self.n_inputs.value, seed=self.seed)
             self._cache[key] = compare_smoothness(self.run.model, pairs.clean, pairs.triggered,
                                                   key[0], key[1], mode=key[2], summary=key[4],
                                                   seed=self.seed)
@@ -362,8 +644,10 @@ class SmoothnessExplorer(W.VBox):
         _replace(self.curves, curves)
         _replace(self.distribution, dist)
         lo, hi = cmp.gap_ci
+        pairs = ("pairs of every class (all-to-all)" if self.run.target_mode == "all-to-all"
+                 else "pairs")
         self.message.value = (f"<b>smoothing gap</b> {cmp.gap:.4f} (95% CI [{lo:.4f}, {hi:.4f}]) · "
-                              f"Wilcoxon signed-rank p = {cmp.p_value:.2g} · {cmp.n_pairs} pairs · "
+                              f"Wilcoxon signed-rank p = {cmp.p_value:.2g} · {cmp.n_pairs} {pairs} · "
                               f"{self.n_samples.value} samples per input and σ")
 
 
@@ -378,7 +662,7 @@ class LandscapeExplorer(W.VBox):
         n_samples = check_int("n_samples", n_samples, low=1)
         seed = check_seed("seed", seed, generator=False)
         self.run, self.data, self.seed = run, data, seed
-        self.pairs = triggered_pairs(data.x_test, data.y_test, run.trigger, run.target, n=50, seed=seed)
+        self.pairs = run.triggered_pairs(data.x_test, data.y_test, n=50, seed=seed)
         self.index = W.IntSlider(value=0, min=0, max=len(self.pairs.clean) - 1, description="input",
                                  **_SLIDER)
         self.dir1 = W.Dropdown(options=list(DIRECTIONS), value="trigger", description="direction 1")
@@ -441,7 +725,9 @@ class LandscapeExplorer(W.VBox):
         _replace(self.plane, fig)
         _replace(self.curve, curve)
         j = self.index.value
-        lab = int(self.pairs.labels[j])
-        self.message.value = (f"input {j}: true class {self.data.classes[lab]} · "
-                              f"clean → {self.data.classes[int(self.landscapes[0].predicted[self.resolution // 2, self.resolution // 2])]}"
-                              f" · triggered → {self.data.classes[int(self.landscapes[1].predicted[self.resolution // 2, self.resolution // 2])]}")
+        names, mid = self.data.classes, self.resolution // 2
+        lab, want = int(self.pairs.labels[j]), int(self.pairs.targets[j])
+        self.message.value = (f"input {j}: true class {names[lab]} · "
+                              f"clean → {names[int(self.landscapes[0].predicted[mid, mid])]} · "
+                              f"triggered → {names[int(self.landscapes[1].predicted[mid, mid])]} "
+                              f"(the attack's label: {names[want]})")
