@@ -592,12 +592,15 @@ def pattern_findings(by_size: dict[int, list], dataset: str) -> list[dict]:
     ctrl = [m for ms in by_size.values() for m in ms if m.name != "universal patch"]
     lo = np.array([m.comparison.gap_ci[0] for m in ctrl])
     hi = np.array([m.comparison.gap_ci[1] for m in ctrl])
-    counts, v, _ = _direction(lo, hi)
+    counts, _, _ = _direction(lo, hi)
+    above, below = int((lo > 0).sum()), int((hi < 0).sum())
+    v = (f"never smoother ({below} less smooth)" if not above else
+         f"{above} of {len(ctrl)} smoother: not specific to crafted patterns")
     return [{"finding": f"Artificial patterns without poisoning (claim 5): universal patches on a "
                         f"clean model, {dataset}", "measured": measured, "verdict": verdict},
             {"finding": f"Controls: white and random patches of the same sizes, {dataset}",
              "measured": f"{_runs(len(ctrl), 'pattern')}: {counts}",
-             "verdict": _verdict(f"{v}" if v != "smoother" else "smoother (all)", "none")}]
+             "verdict": _verdict(v, "none" if not above else "mixed")}]
 
 
 def detection_finding(dets: list, dataset: str, attack: str) -> dict:
@@ -638,10 +641,11 @@ def dynamics_heatmap(dyn: list[dict]):
         zmid=0, zmin=-lim, zmax=lim,
         colorbar=dict(title=dict(text="W<sub>σ</sub> clean −<br>triggered (nats)"), thickness=14)))
     a, _ = _first_epochs(dyn)
-    if a is not None:
-        fig.add_vline(x=a - 0.5, line=dict(color="#222", dash="dash", width=1),
-                      annotation_text=f"ASR ≥ 0.9 from epoch {a}", annotation_position="top right")
-    fig.update_layout(template=plots.TEMPLATE, height=380, margin=dict(t=60, r=20),
+    if a is not None:  # the line, and its label above the plot (on the cells it would hide them)
+        fig.add_vline(x=a - 0.5, line=dict(color="#222", dash="dash", width=1))
+        fig.add_annotation(x=a - 0.5, y=1, yref="paper", yanchor="bottom", xanchor="left",
+                           text=f" ASR ≥ 0.9 from epoch {a}", showarrow=False, font=dict(size=11))
+    fig.update_layout(template=plots.TEMPLATE, height=400, margin=dict(t=80, r=20),
                       title="Where smoothing appears: the W<sub>σ</sub> gap by epoch and noise scale",
                       xaxis=dict(title="epoch", dtick=1 if len(ep) <= 15 else 5),
                       yaxis_title="noise scale σ")
