@@ -310,7 +310,8 @@ def test_rows_of_older_row_formats_are_read_never_reused(tmp_path, four_runs):
     # a sweep into it upgrades the header, keeps the old rows and computes the points again (even
     # where an old row's key matched: only rows of this row format are reused)
     grid = sw.SweepGrid(**{**FOUR, "rates": (0.0, 0.05)})
-    with pytest.warns(UserWarning, match=r"older workbench .*its 2 rows are kept with an empty row_format"):
+    with pytest.warns(UserWarning, match=r"older workbench .*its 2 rows are kept with their older "
+                                          r"or an empty row_format"):
         new = sw.run_sweep(grid, path, max_workers=1, progress=False)
     assert len(new.attrs["computed"]) == 2 and (new["row_format"] == sw.ROW_FORMAT).all()
     lines = path.read_bytes().splitlines()

@@ -86,14 +86,17 @@ COLUMN_TYPES = {
     "clean_mean_W": "float", "triggered_mean_W": "float", "n_pairs": "int", "n_samples": "int", "sigma_min": "float", "sigma_max": "float",
     "train_seconds": "float", "torch": "str", "workbench": "str"}
 COLUMNS = list(COLUMN_TYPES)
-# The header of row formats 1 and 2: read (the columns it lacks are missing values), and upgraded on
-# the next append.
+# The header of row formats 1 and 2. Tables with an older header are read (the columns it lacks are
+# missing values: NaN, <NA>, or "" for text) and upgraded to `COLUMNS` by the next sweep into them.
+# When COLUMNS changes, add the header it had to _OLDER_COLUMNS (and bump ROW_FORMAT).
 _LEGACY_COLUMNS = ["key", "dataset", "trigger", "trigger_type", "trigger_size", "rate", "target",
                    "seed", "model", "epochs", "clean_accuracy", "attack_success_rate", "gap",
                    "gap_ci_low", "gap_ci_high", "p_value", "radius_gap", "radius_p_value",
                    "clean_mean_W", "triggered_mean_W", "n_pairs", "n_samples", "sigma_min",
                    "sigma_max", "train_seconds", "torch", "workbench"]
-assert all(COLUMN_TYPES[c] in ("float", "Int64") for c in COLUMNS if c not in _LEGACY_COLUMNS)
+_OLDER_COLUMNS = [_LEGACY_COLUMNS]
+# a column an older table lacks must have a "missing" value: not an int
+assert all(COLUMN_TYPES[c] != "int" for old in _OLDER_COLUMNS for c in COLUMNS if c not in old)
 # A grid names triggers by type and size: those whose content must be given (a crafted pattern)
 # cannot be swept.
 SWEEPABLE = tuple(k for k in TRIGGERS if k != "PatternPatch")
@@ -371,20 +374,20 @@ def _csv_record(fields: list[str]) -> bytes:
 
 
 _HEADER = _csv_record(COLUMNS)
-_LEGACY_HEADER = _csv_record(_LEGACY_COLUMNS)
 
 
-def _layout(line: bytes) -> str | None:
-    """What a table's first line (without its newline) is: "current" (this version's header, or a
-    proper beginning of it: a crash while the file was created, after which older versions
-    appended rows), "legacy" (the header of row formats 1 and 2, or a beginning of it only), or
-    None (not a sweep table)."""
+def _layout(line: bytes) -> list[str] | None:
+    """The columns of a table whose first line (without its newline) is `line`: `COLUMNS` for this
+    version's header or a proper beginning of it (a crash while the file was created, after which
+    older versions appended rows), an older header's columns for that header (or a beginning of
+    it only), None when it is not a sweep table."""
     text = line.rstrip(b"\r")
     fields = _fields(line)
     if fields == COLUMNS or _HEADER.startswith(text):
-        return "current"
-    if fields == _LEGACY_COLUMNS or _LEGACY_HEADER.startswith(text):
-        return "legacy"
+        return COLUMNS
+    for old in _OLDER_COLUMNS:
+        if fields == old or _csv_record(old).startswith(text):
+            return old
     return None
 
 
@@ -424,10 +427,9 @@ def _parse(data: bytes, path: Path) -> list[dict]:
     lines = data.split(b"\n")[:-1]
     if not lines:
         return []
-    layout = _layout(lines[0])
-    if layout is None:
+    columns = _layout(lines[0])
+    if columns is None:
         raise _not_a_table(path)
-    columns = COLUMNS if layout == "current" else _LEGACY_COLUMNS
     rows = []
     for line in lines[1:]:
         vals = _fields(line)
@@ -437,7 +439,8 @@ def _parse(data: bytes, path: Path) -> list[dict]:
             r = {k: _parse_value(COLUMN_TYPES[k], v) for k, v in zip(columns, vals)}
         except ValueError:
             continue
-        rows.append({c: r.get(c) for c in COLUMNS})  # a legacy row lacks the newer columns
+        # a row of an older table lacks the newer columns: missing values
+        rows.append({c: r.get(c, "" if COLUMN_TYPES[c] == "str" else None) for c in COLUMNS})
     return rows
 
 
@@ -524,11 +527,11 @@ class _Store:
         data = self.path.read_bytes()
         first = data.find(b"\n") + 1  # 0: no complete line
         line = data[:first - 1] if first else data  # one line without newline: all of the file
-        layout = _layout(line)
-        if layout is None:
+        columns = _layout(line)
+        if columns is None:
             raise _not_a_table(self.path)
-        if layout == "legacy":
-            self._upgrade(data, first)
+        if columns is not COLUMNS:
+            self._upgrade(data, first, columns)
             return
         header_ok = first > 0 and _fields(line) == COLUMNS
         end = data.rfind(b"\n") + 1
@@ -545,27 +548,29 @@ class _Store:
         warnings.warn(f"{self.path}: an interrupted write was repaired (the torn text is kept in "
                       f"{self.torn_path}); its row will be computed again.", stacklevel=4)
 
-    def _upgrade(self, data: bytes, first: int) -> None:
-        """Rewrite a table of row formats 1-2 (the lock held) with this version's header, its
-        complete rows given an empty row_format and empty newer columns (so they are read, never
-        reused) and every other line kept as it was; a torn header or tail goes to NAME.torn."""
+    def _upgrade(self, data: bytes, first: int, columns: list[str]) -> None:
+        """Rewrite a table with an older header, `columns` (the lock held), with this version's
+        header: its complete rows keep their values, the columns they lack left empty (their row
+        format is older or empty: they are read, never reused), every other line is kept as it was;
+        a torn header or tail goes to NAME.torn."""
         end = data.rfind(b"\n") + 1
-        torn = [] if first and _fields(data[:first - 1]) == _LEGACY_COLUMNS else [data[:first or None]]
+        torn = [] if first and _fields(data[:first - 1]) == columns else [data[:first or None]]
         if end < len(data) and first:
             torn.append(data[end:])
         out, n = [], 0
         for ln in (data[first:end].split(b"\n")[:-1] if first else []):
             vals = _fields(ln)
-            if vals is not None and len(vals) == len(_LEGACY_COLUMNS) and vals[0]:
-                old = dict(zip(_LEGACY_COLUMNS, vals))
+            if vals is not None and len(vals) == len(columns) and vals[0]:
+                old = dict(zip(columns, vals))
                 ln, n = _csv_record([old.get(c, "") for c in COLUMNS]).rstrip(b"\r\n"), n + 1
             out.append(ln.rstrip(b"\r") + b"\r\n")
         if torn:
             self._set_aside(torn)
         atomic_write(self.path, _HEADER + b"".join(out))
-        warnings.warn(f"{self.path} is a sweep table of an older workbench (row format 2 or "
-                      f"earlier): its header was upgraded to row format {ROW_FORMAT}; its {n} rows "
-                      "are kept with an empty row_format (never reused: they are computed again)"
+        warnings.warn(f"{self.path} is a sweep table of an older workbench (row format before "
+                      f"{ROW_FORMAT}): its header was upgraded to row format {ROW_FORMAT}; its {n} "
+                      "rows are kept with their older or an empty row_format (never reused: they "
+                      "are computed again)"
                       + (f", and torn text was moved to {self.torn_path}" if torn else "") + ".",
                       stacklevel=4)
 
