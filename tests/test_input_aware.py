@@ -273,3 +273,13 @@ def test_cross_accuracy_checks_its_input(ia_run, digits):
     with pytest.raises(ValueError, match="`y` must have shape"):
         cross_accuracy(ia_run.model, x, y[:5], ia_run.trigger)
     assert math.isfinite(cross_accuracy(ia_run.model, x, y, ia_run.trigger))
+
+
+def test_the_workbench_rebuilds_it_from_its_config(ia_run, digits):
+    """trigger_from_config (how runs, sweeps and load_run rebuild triggers) and wb.triggers know
+    InputAware: the rebuilt trigger gives the same images."""
+    cfg = ia_run.trigger.to_config()
+    rebuilt = wb.triggers.trigger_from_config(cfg)
+    assert isinstance(rebuilt, wb.triggers.InputAware) and rebuilt.to_config() == cfg
+    x = digits.x_test[:8]
+    torch.testing.assert_close(rebuilt(x), ia_run.trigger(x), atol=1e-4, rtol=0)

@@ -21,6 +21,8 @@ from .experiments import default_sigmas, smoothing_analysis  # noqa: E402
 from .landscape import landscape_2d  # noqa: E402
 from . import crafting  # noqa: E402
 from .crafting import craft, craft_low_frequency, craft_trojannn  # noqa: E402
+from .input_aware import (InputAware, InputAwareRun, load_input_aware_run,  # noqa: E402
+                          train_input_aware)
 
 # plotly / ipywidgets are heavy: their modules load on first use (wb.plots, wb.widgets, ...)
 _LAZY = ("plots", "widgets", "report", "cli")
@@ -40,5 +42,6 @@ __all__ = [
     "estimate_smoothness", "paired_gap", "BackdoorRun", "TrainConfig", "attack_success_rate",
     "clean_accuracy", "is_cached", "load_run", "predict", "train_backdoor", "default_sigmas",
     "smoothing_analysis", "landscape_2d", "crafting", "craft", "craft_low_frequency",
+    "InputAware", "InputAwareRun", "train_input_aware", "load_input_aware_run",
     "craft_trojannn",
 ]
