@@ -52,7 +52,7 @@ from .data import DATASET_SHAPES, DATASETS
 from .fileio import atomic_write
 from .models import MODELS
 from .stats import spearman_ci  # noqa: F401 - re-exported: it used to live here
-from .triggers import TRIGGERS
+from .triggers import CRAFTED, TRIGGERS
 
 try:  # Linux and macOS; elsewhere sweeps sharing one CSV are not coordinated
     import fcntl
@@ -99,7 +99,9 @@ _OLDER_COLUMNS = [_LEGACY_COLUMNS]
 assert all(COLUMN_TYPES[c] != "int" for old in _OLDER_COLUMNS for c in COLUMNS if c not in old)
 # A grid names triggers by type and size: those whose content must be given (a crafted pattern)
 # cannot be swept.
-SWEEPABLE = tuple(k for k in TRIGGERS if k != "PatternPatch")
+# Triggers a sweep builds from parameters: not PatternPatch (a user's array) nor the crafted ones
+# (LowFrequency, TrojanNN: optimised on a clean model; craft them, then train_backdoor).
+SWEEPABLE = tuple(k for k in TRIGGERS if k != "PatternPatch" and k not in CRAFTED)
 SIZED = tuple(k for k in SWEEPABLE if "size" in TRIGGERS[k]._params)
 
 
