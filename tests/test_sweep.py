@@ -57,9 +57,12 @@ FOUR = dict(trigger_sizes=(3,), rates=(0.0, 0.05, 0.1, 0.2), epochs=1, n_pairs=1
 
 
 def test_trigger_types_come_from_the_trigger_registry():
-    from workbench.triggers import TRIGGERS
+    from workbench.triggers import CRAFTED, TRIGGERS
 
-    assert set(sw.SWEEPABLE) == set(TRIGGERS) - {"PatternPatch"}  # a pattern cannot be swept by size
+    # a pattern cannot be swept by size; crafted triggers are optimised, not built from parameters
+    assert set(sw.SWEEPABLE) == set(TRIGGERS) - {"PatternPatch"} - set(CRAFTED)
+    with pytest.raises(ValueError, match="`trigger_types` must be one of"):
+        sw.SweepGrid(trigger_types=("TrojanNN",))
     assert sw.SIZED == ("Patch", "Checkerboard")
     with pytest.raises(ValueError, match="`trigger_types` must be one of 'Patch'"):
         sw.SweepGrid(trigger_types=("PatternPatch",))
