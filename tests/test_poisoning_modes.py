@@ -101,10 +101,7 @@ def test_a_triggers_conservatism_and_training_form_are_used(digits):
 def test_adaptive_blend_poisons_with_covers_and_its_own_piece_subsets(digits):
     """Qi et al. 2023's Adaptive-Blend through poison_dataset: half the triggered images are
     covers (true label), each poisoned image shows its own subset of 8 of the 16 pieces."""
-    ab = getattr(wb.triggers, "AdaptiveBlend", None)
-    if ab is None:
-        pytest.skip("workbench.triggers.AdaptiveBlend has not landed")
-    trig = ab()  # conservatism 0.5, 16 pieces, mask rate 0.5
+    trig = wb.triggers.AdaptiveBlend()  # conservatism 0.5, 16 pieces, mask rate 0.5
     x, y = digits.x_train, digits.y_train
     p = wb.poison_dataset(x, y, trig, rate=0.1, target=0, seed=0)
     n = round(0.1 * len(y))
