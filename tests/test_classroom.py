@@ -160,6 +160,20 @@ def _result(page):
         has_text="attack success rate").first.inner_text()
 
 
+def _watch_busy(page):
+    """Record whether the Train button is ever disabled from now on. A cached run trains in well
+    under a second, and a loaded browser may apply "disabled" and "enabled" in one go, so polling
+    the button can miss the busy state; a MutationObserver sees every change."""
+    page.evaluate(
+        "() => { window.__trainWasDisabled = false;"
+        " const root = document.querySelector('.classroom-step-2');"
+        " new MutationObserver(records => { if (records.some(r => r.oldValue === null"
+        "   && r.target.tagName === 'BUTTON' && r.target.textContent.includes('Train')))"
+        "   window.__trainWasDisabled = true; })"  # oldValue null: the attribute was just added
+        " .observe(root, {attributes: true, subtree: true, attributeOldValue: true,"
+        "   attributeFilter: ['disabled']}); }")
+
+
 def _curve_x(page):
     return page.locator(".classroom-step-3 .js-plotly-plot").first.evaluate(
         "el => el.data.map(t => Array.from(t.x || []))")
@@ -197,10 +211,8 @@ def test_classroom_in_browser_train_and_move_sigma(voila, browser, artifacts):
     page.locator(".classroom-step-1 select").first.select_option("Checkerboard")
     page.wait_for_timeout(500)
     before = _result(page)
+    _watch_busy(page)
     page.locator(".classroom-step-2 button", has_text="Train").click()
-    page.wait_for_function(  # busy: the Train button is disabled while the kernel trains
-        "() => [...document.querySelectorAll('.classroom-step-2 button')]"
-        ".some(b => b.textContent.includes('Train') && b.disabled)", timeout=60_000, polling=100)
     page.wait_for_function(
         "before => { const s = document.querySelector('.classroom-status');"
         " const r = [...document.querySelectorAll('.classroom-step-2 .widget-html')]"
@@ -208,6 +220,7 @@ def test_classroom_in_browser_train_and_move_sigma(voila, browser, artifacts):
         " return s.textContent.includes('Ready. Current model') && r && r !== before; }",
         arg=before, timeout=300_000, polling=500)
     result = _result(page)
+    assert page.evaluate("() => window.__trainWasDisabled")  # busy while the kernel trained
     assert "attack success rate" in result
     asr = float(result.split("attack success rate")[1].split()[0])
     assert 0.0 <= asr <= 1.0
