@@ -631,7 +631,7 @@ def test_estimate_pair_checks():
         sm.estimate_pair(model, x, x, [0.1], 64, allocation="optimal")
     with pytest.raises(ValueError, match="replaces adaptive sampling"):
         sm.estimate_pair(model, x, x, [0.1], 64, target_se=0.1)
-    with pytest.raises(ValueError, match=r"`pilot` must be an int in \[16, 64\]"):  # 2 LHS units
+    with pytest.raises(ValueError, match=r"`pilot` must be an int in \[10, 64\]"):  # 10 groups
         sm.estimate_pair(model, x, x, [0.1], 64, pilot=128)
     with pytest.raises(ValueError, match="`triggered` must have the shape"):
         sm.estimate_pair(model, x, x[:2], [0.1], 64)

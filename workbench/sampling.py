@@ -227,13 +227,23 @@ class Engine:
             x = x.contiguous(memory_format=torch.channels_last)
         return self.model(x)
 
-    def _noise_block(self, j: int, b: int, s: int) -> torch.Tensor:
-        """(NOISE_BLOCK, C, H, W) draws for input j, block b (and σ index s without CRN)."""
+    def _noise_block(self, j: int, b: int, s: int, out: torch.Tensor | None = None,
+                     off: int = 0) -> torch.Tensor:
+        """(NOISE_BLOCK, C, H, W) draws for input j, block b (and σ index s without CRN); with
+        `out` ((nb, C, H, W)), draws off .. off + nb of the block are written there instead."""
         words = (self.seed, j, b) if self.common_noise else (self.seed, j, b, s + 1)
         if self.design != "iid":
             words = (*words, 0xD5, _DESIGN_WORD[self.design])
         g = torch.Generator(device=self.dev).manual_seed(mix_seed(*words))
-        return design_block(self.design, g, tuple(self.x.shape[1:]), self.noise, self.dev)
+        if out is not None and self.design == "iid" and off == 0 and len(out) == NOISE_BLOCK:
+            # a whole iid block straight into the chunk (torch.randn / rand draw the same stream)
+            if self.noise == "gaussian":
+                return out.normal_(generator=g)
+            return out.uniform_(generator=g).mul_(2).sub_(1)
+        block = design_block(self.design, g, tuple(self.x.shape[1:]), self.noise, self.dev)
+        if out is None:
+            return block
+        return out.copy_(block[off:off + len(out)])
 
     @torch.inference_mode()
     def run(self, active: np.ndarray, start, stop, bar) -> None:
@@ -269,19 +279,26 @@ class Engine:
             kj = np.zeros_like(js) if self.common_inputs else js
             ks = np.zeros_like(ss) if self.common_noise else ss
             keys, inv = np.unique(kj * s_count + ks, return_inverse=True)
-            eps = torch.stack([self._noise_block(int(k_ // s_count), b, int(k_ % s_count))
-                               [off:off + nb] for k_ in keys])
+            eps = torch.empty((len(keys), nb, *self.x.shape[1:]), device=self.dev)
+            for i, k_ in enumerate(keys):  # drawn in place: no stacked copy of the chunk
+                self._noise_block(int(k_ // s_count), b, int(k_ % s_count), eps[i], off)
             if len(keys) < len(js):
                 eps = eps[torch.from_numpy(inv.reshape(-1)).to(self.dev)]  # (q, nb, C, H, W)
             jt = torch.from_numpy(js).to(self.dev)
             st = torch.from_numpy(ss).to(self.dev)
-            xn = self.x[jt][:, None] + self.sig[st].view(-1, 1, 1, 1, 1) * eps  # (q, nb, C, H, W)
+            # x + σ·ε in place on the chunk's own noise (the same float operations, in the same
+            # order, as x[j] + σ * ε)
+            xn = eps.mul_(self.sig[st].view(-1, 1, 1, 1, 1)).add_(self.x[jt][:, None])
             if self.clip is not None:
                 xn.clamp_(*self.clip)
             flat = xn.view(-1, *xn.shape[2:])
+            logits = None
             with self.autocast:
-                logits = torch.cat([self._forward(flat[i:i + self.batch_size]).float()
-                                    for i in range(0, len(flat), self.batch_size)])
+                for i in range(0, len(flat), self.batch_size):
+                    out = self._forward(flat[i:i + self.batch_size])
+                    if logits is None:  # filled slice by slice: no concatenated copy
+                        logits = torch.empty((len(flat), out.shape[-1]), device=self.dev)
+                    logits[i:i + len(out)] = out
             if not bool(torch.isfinite(logits).all()):  # argmax of NaN would vote class 0
                 bad = int(js[int((~torch.isfinite(logits)).any(-1).view(len(js), nb).any(1)
                                  .nonzero()[0])])
