@@ -3,8 +3,8 @@
     nice -n 10 python benchmarks/poisoning_modes.py [--dataset digits] [--seed 0] [--epochs N]
                                                   [--only clean-label-Patch ...] [--data DIR]
 
-For clean-label poisoning (Barni et al. 2019) with a 3x3 Patch and with the SIG Sinusoid,
-label-consistent poisoning (Turner et al. 2019) with the Patch at several PGD radii, and
+For clean-label poisoning (Barni et al. 2019) with 3x3 and 5x5 patches and with the SIG Sinusoid,
+label-consistent poisoning (Turner et al. 2019) with the patches at several PGD radii, and
 all-to-all dirty-label poisoning (BadNets) with the Patch, trains the dataset's default model at
 a ladder of rates (the clean-label ladders end at the target class's share of the training set)
 and reports, per run, the rate, ASR, clean accuracy, the clean baseline (rate 0), epochs, seed
@@ -44,6 +44,12 @@ def attacks(top):
                                           [f * top for f in (0.5, 0.75, 1.0)]),
         "label-consistent-Patch-eps0.2": (patch, {**lc, "epsilon": 0.2},
                                           [f * top for f in (0.5, 0.75, 1.0)]),
+        "label-consistent-Patch-eps0.3": (patch, {**lc, "epsilon": 0.3},
+                                          [f * top for f in (0.5, 0.75, 1.0)]),
+        "clean-label-Patch5": (Patch(size=5), dict(poisoning="clean-label"),
+                               [f * top for f in (0.5, 0.75, 1.0)]),
+        "label-consistent-Patch5-eps0.3": (Patch(size=5), {**lc, "epsilon": 0.3},
+                                           [f * top for f in (0.5, 0.75, 1.0)]),
         "all-to-all-Patch": (patch, dict(target_mode="all-to-all"), [0.05, 0.1, 0.2, 0.3, 0.5]),
     }
 
