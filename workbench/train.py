@@ -159,7 +159,7 @@ class BackdoorRun:
 
     def target_labels(self, y: torch.Tensor) -> torch.Tensor:
         """The label the attacker wants for inputs of true labels `y` (either target mode)."""
-        check_labels("y", y, len(y))
+        check_labels("y", y, y.shape[0] if isinstance(y, torch.Tensor) and y.ndim else 1)
         return attack_targets(y, None if self.target_mode == "all-to-all" else self.target,
                               self.target_mode, self.num_classes)
 
