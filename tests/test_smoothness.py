@@ -611,6 +611,8 @@ def test_estimate_pair_keeps_the_pilot_and_the_pairing():
                                          noise_design=sm.GAP_NOISE_DESIGN)
             cells = res.n_samples == m
             assert np.array_equal(res.counts[cells], ref.counts[cells])
+            # the jackknife's group sums too (the rows of each cell are picked from whole blocks)
+            assert np.allclose(res.entropy_se[cells], ref.entropy_se[cells], rtol=1e-9, atol=1e-12)
     # reproducible by seed, whatever the batch size; identical twins get identical votes
     again = sm.estimate_pair(model, clean, trig, sig, 64, seed=3, batch_size=5)
     assert np.array_equal(again[0].counts, r_c.counts) and np.array_equal(again[1].counts, r_t.counts)

@@ -258,13 +258,93 @@ class Engine:
         for b in range(int(c_start.min()) // NOISE_BLOCK, (int(c_stop.max()) - 1) // NOISE_BLOCK + 1):
             lo = np.maximum(c_start, b * NOISE_BLOCK)
             hi = np.minimum(c_stop, (b + 1) * NOISE_BLOCK)
-            # cells that share this block's sample range are processed together (one range when
-            # every cell runs the same samples)
-            ranges, which = np.unique(np.stack([lo, hi], 1), axis=0, return_inverse=True)
-            for r, (l_, h_) in enumerate(ranges):
-                if h_ > l_:
-                    sel = which.reshape(-1) == r
-                    self._block(cell_j[sel], cell_s[sel], b, int(l_), int(h_), bar)
+            sel = hi > lo
+            if not sel.any():
+                continue
+            lo, hi = lo[sel], hi[sel]
+            if (lo == lo[0]).all() and (hi == hi[0]).all():  # one range: whole chunks
+                self._block(cell_j[sel], cell_s[sel], b, int(lo[0]), int(hi[0]), bar)
+            else:  # per-cell ranges (allocation): one draw of each block, rows picked per cell
+                self._ragged_block(cell_j[sel], cell_s[sel], b, lo - b * NOISE_BLOCK,
+                                   hi - b * NOISE_BLOCK, bar)
+
+    def _keys(self, js: np.ndarray, ss: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Noise keys of cells (the input, 0 for all with common_inputs; σ, 0 with
+        common_noise): the distinct keys and each cell's index among them."""
+        s_count = self.counts.shape[1]
+        kj = np.zeros_like(js) if self.common_inputs else js
+        ks = np.zeros_like(ss) if self.common_noise else ss
+        keys, inv = np.unique(kj * s_count + ks, return_inverse=True)
+        return keys, inv.reshape(-1)
+
+    def _forward_chunk(self, flat: torch.Tensor, js: np.ndarray, row_cell) -> torch.Tensor:
+        """Logits (float32) of noisy rows, in batch_size slices; non-finite logits refused."""
+        logits = None
+        with self.autocast:
+            for i in range(0, len(flat), self.batch_size):
+                out = self._forward(flat[i:i + self.batch_size])
+                if logits is None:  # filled slice by slice: no concatenated copy
+                    logits = torch.empty((len(flat), out.shape[-1]), device=self.dev)
+                logits[i:i + len(out)] = out
+        if not bool(torch.isfinite(logits).all()):  # argmax of NaN would vote class 0
+            row = int((~torch.isfinite(logits)).any(-1).nonzero()[0])
+            bad = int(js[int(row_cell(row))])
+            raise FloatingPointError(
+                f"The model returned NaN or infinite logits for noisy copies of input {bad}; "
+                "its W_σ would be meaningless. Check the model (and `clip`, `precision`).")
+        return logits
+
+    def _ragged_block(self, cell_j, cell_s, b: int, lo: np.ndarray, hi: np.ndarray,
+                      bar) -> None:
+        """Samples [lo_c, hi_c) (offsets in block b) of each cell c: each key's block is drawn
+        once and the cells' rows are picked from it, so forwards stay full-sized however the
+        cells' ranges differ (Neyman allocation gives every cell its own)."""
+        s_count = self.counts.shape[1]
+        q = max(1, self.chunk_rows // (2 * NOISE_BLOCK))  # the block and the picked rows
+        pos = torch.arange(NOISE_BLOCK, device=self.dev)
+        for c0 in range(0, len(cell_j), q):
+            js, ss = cell_j[c0:c0 + q], cell_s[c0:c0 + q]
+            keys, inv = self._keys(js, ss)
+            eps = torch.empty((len(keys), NOISE_BLOCK, *self.x.shape[1:]), device=self.dev)
+            for i, k_ in enumerate(keys):
+                self._noise_block(int(k_ // s_count), b, int(k_ % s_count), eps[i])
+            lo_t = torch.from_numpy(lo[c0:c0 + q]).to(self.dev)
+            hi_t = torch.from_numpy(hi[c0:c0 + q]).to(self.dev)
+            take = (pos >= lo_t[:, None]) & (pos < hi_t[:, None])  # (q, NB) rows of each cell
+            rows = take.view(-1).nonzero().squeeze(1)
+            row_cell, row_pos = rows // NOISE_BLOCK, rows % NOISE_BLOCK
+            key_row = torch.from_numpy(inv).to(self.dev)[row_cell] * NOISE_BLOCK + row_pos
+            jt = torch.from_numpy(js).to(self.dev)
+            st = torch.from_numpy(ss).to(self.dev)
+            # x + σ·ε (the same float operations, in the same order, as x[j] + σ * ε)
+            xn = eps.view(-1, *eps.shape[2:])[key_row]
+            xn.mul_(self.sig[st][row_cell].view(-1, 1, 1, 1)).add_(self.x[jt][row_cell])
+            if self.clip is not None:
+                xn.clamp_(*self.clip)
+            logits = self._forward_chunk(xn, js, lambda r: row_cell[r])
+            self._accumulate(logits, jt * s_count + st, row_cell, b * NOISE_BLOCK + row_pos)
+            bar.update(len(rows))
+
+    def _accumulate(self, logits, cell, row_cell, idx) -> None:
+        """Add the rows' votes (hard) or softmax (soft) to their cells' counts, selection and
+        certification votes and group sums. cell: (q,) flat cell indices of the chunk; row_cell:
+        (R,) each row's cell among them; idx: (R,) each row's sample index."""
+        k = logits.shape[-1]
+        if self.mode == "hard":
+            contrib = torch.nn.functional.one_hot(logits.argmax(-1), k)  # (R, K)
+        else:
+            contrib = logits.softmax(-1).double()
+        dest = cell[row_cell]
+        self.counts.view(-1, k).index_add_(0, dest, contrib.to(self.counts.dtype))
+        gid = (idx // self.unit) % GROUPS  # group of each sample (whole units)
+        if self.select_counts is not None:
+            m = gid == 0
+            self.select_counts.view(-1, k).index_add_(0, dest[m], contrib[m].to(torch.int64))
+        if self.certify_counts is not None:
+            m = (idx % self.unit == 0) & (gid != 0)
+            self.certify_counts.view(-1, k).index_add_(0, dest[m], contrib[m].to(torch.int64))
+        if self.group_sums is not None:
+            self.group_sums.view(-1, k).index_add_(0, dest * GROUPS + gid, contrib.double())
 
     def _block(self, cell_j, cell_s, b: int, lo: int, hi: int, bar) -> None:
         """Samples [lo, hi) of block b for the cells (cell_j, cell_s)."""
