@@ -213,6 +213,7 @@ def design_variance(model, pairs, sig, n, reps, design, ref=None):
     `ref` ((2N, S) reference W of the cells), the share of cell intervals that cover it and the
     cells' mean SE over their SD across seeds (1 = honest SEs)."""
     d, mc, mt, cells, used, cover, ses = [], [], [], [], [], [], []
+    cpu0 = time.process_time()
     for r in range(reps):
         r_c, r_t = _gap_run(model, pairs, sig, n, 1000 + r, design)
         d.append(r_c.mean_entropy() - r_t.mean_entropy())
@@ -226,12 +227,12 @@ def design_variance(model, pairs, sig, n, reps, design, ref=None):
             hi = np.concatenate([r_c.ci_high, r_t.ci_high])
             cover.append((lo <= ref) & (ref <= hi))
     cells = np.array(cells)
-    extra = {}
+    extra = {"cpu_seconds": time.process_time() - cpu0}
     if ref is not None:
         sd = cells.std(0, ddof=1)
         ok = sd > 0
-        extra = {"coverage": float(np.mean(cover)),
-                 "se_over_sd": float(np.sqrt((np.array(ses) ** 2).mean(0))[ok].mean() / sd[ok].mean())}
+        extra.update({"coverage": float(np.mean(cover)),
+                      "se_over_sd": float(np.sqrt((np.array(ses) ** 2).mean(0))[ok].mean() / sd[ok].mean())})
     return np.array(d), np.concatenate([np.array(mc), np.array(mt)], 1), cells, \
         float(np.mean(used)), extra
 
@@ -332,8 +333,9 @@ def bench_variance(run, data, quick, rows, only=None, old=False, raw=None, ref_s
             d, m, cells, used, extra = design_variance(run.model, pairs, sig, n_d, reps, dd, ref)
         v = _variances(d, m, cells)
         if base is None:
-            base = (d, v, used)
+            base = (d, v, used, extra.get("cpu_seconds"))
         rel = used / base[2]
+        cpu_rel = (extra["cpu_seconds"] / base[3]) if extra.get("cpu_seconds") and base[3] else np.nan
         row = {"design": design["label"], "noise_design": design.get("noise_design", "iid"),
                "allocation": design.get("allocation", "equal"), "samples per gap": round(used),
                "MC var of gap": f"{v['gap']:.3g}", "(var of the gaps over seeds)": f"{v['gap_direct']:.3g}",
@@ -347,6 +349,10 @@ def bench_variance(run, data, quick, rows, only=None, old=False, raw=None, ref_s
                "cell SEs: RMS SE / SD over seeds": round(extra.get("se_over_sd", np.nan), 3),
                # the designs must not move the gap's expectation (plug-in bias aside)
                "mean gap over seeds": round(float(d.mean()), 4), "reference gap": round(ref_gap, 4),
+               "CPU time per gap / iid's": round(cpu_rel, 3),
+               "gap: CPU time for equal variance": round(cpu_rel * rel * v["gap"] / base[1]["gap"], 3),
+               "single curves: CPU time for equal variance":
+                   round(cpu_rel * rel * v["single"] / base[1]["single"], 3),
                "seconds": round(time.perf_counter() - t)}
         rows.append(row)
         print("  ", row, flush=True)
@@ -640,22 +646,19 @@ def main():
 
 def summary(results):
     """The design table side by side: samples for equal variance (gap, single curves), CPU time
-    per sample (16x16, from section 3a when run), time for equal variance, coverage."""
-    cost = {}
-    for row in results.get("design_cost", [])[:1]:
-        cost = {k.split(":")[0]: v for k, v in row.items() if k.endswith("CPU time per sample / iid")}
-    cost["iid"] = 1.0
+    per gap relative to iid (this run's 20 seeds, one thread: noise generation, allocation
+    rounds), CPU time for equal variance, coverage of the reference, SE calibration."""
     print("\nDesigns side by side (relative to iid draws with paired twins; < 1 is better)")
-    print(f"{'design':58s} {'gap':>6s} {'single':>7s} {'cells':>6s} {'t/sample':>9s} "
-          f"{'gap time':>9s} {'cover':>6s} {'SE/SD':>6s}")
+    print(f"{'design':52s} {'samples: gap':>12s} {'single':>7s} {'cells':>6s} {'CPU/gap':>8s} "
+          f"{'time: gap':>9s} {'single':>7s} {'cover':>6s} {'SE/SD':>6s}")
+    cpu_key = "CPU time per gap / iid's"
     for r in results["variance"]:
-        c = cost.get(r["noise_design"])
-        g = r["gap: samples for equal variance"]
-        print(f"{r['design'][:58]:58s} {g:6.3f} "
+        print(f"{r['design'][:52]:52s} {r['gap: samples for equal variance']:12.3f} "
               f"{r['single curves (mean W): samples for equal variance']:7.3f} "
               f"{r['curve cells (W_σ): samples for equal variance']:6.3f} "
-              f"{c if c is not None else float('nan'):9.3f} "
-              f"{g * c if c is not None else float('nan'):9.3f} "
+              f"{r.get(cpu_key, float('nan')):8.3f} "
+              f"{r.get('gap: CPU time for equal variance', float('nan')):9.3f} "
+              f"{r.get('single curves: CPU time for equal variance', float('nan')):7.3f} "
               f"{r['cell 95% intervals: coverage of the reference']:6.3f} "
               f"{r['cell SEs: RMS SE / SD over seeds']:6.3f}")
 
