@@ -555,6 +555,8 @@ def test_design_option_checks():
         wb.estimate_smoothness(model, x, [0.1], 64, noise_design="radial", noise="uniform")
     with pytest.raises(TypeError, match="`common_inputs` must be a bool"):
         wb.estimate_smoothness(model, x, [0.1], 64, common_inputs=1)
+    with pytest.raises(ValueError, match="'sobol' works up to 21201 values per image"):
+        wb.estimate_smoothness(model, torch.rand(1, 3, 100, 100), [0.1], 64, noise_design="sobol")
     # a partial last unit and fewer units than groups: SEs from the non-empty groups
     r = wb.estimate_smoothness(Linear2(torch.ones(1, 2, 2), -2.0), torch.full((3, 1, 2, 2), 0.5),
                                [1.0], 13, noise_design="antithetic")
