@@ -275,9 +275,18 @@ def test_read_table_gives_typed_columns(tmp_path, four_runs):
         dtype = read[col].dtype
         if kind == "str":
             assert pd.api.types.is_string_dtype(dtype), (col, dtype)
+        elif kind == "floats":  # tuples of floats, one per σ of the row's grid
+            assert str(dtype) == "object", col
+            assert all(isinstance(v, tuple) and len(v) == len(s) and
+                       all(isinstance(x, float) for x in v)
+                       for v, s in zip(read[col], read["sigmas"])), col
         else:
             assert str(dtype) == {"int": "int64", "float": "float64", "Int64": "Int64"}[kind], col
     assert list(read.columns) == sw.COLUMNS and (read["row_format"] == sw.ROW_FORMAT).all()
+    # the curves come back exactly as the sweep measured them (repr of each float in the CSV)
+    assert (dict(zip(read["key"], read["clean_curve"]))
+            == dict(zip(table["key"], map(tuple, table["clean_curve"]))))
+    assert len(read["sigmas"].iloc[0]) >= 2
     assert read["rate"].tolist() == [0.0, 0.05, 0.1, 0.2]  # numbers, in the file's order
     assert read.sort_values("rate", ascending=False)["rate"].iloc[-1] == 0.0  # sorts numerically
     empty = sw.read_table(tmp_path / "missing.csv")  # no file yet: no rows, the same columns

@@ -3,6 +3,9 @@
     python -m workbench demo [--dataset digits] [--out reports/demo.html]
     python -m workbench sweep [--datasets digits fashion-mnist] [--workers 2] [--dask ADDRESS]
         (resumable: Ctrl-C keeps the finished runs; the same command continues)
+    python -m workbench sweep --atlas [--attacks Patch BPP ...] [--workers 2]
+        (the attack atlas: every attack, digits and Fashion-MNIST, two rates, seeds 0 and 1,
+        into reports/atlas.csv)
     python -m workbench report [--sweep reports/sweep.csv] [--out reports/paper.html]
 """
 
@@ -69,10 +72,30 @@ def _demo(args) -> int:
 def _sweep(args) -> int:
     from .sweep import SweepError, SweepGrid, read_table, run_sweep
 
-    grid = SweepGrid(datasets=tuple(args.datasets), trigger_types=tuple(args.triggers),
-                     trigger_sizes=tuple(args.sizes), rates=tuple(args.rates),
-                     targets=tuple(args.targets), seeds=tuple(args.seeds), epochs=args.epochs,
-                     n_pairs=args.pairs, n_samples=args.samples)
+    if args.atlas:
+        from .atlas import ATLAS_CSV, ATLAS_DATASETS, ATTACKS
+
+        if args.triggers is not None or args.sizes is not None:
+            raise ValueError("`--triggers` and `--sizes` do not apply with --atlas: choose attacks "
+                             "with --attacks.")
+        args.out = Path(ATLAS_CSV) if args.out is None else args.out
+        grid = SweepGrid(datasets=tuple(args.datasets or ATLAS_DATASETS),
+                         attacks=tuple(args.attacks or ATTACKS),
+                         rates=tuple(args.rates) if args.rates is not None else None,
+                         targets=tuple(args.targets), seeds=tuple(args.seeds or (0, 1)),
+                         epochs=args.epochs, n_pairs=args.pairs, n_samples=args.samples)
+    else:
+        if args.attacks:
+            raise ValueError("`--attacks` needs --atlas (a grid of attacks); without it the grid "
+                             "is --triggers × --sizes.")
+        args.out = Path("reports/sweep.csv") if args.out is None else args.out
+        grid = SweepGrid(datasets=tuple(args.datasets or ["digits"]),
+                         trigger_types=tuple(args.triggers or ["Patch"]),
+                         trigger_sizes=tuple(args.sizes or [2, 3]),
+                         rates=tuple(args.rates if args.rates is not None else
+                                     [0, 0.001, 0.005, 0.01, 0.02, 0.05, 0.1]),
+                         targets=tuple(args.targets), seeds=tuple(args.seeds or [0]),
+                         epochs=args.epochs, n_pairs=args.pairs, n_samples=args.samples)
     executor = None
     if args.dask:
         from distributed import Client
@@ -98,7 +121,8 @@ def _sweep(args) -> int:
               f"the same command again: {_command(args)}", file=sys.stderr)
         return 130
     for r in table.to_dict("records"):
-        print(f"{r['dataset']:>13} {r['trigger_type']:>12} {r['trigger_size']} rate {r['rate']:<6} "
+        what = (f"{r['attack']:>22}" if args.atlas else f"{r['trigger_type']:>12} {r['trigger_size']}")
+        print(f"{r['dataset']:>13} {what} rate {r['rate']:<6} seed {r['seed']} "
               f"acc {r['clean_accuracy']:.4f} ASR {r['attack_success_rate']:.4f} "
               f"gap {r['gap']:+.4f} [{r['gap_ci_low']:+.4f}, {r['gap_ci_high']:+.4f}]")
     n = len(table.attrs["computed"])
@@ -142,19 +166,30 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--quiet", action="store_true", help="no progress bars")
     d.set_defaults(func=_demo)
     s = sub.add_parser("sweep", help="grid of runs -> reports/sweep.csv (resumable)")
-    s.add_argument("--datasets", nargs="+", default=["digits"], choices=DATASETS)
-    s.add_argument("--triggers", nargs="+", default=["Patch"])
-    s.add_argument("--sizes", nargs="+", type=int, default=[2, 3])
-    s.add_argument("--rates", nargs="+", type=float, default=[0, 0.001, 0.005, 0.01, 0.02, 0.05, 0.1])
+    s.add_argument("--atlas", action="store_true",
+                   help="the attack atlas (workbench.atlas): a grid of attacks, each at its two "
+                   "rates; defaults: every attack, digits and fashion-mnist, seeds 0 1, "
+                   "--out reports/atlas.csv")
+    s.add_argument("--attacks", nargs="+", default=None,
+                   help="with --atlas: attack names (default: all of workbench.atlas.ATTACKS)")
+    s.add_argument("--datasets", nargs="+", default=None, choices=DATASETS,
+                   help="default: digits (with --atlas: digits fashion-mnist)")
+    s.add_argument("--triggers", nargs="+", default=None, help="trigger types (default: Patch)")
+    s.add_argument("--sizes", nargs="+", type=int, default=None, help="patch sides (default: 2 3)")
+    s.add_argument("--rates", nargs="+", type=float, default=None,
+                   help="default: 0 0.001 0.005 0.01 0.02 0.05 0.1 (with --atlas: each attack's "
+                   "weak and strong rate)")
     s.add_argument("--targets", nargs="+", type=int, default=[0])
-    s.add_argument("--seeds", nargs="+", type=int, default=[0])
+    s.add_argument("--seeds", nargs="+", type=int, default=None,
+                   help="default: 0 (with --atlas: 0 1)")
     s.add_argument("--epochs", type=int, default=None, help="training epochs (default: the "
                    "dataset's)")
     s.add_argument("--pairs", type=int, default=50)
     s.add_argument("--samples", type=int, default=64)
     s.add_argument("--workers", type=int, default=None, help="local worker processes")
     s.add_argument("--dask", default=None, help="address of a Dask scheduler (tcp://host:8786)")
-    s.add_argument("--out", type=Path, default=Path("reports/sweep.csv"))
+    s.add_argument("--out", type=Path, default=None,
+                   help="default: reports/sweep.csv (with --atlas: reports/atlas.csv)")
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=_sweep)
     r = sub.add_parser("report", help="reports/paper.html from a sweep and the other studies")

@@ -55,7 +55,8 @@ class SmoothingAnalysis:
 def smoothing_analysis(run: BackdoorRun, data: Dataset, sigmas=None, n_pairs: int = 100,
                        n_samples: int = 128, seed: int = 0, summary: str = "mean",
                        **kwargs) -> SmoothingAnalysis:
-    """Pick `n_pairs` random non-target test inputs, trigger them, and compare their W_σ curves."""
+    """Pick `n_pairs` random test inputs the attack applies to (non-target ones; every class for
+    an all-to-all run), trigger them, and compare their W_σ curves."""
     if not isinstance(run, BackdoorRun):
         raise TypeError(f"`run` must be a workbench BackdoorRun (from train_backdoor or load_run); "
                         f"got {type(run).__name__}.")
@@ -66,7 +67,8 @@ def smoothing_analysis(run: BackdoorRun, data: Dataset, sigmas=None, n_pairs: in
                          f"from the run's ({run.config.get('dataset')!r}, fingerprint {fp[:12]}…).")
     sig = check_sigmas("sigmas", default_sigmas(data.name) if sigmas is None else sigmas)
     check_int("n_pairs", n_pairs, low=2)
-    pairs = triggered_pairs(data.x_test, data.y_test, run.trigger, run.target, n=n_pairs, seed=seed)
+    # the inputs the attack applies to, in the run's target mode (all-to-all: every class)
+    pairs = run.triggered_pairs(data.x_test, data.y_test, n=n_pairs, seed=seed)
     cmp = compare_smoothness(run.model, pairs.clean, pairs.triggered, sig, n_samples,
                              summary=summary, seed=seed, **kwargs)
     return SmoothingAnalysis(pairs, cmp, predict(run.model, pairs.triggered).numpy())

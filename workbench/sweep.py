@@ -26,6 +26,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import csv
 import ctypes
+import dataclasses
 import hashlib
 import io
 import itertools
@@ -64,7 +65,10 @@ except ImportError:  # pragma: no cover - Windows
 # 2: keys cover the resolved σ grid and training defaults, the estimator's settings and versions.
 # 3: rows carry their row format (a `row_format` column), so readers can tell stale rows apart,
 #    and the radius gap's interval (radius_gap_ci_low, radius_gap_ci_high).
-ROW_FORMAT = 3
+# 4: attacks (the atlas, `workbench.atlas`): attack, family, poisoning, target_mode columns, the
+#    trigger's size (trigger_l2, trigger_linf) and the mean W_σ curves (sigmas, clean_curve,
+#    triggered_curve); pairs drawn by the run's `triggered_pairs` (every target mode).
+ROW_FORMAT = 4
 
 # The estimator settings every row is measured with: passed explicitly to the estimator by
 # `run_point` and part of every key, so a change here can never reuse rows made with the old ones.
@@ -76,14 +80,17 @@ ESTIMATOR_SETTINGS = {
 }
 # Each column and its type in `read_table`'s DataFrame: "str", "int" (int64; a row without one is
 # damaged), "float" (float64, NaN where empty), "Int64" (nullable int: rows of older tables have no
-# row format).
+# row format), "floats" (a tuple of floats, stored as ";"-joined numbers; () where empty).
 COLUMN_TYPES = {
-    "key": "str", "row_format": "Int64", "dataset": "str", "trigger": "str", "trigger_type": "str",
-    "trigger_size": "int", "rate": "float", "target": "int", "seed": "int", "model": "str",
+    "key": "str", "row_format": "Int64", "dataset": "str", "attack": "str", "family": "str",
+    "trigger": "str", "trigger_type": "str", "trigger_size": "int", "trigger_l2": "float",
+    "trigger_linf": "float", "poisoning": "str", "target_mode": "str",
+    "rate": "float", "target": "int", "seed": "int", "model": "str",
     "epochs": "int", "clean_accuracy": "float", "attack_success_rate": "float", "gap": "float",
     "gap_ci_low": "float", "gap_ci_high": "float", "p_value": "float", "radius_gap": "float",
     "radius_gap_ci_low": "float", "radius_gap_ci_high": "float", "radius_p_value": "float",
     "clean_mean_W": "float", "triggered_mean_W": "float", "n_pairs": "int", "n_samples": "int", "sigma_min": "float", "sigma_max": "float",
+    "sigmas": "floats", "clean_curve": "floats", "triggered_curve": "floats",
     "train_seconds": "float", "torch": "str", "workbench": "str"}
 COLUMNS = list(COLUMN_TYPES)
 # The header of row formats 1 and 2. Tables with an older header are read (the columns it lacks are
@@ -94,7 +101,10 @@ _LEGACY_COLUMNS = ["key", "dataset", "trigger", "trigger_type", "trigger_size", 
                    "gap_ci_low", "gap_ci_high", "p_value", "radius_gap", "radius_p_value",
                    "clean_mean_W", "triggered_mean_W", "n_pairs", "n_samples", "sigma_min",
                    "sigma_max", "train_seconds", "torch", "workbench"]
-_OLDER_COLUMNS = [_LEGACY_COLUMNS]
+_FORMAT3_COLUMNS = (_LEGACY_COLUMNS[:17] + ["radius_gap_ci_low", "radius_gap_ci_high"]
+                    + _LEGACY_COLUMNS[17:])
+_FORMAT3_COLUMNS.insert(1, "row_format")
+_OLDER_COLUMNS = [_FORMAT3_COLUMNS, _LEGACY_COLUMNS]
 # a column an older table lacks must have a "missing" value: not an int
 assert all(COLUMN_TYPES[c] != "int" for old in _OLDER_COLUMNS for c in COLUMNS if c not in old)
 # A grid names triggers by type and size: those whose content must be given (a crafted pattern)
@@ -114,12 +124,19 @@ def trigger_config(kind: str, size: int) -> dict:
 
 @dataclass(frozen=True)
 class SweepGrid:
-    """The grid; every combination of the tuples is one run."""
+    """The grid; every combination of the tuples is one run.
+
+    attacks: None (default) for a grid of triggers (`trigger_types` × `trigger_sizes`, dirty-label,
+    all-to-one), or a tuple of attack names of `workbench.atlas.ATTACKS` (each a trigger with its
+    poisoning and target mode: the attack atlas; `trigger_types` and `trigger_sizes` are then not
+    used). With attacks, `rates` may also be None (each attack's weak and strong rate on each
+    dataset), "weak" or "strong"; the atlas's training settings apply (`atlas.ATLAS_TRAINING`).
+    """
 
     datasets: tuple = ("digits",)  # dataset names
     trigger_types: tuple = ("Patch",)  # trigger class names
     trigger_sizes: tuple = (2, 3)  # patch sides (for sized triggers)
-    rates: tuple = (0.0, 0.001, 0.005, 0.01, 0.02, 0.05, 0.1)  # rate 0 = clean control
+    rates: tuple | str | None = (0.0, 0.001, 0.005, 0.01, 0.02, 0.05, 0.1)  # 0 = clean control
     targets: tuple = (0,)  # target classes
     seeds: tuple = (0,)  # training seeds
     model: str = "small-cnn"  # architecture
@@ -127,6 +144,7 @@ class SweepGrid:
     n_pairs: int = 50  # clean/triggered test pairs per run
     n_samples: int = 64  # noisy samples per input and σ
     sigmas: tuple | None = None  # None = the dataset's default grid
+    attacks: tuple | None = None  # atlas attack names (see above)
 
     def __post_init__(self):
         # checked, and kept as tuples of plain Python values (numpy scalars and arrays are
@@ -140,8 +158,20 @@ class SweepGrid:
                                            lambda t: check_choice("trigger_types", t, SWEEPABLE)))
         put("trigger_sizes", _check_values("trigger_sizes", self.trigger_sizes, "ints >= 1",
                                            lambda s: check_int("trigger_sizes", s, low=1)))
-        put("rates", _check_values("rates", self.rates, "floats in [0, 1]",
-                                   lambda r: check_float("rates", r, 0.0, 1.0)))
+        if self.attacks is not None:
+            from .atlas import ATTACKS
+
+            put("attacks", _check_values("attacks", self.attacks, "attack names",
+                                         lambda a: check_choice("attacks", a, tuple(ATTACKS))))
+        if not (self.attacks is not None and (self.rates is None or self.rates in ("weak", "strong"))):
+            if self.rates is None or isinstance(self.rates, str):
+                raise ValueError("`rates` must be a tuple of floats in [0, 1]"
+                                 + (", None (each attack's two rates), 'weak' or 'strong'"
+                                    if self.attacks is not None else
+                                    " (None, 'weak' and 'strong' need `attacks`)")
+                                 + f"; got {self.rates!r}.")
+            put("rates", _check_values("rates", self.rates, "floats in [0, 1]",
+                                       lambda r: check_float("rates", r, 0.0, 1.0)))
         put("targets", _check_values("targets", self.targets, "ints >= 0",
                                      lambda t: check_int("targets", t, low=0)))
         put("seeds", _check_values("seeds", self.seeds, "seeds (ints >= 0)",
@@ -149,7 +179,10 @@ class SweepGrid:
         if self.epochs is not None:
             put("epochs", check_int("epochs", self.epochs, low=1))
         check_choice("model", self.model, MODELS)
-        self._check_fit()
+        if self.attacks is not None:
+            self._check_attacks()
+        else:
+            self._check_fit()
         put("n_pairs", check_int("n_pairs", self.n_pairs, low=2))
         put("n_samples", check_int("n_samples", self.n_samples, low=1))
         if self.sigmas is not None:
@@ -177,6 +210,73 @@ class SweepGrid:
                                      f"does not fit the {shape[1]}x{shape[2]} images of {d!r} "
                                      f"({exc})") from None
 
+    def _attack_rates(self, attack, dataset: str) -> tuple:
+        if self.rates is None or isinstance(self.rates, str):
+            from .atlas import attack_rates
+
+            attack_rates(attack.name, dataset)  # refuses a dataset without measured rates
+        if self.rates is None:
+            return tuple(dict.fromkeys(attack.rates[dataset]))
+        if self.rates in ("weak", "strong"):
+            return (attack.rates[dataset][self.rates == "strong"],)
+        return self.rates
+
+    def _check_attacks(self) -> None:
+        """Every attack's settings on every dataset, rate, target and seed, checked as
+        `train_backdoor` (or `train_input_aware`) checks them, before any run starts: a trigger
+        that does not fit, a clean-label rate beyond the target class's share, an all-to-all
+        attack on one class, ..."""
+        import torch
+
+        from .atlas import ATTACKS, training_args
+        from .input_aware import ATTACK_DEFAULTS
+        from .input_aware import _prepare as prepare_input_aware
+        from .train import _prepare
+        from .triggers import Patch, trigger_from_config
+
+        ia_defaults = [ATTACK_DEFAULTS[k] for k in ("lr_generator", "lambda_div", "lambda_norm",
+                                                    "mask_density", "mask_epochs", "width")]
+        for d in self.datasets:
+            for name in self.attacks:  # rates measured for this dataset, before loading it
+                self._attack_rates(ATTACKS[name], d)
+            full = _dataset(d)
+            # the checks need the labels (a rate's limits) and the images' shape, not every pixel:
+            # checking and hashing Fashion-MNIST's 60,000 images for each attack took 15 s
+            data = dataclasses.replace(full, x_train=full.x_train[:1], x_test=full.x_test[:1])
+            extra = training_args(d)
+            blank = torch.zeros((1, *data.image_shape))
+            for name in self.attacks:
+                a = ATTACKS[name]
+                crafted = a.kind in CRAFTED or a.kind == "InputAware"
+                trig = Patch(size=1) if crafted else trigger_from_config(a.trigger_config(d))
+                if not crafted:
+                    try:
+                        trig(blank)
+                    except ValueError as exc:
+                        raise ValueError(f"`attacks`: {name} does not fit the "
+                                         f"{data.image_shape[1]}x{data.image_shape[2]} images of "
+                                         f"{d!r} ({exc})") from None
+                # each limit on a rate is monotone in it (at least one image; at most the images
+                # of the classes it may take): checking the smallest and largest rate covers all;
+                # seeds do not change them (all were checked above)
+                rates = sorted(self._attack_rates(a, d))
+                seed = self.seeds[0]
+                for rate, target in itertools.product(dict.fromkeys((rates[0], rates[-1])),
+                                                      self.targets):
+                    try:
+                        if a.kind == "InputAware":
+                            prepare_input_aware(data, rate, rate, target, self.model, self.epochs,
+                                                seed, None, None, 0.0, *ia_defaults,
+                                                extra.get("max_train"))
+                        else:
+                            _prepare(data, trig, rate, target, self.model, self.epochs, seed,
+                                     None, None, 0.0, extra.get("max_train"),
+                                     poisoning=a.poisoning, target_mode=a.target_mode,
+                                     epsilon=a.epsilon)
+                    except ValueError as exc:
+                        raise ValueError(f"`attacks`: {name} on {d!r} at rate {rate}, target "
+                                         f"{target}: {exc}") from None
+
     def _trigger_configs(self) -> list[dict]:
         """One config per trigger type and size (one per type for triggers without a size)."""
         return [trigger_config(kind, size) for kind in self.trigger_types
@@ -193,22 +293,50 @@ class SweepGrid:
 
         from .triggers import trigger_from_config
 
+        from .atlas import ATTACKS, training_args
+        from .input_aware import ATTACK_DEFAULTS as IA_DEFAULTS
+        from .input_aware import CACHE_FORMAT as IA_CACHE_FORMAT
+        from .input_aware import EPOCHS as IA_EPOCHS
+
         pts, seen = [], set()
         # the data's content, not only its name: other files under one name are another
         # experiment (each dataset loaded once per process, hashed once here: 0.1 s for Fashion)
         fingerprints = {d: _dataset(d).fingerprint for d in self.datasets}
-        for d, trig, rate, target, seed in itertools.product(
-                self.datasets, self._trigger_configs(), self.rates, self.targets, self.seeds):
+        if self.attacks is None:  # (dataset, attack, trigger config, rate) of a trigger grid
+            runs = [(d, None, trig, rate) for d, trig, rate in itertools.product(
+                self.datasets, self._trigger_configs(), self.rates)]
+        else:
+            runs = [(d, ATTACKS[a], ATTACKS[a].trigger_config(d), rate)
+                    for d in self.datasets for a in self.attacks
+                    for rate in self._attack_rates(ATTACKS[a], d)]
+        for (d, attack, trig, rate), target, seed in itertools.product(runs, self.targets,
+                                                                       self.seeds):
             train = DEFAULTS.get(d, DEFAULTS["digits"])
             sig = self.sigmas if self.sigmas is not None else default_sigmas(d)
-            # every trigger parameter, defaults included (position, value, margin, ...): a changed
-            # default is another trigger, so another key
-            full_trigger = trigger_from_config(trig).to_config()
-            p = {"dataset": d, "trigger": full_trigger, "rate": float(rate), "target": int(target),
-                 "seed": int(seed), "model": self.model,
-                 "epochs": int(self.epochs if self.epochs is not None else train["epochs"]),
+            epochs = self.epochs if self.epochs is not None else train["epochs"]
+            if attack is None or attack.kind not in CRAFTED + ("InputAware",):
+                # every trigger parameter, defaults included (position, value, margin, ...): a
+                # changed default is another trigger, so another key
+                trig = trigger_from_config(trig).to_config()
+            elif attack.kind == "InputAware":  # its settings, with their defaults, as used
+                trig = dict(trig, **IA_DEFAULTS, cache_format=IA_CACHE_FORMAT)
+                trig.pop("rate")
+                trig["cross_rate"] = float(rate)  # the paper's cross samples, at the same rate
+                epochs = self.epochs if self.epochs is not None else IA_EPOCHS.get(
+                    d, 2 * train["epochs"])
+            else:  # crafted on the clean model of the same settings and seed (see run_point)
+                trig = dict(trig, crafted_on="clean model of this point's training settings")
+            extra = training_args(d) if attack is not None else {}
+            p = {"dataset": d, "attack": attack.name if attack else trig["type"],
+                 "family": attack.family if attack else _family(trig["type"]),
+                 "trigger": trig, "poisoning": attack.poisoning if attack else "dirty-label",
+                 "target_mode": attack.target_mode if attack else "all-to-one",
+                 "epsilon": attack.epsilon if attack else None,
+                 "rate": float(rate), "target": int(target),
+                 "seed": int(seed), "model": self.model, "epochs": int(epochs),
                  "batch_size": int(train["batch_size"]), "lr": float(train["lr"]),
-                 "weight_decay": 0.0, "max_train": None,  # train_backdoor's defaults, as used
+                 "weight_decay": 0.0,  # train_backdoor's defaults, as used
+                 "max_train": extra.get("max_train"),
                  "n_pairs": self.n_pairs, "n_samples": self.n_samples,
                  "sigmas": [float(x) for x in sig], "estimator": dict(ESTIMATOR_SETTINGS),
                  "versions": {"row_format": ROW_FORMAT, "estimator": ESTIMATOR_VERSION,
@@ -219,6 +347,14 @@ class SweepGrid:
                 seen.add(p["key"])
                 pts.append(p)
         return pts
+
+
+def _family(trigger_type: str) -> str:
+    """The atlas family of a trigger type swept on its own (dirty-label, all-to-one)."""
+    from .atlas import ATTACKS
+
+    a = ATTACKS.get(trigger_type)
+    return a.family if a is not None and a.poisoning == "dirty-label" else ""
 
 
 def _check_values(name: str, values, what: str, check: Callable) -> tuple:
@@ -253,33 +389,33 @@ def run_point(point: dict) -> dict:
 
     from . import __version__
     from .experiments import smoothing_analysis
+    from .atlas import trigger_norms
     from .smoothness import paired_gap
-    from .train import train_backdoor
-    from .triggers import trigger_from_config
 
     data = _dataset(point["dataset"])
     if "data" in point and data.fingerprint != point["data"]:
         raise ValueError(f"The {point['dataset']!r} files this worker loaded differ from the ones "
                          "the sweep's grid was made from (their fingerprints differ); was the "
                          "dataset folder changed during the sweep?")
-    trig = trigger_from_config(point["trigger"])
-    run = train_backdoor(data, trigger=trig, rate=point["rate"], target=point["target"],
-                         model=point["model"], epochs=point["epochs"], seed=point["seed"],
-                         batch_size=point["batch_size"], lr=point["lr"],
-                         weight_decay=point["weight_decay"], max_train=point["max_train"],
-                         progress=False)
+    run = _train_point(point, data)
+    trig = run.trigger
     sig = point["sigmas"]
     est = dict(point["estimator"])
     threshold = est.pop("radius_threshold")
     an = smoothing_analysis(run, data, sig, n_pairs=point["n_pairs"], n_samples=point["n_samples"],
                             seed=point["seed"], **est)
     c = an.comparison
+    l2, linf = trigger_norms(trig, data.x_test)
     scale = 1.0 if est["normalize"] else math.log(c.clean.num_classes)
     r_c = c.clean.smoothness_radius(threshold * scale)
     r_t = c.triggered.smoothness_radius(threshold * scale)
     rad = paired_gap(r_c, r_t, "radius", est["confidence"])
     return {"key": point["key"], "row_format": ROW_FORMAT, "dataset": data.name,
-            "trigger": repr(trig), "trigger_type": point["trigger"]["type"], "trigger_size": point["trigger"].get("size", 1),
+            "attack": point["attack"], "family": point["family"],
+            "trigger": repr(trig), "trigger_type": point["trigger"]["type"],
+            "trigger_size": point["trigger"].get("size", 1), "trigger_l2": l2,
+            "trigger_linf": linf, "poisoning": point["poisoning"],
+            "target_mode": point["target_mode"],
             "rate": point["rate"], "target": point["target"], "seed": point["seed"],
             "model": point["model"], "epochs": run.config["epochs"],
             "clean_accuracy": run.clean_accuracy, "attack_success_rate": run.attack_success_rate,
@@ -289,8 +425,40 @@ def run_point(point: dict) -> dict:
             "clean_mean_W": float(c.clean_summary.mean()),
             "triggered_mean_W": float(c.triggered_summary.mean()), "n_pairs": c.n_pairs,
             "n_samples": point["n_samples"], "sigma_min": sig[0], "sigma_max": sig[-1],
+            "sigmas": tuple(float(x) for x in sig),
+            "clean_curve": tuple(float(x) for x in c.clean.entropy.mean(axis=0)),
+            "triggered_curve": tuple(float(x) for x in c.triggered.entropy.mean(axis=0)),
             "train_seconds": run.train_seconds, "torch": torch.__version__,
             "workbench": __version__}
+
+
+def _train_point(point: dict, data):
+    """The run of a grid point (run cache): a trigger (crafted on the clean model of the same
+    training settings and seed for LowFrequency and TrojanNN) poisoned with the point's poisoning
+    and target mode, or the input-aware backdoor trained with its generator."""
+    from .crafting import craft
+    from .train import train_backdoor
+    from .triggers import trigger_from_config
+
+    common = dict(target=point["target"], model=point["model"], epochs=point["epochs"],
+                  seed=point["seed"], batch_size=point["batch_size"], lr=point["lr"],
+                  weight_decay=point["weight_decay"], max_train=point["max_train"], progress=False)
+    cfg = dict(point["trigger"])
+    kind = cfg.pop("type")
+    if kind == "InputAware":
+        from .input_aware import train_input_aware
+
+        cfg.pop("cache_format", None)
+        return train_input_aware(data, rate=point["rate"], **cfg, **common)
+    if kind in CRAFTED:
+        cfg.pop("crafted_on")
+        clean = train_backdoor(data, rate=0.0, **dict(common, target=0))
+        trig = craft(kind, data, target=point["target"], model=clean.model, seed=point["seed"],
+                     **cfg)
+    else:
+        trig = trigger_from_config(point["trigger"])
+    return train_backdoor(data, trigger=trig, rate=point["rate"], poisoning=point["poisoning"],
+                          target_mode=point["target_mode"], epsilon=point["epsilon"], **common)
 
 
 def _frame(rows: list[dict]) -> pd.DataFrame:
@@ -303,6 +471,10 @@ def _frame(rows: list[dict]) -> pd.DataFrame:
             df[c] = df[c].astype("int64")
         elif kind == "Int64":
             df[c] = pd.array([None if v is None or v != v else int(v) for v in df[c]], dtype="Int64")
+        elif kind == "floats":
+            df[c] = pd.Series([() if v is None or (not isinstance(v, (tuple, list)) and v != v)
+                               else tuple(float(x) for x in v) for v in df[c]],
+                              index=df.index, dtype=object)
         else:
             df[c] = df[c].astype(str)
     return df
@@ -313,7 +485,9 @@ def _records(table: pd.DataFrame) -> list[dict]:
     out = []
     for r in table[COLUMNS].to_dict("records"):
         out.append({k: (None if v is pd.NA or v is None else
-                        v.item() if hasattr(v, "item") else v) for k, v in r.items()})
+                        v.item() if hasattr(v, "item") else
+                        tuple(float(x) for x in v) if isinstance(v, (tuple, list)) else v)
+                    for k, v in r.items()})
     return out
 
 
@@ -350,7 +524,9 @@ class SweepFileError(ValueError):
 
 def _csv_line(row: dict) -> bytes:
     """One CSV record, on one physical line: the torn-tail repair relies on it."""
-    values = ["" if row.get(c) is None else row.get(c) for c in COLUMNS]
+    values = ["" if row.get(c) is None else
+              ";".join(repr(float(x)) for x in row[c]) if COLUMN_TYPES[c] == "floats" else
+              row.get(c) for c in COLUMNS]
     for c, v in zip(COLUMNS, values):
         if isinstance(v, str) and ("\n" in v or "\r" in v):
             raise ValueError(f"`row[{c!r}]` must be one line of text; got {v!r}.")
@@ -403,6 +579,8 @@ def _parse_value(kind: str, text: str):
     """One field's value; ValueError when it cannot be one of `kind`."""
     if kind == "str":
         return text
+    if kind == "floats":  # repr of each float: read back exactly
+        return tuple(float(x) for x in text.split(";")) if text else ()
     if text == "":
         if kind in ("float", "Int64"):
             return None
@@ -442,8 +620,11 @@ def _parse(data: bytes, path: Path) -> list[dict]:
         except ValueError:
             continue
         # a row of an older table lacks the newer columns: missing values
-        rows.append({c: r.get(c, "" if COLUMN_TYPES[c] == "str" else None) for c in COLUMNS})
+        rows.append({c: r.get(c, _MISSING.get(COLUMN_TYPES[c])) for c in COLUMNS})
     return rows
+
+
+_MISSING = {"str": "", "floats": ()}  # a column an older table lacks; None for the others
 
 
 def _latest_by_key(rows: list[dict]) -> dict[str, dict]:

@@ -1,0 +1,175 @@
+"""The attack atlas (workbench.atlas): attacks as a sweep axis, the trigger's size, the curves.
+
+One tiny sweep over every attack (2 epochs, 10 pairs × 8 samples; about 30 s from an empty run
+cache on 2 cores) is shared by the tests; its runs are reused through the run cache."""
+
+import csv
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import workbench as wb
+from workbench import atlas
+from workbench import sweep as sw
+
+TINY = dict(attacks=tuple(atlas.ATTACKS), rates="strong", epochs=2, n_pairs=10, n_samples=8)
+
+
+@pytest.fixture(scope="module")
+def tiny_atlas(tmp_path_factory):
+    path = tmp_path_factory.mktemp("atlas") / "atlas.csv"
+    return sw.run_sweep(sw.SweepGrid(**TINY), path, max_workers=1, progress=False), path
+
+
+def test_every_attack_has_a_family_a_paper_and_two_rates_per_dataset():
+    assert len(atlas.ATTACKS) == 15
+    for a in atlas.ATTACKS.values():
+        assert a.family in atlas.FAMILIES and a.paper
+        for d in atlas.ATLAS_DATASETS:
+            weak, strong = atlas.attack_rates(a.name, d)
+            assert 0 < weak < strong <= 1, (a.name, d)
+    # every poisoning and target mode of train_backdoor is in the atlas
+    assert {a.poisoning for a in atlas.ATTACKS.values()} == {"dirty-label", "clean-label",
+                                                             "label-consistent"}
+    assert {a.target_mode for a in atlas.ATTACKS.values()} == {"all-to-one", "all-to-all"}
+    # every trigger class of the workbench but PatternPatch (a user's array) is an attack
+    kinds = {a.kind for a in atlas.ATTACKS.values()}
+    assert set(wb.triggers.TRIGGERS) - {"PatternPatch"} <= kinds and "InputAware" in kinds
+
+
+def test_the_atlas_grid_is_every_attack_at_two_rates_and_two_seeds():
+    pts = atlas.atlas_grid(datasets=("digits",)).points()
+    assert len(pts) == 15 * 2 * 2 and len({p["key"] for p in pts}) == len(pts)
+    by = {(p["attack"], p["rate"], p["seed"]) for p in pts}
+    for a in atlas.ATTACKS.values():
+        for rate in a.rates["digits"]:
+            assert {(a.name, rate, 0), (a.name, rate, 1)} <= by
+    lc = next(p for p in pts if p["attack"] == "Patch/label-consistent")
+    assert lc["poisoning"] == "label-consistent" and lc["epsilon"] == 0.3
+    a2a = next(p for p in pts if p["attack"] == "Patch/all-to-all")
+    assert a2a["target_mode"] == "all-to-all"
+    ia = next(p for p in pts if p["attack"] == "InputAware")
+    assert ia["trigger"]["cross_rate"] == ia["rate"] and ia["epochs"] == 60
+    # the key covers the attack: the same trigger under another poisoning mode is another run
+    patch = [p for p in pts if p["trigger"]["type"] == "Patch"]
+    assert len({p["key"] for p in patch}) == len(patch)
+
+
+def test_fashion_mnist_atlas_trains_on_its_first_20000_images():
+    p = atlas.atlas_grid(datasets=("fashion-mnist",), attacks=("Patch",), seeds=(0,)).points()
+    assert [q["max_train"] for q in p] == [20_000, 20_000]
+
+
+def test_tiny_atlas_measures_every_attack(tiny_atlas, digits):
+    table, _ = tiny_atlas
+    assert sorted(table["attack"]) == sorted(atlas.ATTACKS) and len(table) == 15
+    assert (table["row_format"] == sw.ROW_FORMAT).all()
+    log_k = math.log(digits.num_classes)
+    for r in table.to_dict("records"):
+        a = atlas.ATTACKS[r["attack"]]
+        assert (r["family"], r["poisoning"], r["target_mode"]) == (a.family, a.poisoning,
+                                                                   a.target_mode)
+        assert r["rate"] == a.rates["digits"][1]
+        assert 0 <= r["attack_success_rate"] <= 1 and 0 < r["clean_accuracy"] <= 1
+        assert r["gap_ci_low"] <= r["gap"] <= r["gap_ci_high"]
+        assert r["trigger_l2"] > 0 and 0 < r["trigger_linf"] <= 1 + 1e-6, r["attack"]
+        assert r["trigger_linf"] <= r["trigger_l2"] + 1e-9
+        assert len(r["sigmas"]) == len(r["clean_curve"]) == len(r["triggered_curve"]) >= 2
+        assert all(0 <= w <= log_k + 1e-9 for w in r["clean_curve"] + r["triggered_curve"])
+        # the row's mean-W summaries are the curves' trapezoid means (one estimate, two views)
+        s = np.array(r["sigmas"])
+        for curve, mean in ((r["clean_curve"], r["clean_mean_W"]),
+                            (r["triggered_curve"], r["triggered_mean_W"])):
+            area = np.sum((np.array(curve[1:]) + np.array(curve[:-1])) / 2 * np.diff(s))
+            assert area / (s[-1] - s[0]) == pytest.approx(mean, abs=1e-9)
+    # all-to-all pairs come from every class, so its triggered inputs include target 0's class:
+    # the row was measured (it used to raise: run.target has no value in that mode)
+    assert table.set_index("attack").loc["Patch/all-to-all", "n_pairs"] == 10
+
+
+def test_trigger_norms_against_a_direct_computation(digits):
+    x = digits.x_test
+    l2, linf = atlas.trigger_norms(wb.triggers.Pixel(), x, batch_size=7)
+    # a white pixel at (H-2, W-2): the change is 1 - x there, nothing elsewhere
+    d = (1.0 - x[:, 0, -2, -2]).double()
+    assert l2 == pytest.approx(float(d.mean()), rel=1e-12)
+    assert linf == pytest.approx(float(d.mean()), rel=1e-12)
+    blend = wb.triggers.Blend(alpha=0.1)
+    diff = (blend(x) - x).flatten(1).double()
+    l2, linf = atlas.trigger_norms(blend, x)
+    assert l2 == pytest.approx(float(diff.norm(dim=1).mean()), rel=1e-9)
+    assert linf == pytest.approx(float(diff.abs().max(dim=1).values.mean()), rel=1e-9)
+
+
+def test_a_rerun_reads_every_row_and_train_attack_gives_the_sweeps_runs(tiny_atlas, digits):
+    table, path = tiny_atlas
+    again = sw.run_sweep(sw.SweepGrid(**TINY), path, max_workers=1, progress=False)
+    assert len(again.attrs["computed"]) == 0 and sorted(again["key"]) == sorted(table["key"])
+    rows = table.set_index("attack")
+    for name in ("TrojanNN", "Patch/all-to-all", "InputAware"):  # crafted, a mode, generator
+        run = atlas.train_attack(digits, name, seed=0, epochs=2)
+        assert run.clean_accuracy == rows.loc[name, "clean_accuracy"], name
+        assert run.attack_success_rate == rows.loc[name, "attack_success_rate"], name
+
+
+def test_format_3_tables_are_read_with_empty_atlas_columns(tmp_path, tiny_atlas):
+    _, src = tiny_atlas
+    lines = src.read_bytes().splitlines(keepends=True)
+    out = []
+    for ln in lines[:3]:
+        fields = dict(zip(sw.COLUMNS, next(csv.reader([ln.decode()]))))
+        if ln is not lines[0]:
+            fields["row_format"] = "3"
+        out.append(sw._csv_record([fields[c] for c in sw._FORMAT3_COLUMNS]))
+    old = tmp_path / "old.csv"
+    old.write_bytes(b"".join(out))
+    read = sw.read_table(old)
+    assert len(read) == 2 and (read["row_format"] == 3).all()
+    assert (read["attack"] == "").all() and read["trigger_l2"].isna().all()
+    assert all(v == () for v in read["clean_curve"])
+    assert sw.current_rows(read)[1] == 2  # read, never mixed into a result
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(attacks=("Nope",)), r"`attacks` must be one of 'Patch'"),
+    (dict(attacks=("Patch/clean-label",), rates=(0.2,)),
+     r"Patch/clean-label on 'digits' at rate 0.2.*at most 0.0987 for poisoning='clean-label'"),
+    (dict(attacks=("InputAware",), rates=(0.0,)), r"InputAware on 'digits' at rate 0.0.*`rate`"),
+    (dict(attacks=("Patch/all-to-all",), targets=(3,)), r"`target` must be 0"),
+    (dict(attacks=("Patch",), datasets=("mnist",)),
+     r"rates were measured on \('digits', 'fashion-mnist'\) only"),
+    (dict(rates="strong"), r"None, 'weak' and 'strong' need `attacks`"),
+    (dict(attacks=("Patch",), rates="medium"), r"`rates` must be a tuple .* 'weak' or 'strong'"),
+])
+def test_bad_atlas_grids_are_refused_before_any_run(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        sw.SweepGrid(**kwargs)
+
+
+def test_train_attack_refuses_bad_input_before_training(digits):
+    with pytest.raises(ValueError, match="`attack` must be one of"):
+        atlas.train_attack(digits, "BadNet")
+    with pytest.raises(ValueError, match="at most 0.0987 for poisoning='clean-label'"):
+        atlas.train_attack(digits, "Patch/clean-label", rate=0.5)
+    with pytest.raises(ValueError, match="`rate` must be"):
+        atlas.train_attack(digits, "TrojanNN", rate=1.5)
+    with pytest.raises(ValueError, match="has no trigger before training"):
+        atlas.attack_trigger("InputAware", digits)
+
+
+def test_cli_atlas_options_are_checked():
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "workbench", "sweep", *args],
+                              capture_output=True, text=True, timeout=300)
+
+    r = cli("--attacks", "Patch")
+    assert r.returncode == 2 and "`--attacks` needs --atlas" in r.stderr
+    r = cli("--atlas", "--sizes", "3")
+    assert r.returncode == 2 and "do not apply with --atlas" in r.stderr
+    r = cli("--atlas", "--attacks", "Nope", "--datasets", "digits")
+    assert r.returncode == 2 and "`attacks` must be one of" in r.stderr
+
