@@ -670,25 +670,233 @@ def detection_rows(dets: list) -> list[dict]:
             for d in sorted(dets, key=lambda d: -d.auc)]
 
 
+# --- The attack atlas (issue 11) ----------------------------------------------------------------
+
+def atlas_rows(table: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
+    """The atlas rows a report uses: rows of this version's row format whose `attack` is set, one
+    per trained run (`plots.atlas_frame`: runs are named by `plots.ATLAS_RUN_COLUMNS`, which tell
+    Patch from Patch/clean-label), sorted by family and attack (display order), dataset, rate and
+    seed. Returns (rows, {"read": n, "used": m}); rows is empty (never an error) when `table`
+    holds no atlas rows of this row format."""
+    _check_table("table", table)
+    missing = [c for c in plots.ATLAS_COLUMNS if c not in table.columns]
+    if missing:
+        return table.iloc[:0], {"read": len(table), "used": 0}
+    rows = plots.atlas_frame(table, allow_empty=True)
+    return rows, {"read": len(table), "used": len(rows)}
+
+
+def _has_atlas(rows: pd.DataFrame) -> bool:
+    """An atlas worth a section: more than one distinct attack."""
+    return len(rows) > 0 and rows["attack"].nunique() > 1
+
+
+def _cell_state(g: pd.DataFrame) -> str:
+    """One (attack, dataset) at its strong rate over its seeds: "smoother" when every seed's gap
+    interval lies above 0, "reversed" when every one lies below, else "not shown"."""
+    if (g["gap_ci_low"] > 0).all():
+        return "smoother"
+    if (g["gap_ci_high"] < 0).all():
+        return "reversed"
+    return "not shown"
+
+
+def atlas_verdicts(rows: pd.DataFrame) -> list[dict]:
+    """Per attack family (display order), at each attack's strong rate (the larger of its rates
+    on a dataset in the table): does smoothing appear? Each (attack, dataset) is "smoother" when
+    the gap's 95% interval lies above 0 on every seed, "reversed" when below 0 on every seed,
+    "not shown" otherwise; a family is "smoother" or "reversed" when all its attacks are, "not
+    shown" when none is either, "mixed" otherwise. Rows: {"family", "attacks", "cells" (per
+    attack and dataset: rate, seeds, gaps, state), "measured", "verdict", "tone"}."""
+    rows, _ = atlas_rows(rows)
+    strong = plots.strong_rate_rows(rows) if len(rows) else rows
+    out = []
+    for fam in dict.fromkeys(strong["family"]):
+        f = strong[strong["family"] == fam]
+        cells = []
+        for (attack, ds), g in f.groupby(["attack", "dataset"], sort=False):
+            g = g.sort_values("seed")
+            cells.append({"attack": attack, "dataset": ds, "rate": float(g["rate"].iloc[0]),
+                          "seeds": [int(s) for s in g["seed"]],
+                          "gaps": [float(v) for v in g["gap"]],
+                          "gap_ci": [[float(a), float(b)]
+                                     for a, b in zip(g["gap_ci_low"], g["gap_ci_high"])],
+                          "asr": [float(v) for v in g["attack_success_rate"]],
+                          "state": _cell_state(g)})
+        states = [c["state"] for c in cells]
+        n_seeds = sorted({len(c["seeds"]) for c in cells})
+        if all(s == "smoother" for s in states):
+            verdict, tone = "smoother", "yes"
+        elif all(s == "reversed" for s in states):
+            verdict, tone = "reversed", "no"
+        elif all(s == "not shown" for s in states):
+            verdict, tone = "not shown", "none"
+        else:
+            k = sum(s == "smoother" for s in states)
+            verdict = (f"mixed: smoother for {k} of {len(cells)} attack × dataset pairs"
+                       + (f", reversed for {states.count('reversed')}" if "reversed" in states else ""))
+            tone = "mixed"
+        if n_seeds == [1]:
+            verdict += " (one seed only)"
+        measured = "; ".join(
+            f"{c['attack']}, {c['dataset']}, {percent(c['rate'])}: {c['state']} (gap "
+            + ", ".join(f"{v:+.3f}" for v in c["gaps"])
+            + (f" on seeds {', '.join(map(str, c['seeds']))}" if len(c["seeds"]) > 1 else
+               f" on seed {c['seeds'][0]}") + ")"
+            for c in cells)
+        out.append({"family": fam, "attacks": list(dict.fromkeys(c["attack"] for c in cells)),
+                     "cells": cells, "measured": measured, "verdict": verdict, "tone": tone})
+    return out
+
+
+def atlas_correlations(rows: pd.DataFrame) -> dict:
+    """Spearman's ρ of the gap with the ASR and with the trigger's mean L2 norm over the atlas's
+    runs (`atlas_rows`: one per run), with a 95% Fisher-z interval (`stats.spearman_ci`): per
+    dataset and over all datasets pooled. {scope: {"runs": n, "asr": {...} or None, "l2": {...}
+    or None}}; None where fewer than 4 runs or a constant column leave no correlation. Runs of
+    one attack (seeds, rates) are not independent draws of attacks: read the interval as a
+    description of these runs, not of attacks at large."""
+    rows, _ = atlas_rows(rows)
+    scopes = [(str(ds), g) for ds, g in rows.groupby("dataset", sort=True)]
+    if len(scopes) > 1:
+        scopes.append(("all datasets", rows))
+    out = {}
+    for scope, g in scopes:
+        entry: dict = {"runs": len(g)}
+        for key, col in (("asr", "attack_success_rate"), ("l2", "trigger_l2")):
+            x, y = g[col].to_numpy(float), g["gap"].to_numpy(float)
+            ok = np.isfinite(x) & np.isfinite(y)
+            entry[key] = None
+            if ok.sum() >= 4 and np.ptp(x[ok]) > 0 and np.ptp(y[ok]) > 0:
+                s = spearman_ci(x[ok], y[ok])
+                entry[key] = {"rho": round(s["rho"], 3), "ci": [round(c, 3) for c in s["ci"]],
+                              "p_value": float(f"{s['p_value']:.3g}"), "n": int(s["n"])}
+        out[scope] = entry
+    return out
+
+
+def _rho_text(c: dict | None) -> str:
+    if c is None:
+        return "n/a (needs ≥ 4 runs that differ)"
+    p = pval(c["p_value"])
+    return f"ρ {ci(c['rho'], c['ci'], 2)}, p {p if p.startswith('<') else '= ' + p}, {c['n']} runs"
+
+
+def atlas_table(rows: pd.DataFrame) -> pd.DataFrame:
+    """The atlas for people, one row per run sorted by family, attack, dataset, rate and seed:
+    Attack, Family, Dataset, Rate, Seed, Clean acc., ASR, Gap [95% CI] ("+0.236 [+0.114,
+    +0.359]", nats), Radius gap [95% CI] (σ), Trigger L2 / L∞ (mean norms of x′ − x)."""
+    rows, _ = atlas_rows(rows)
+
+    def norms(r):
+        f = lambda v: "n/a" if v is None or not np.isfinite(v) else f"{v:.3g}"  # noqa: E731
+        return f"{f(r['trigger_l2'])} / {f(r['trigger_linf'])}"
+
+    return pd.DataFrame([{
+        "Attack": r["attack"], "Family": r["family"], "Dataset": r["dataset"],
+        "Rate": percent(r["rate"]), "Seed": int(r["seed"]),
+        "Clean acc.": f"{r['clean_accuracy']:.3f}", "ASR": f"{r['attack_success_rate']:.3f}",
+        "Gap [95% CI]": ci(r["gap"], (r["gap_ci_low"], r["gap_ci_high"])),
+        "Radius gap [95% CI]": ci(r["radius_gap"], (r["radius_gap_ci_low"], r["radius_gap_ci_high"])),
+        "Trigger L2 / L∞": norms(r)} for r in rows.to_dict("records")],
+        columns=["Attack", "Family", "Dataset", "Rate", "Seed", "Clean acc.", "ASR", "Gap [95% CI]",
+                 "Radius gap [95% CI]", "Trigger L2 / L∞"])
+
+
+def atlas_findings(rows: pd.DataFrame) -> list[dict]:
+    """The atlas's lines of the report's summary of findings: one per family (`atlas_verdicts`)
+    and one per dataset for the correlations (gap vs ASR, gap vs trigger L2). Empty without an
+    atlas (fewer than two attacks)."""
+    rows, _ = atlas_rows(rows)
+    if not _has_atlas(rows):
+        return []
+    out = [{"finding": f"Attack atlas: {v['family']} ({', '.join(v['attacks'])}) at the strong "
+                       "rate: triggered inputs smoother on every seed?",
+            "measured": v["measured"], "verdict": _verdict(v["verdict"], v["tone"])}
+           for v in atlas_verdicts(rows)]
+    for scope, e in atlas_correlations(rows).items():
+        a, l2 = e["asr"], e["l2"]
+        if a is None and l2 is None:
+            continue
+        tone = lambda c: "none" if c is None or c["ci"][0] <= 0 <= c["ci"][1] else (  # noqa: E731
+            "yes" if c["ci"][0] > 0 else "no")
+        verdict = (("gap grows with ASR" if tone(a) == "yes" else "gap falls with ASR"
+                    if tone(a) == "no" else "no clear link to ASR") + "; " +
+                   ("grows with the trigger's L2" if tone(l2) == "yes" else "falls with the "
+                    "trigger's L2" if tone(l2) == "no" else "no clear link to the trigger's L2"))
+        out.append({"finding": f"Attack atlas: does the gap follow the ASR or the trigger's size? "
+                               f"({scope})",
+                    "measured": f"gap vs ASR: {_rho_text(a)}; gap vs trigger L2: {_rho_text(l2)}",
+                    "verdict": _verdict(verdict, "none")})
+    return out
+
+
 def attack_atlas_section(rows: pd.DataFrame) -> tuple[str, list] | None:
-    """The attack atlas's section of the report (issue 11: every attack family side by side: gap
-    against ASR by family, gap against the trigger's L2 norm, W_σ curves per attack), built from
-    the report's sweep rows (`report_rows`). Returns (heading, [figures and HTML]) or None to
-    leave the section out: None until the sweep rows carry the atlas's attack columns."""
-    _check_table("rows", rows)
-    return None
+    """The attack atlas's section of the report (issue 11: every attack family side by side): a
+    summary of findings per family (`atlas_verdicts`) with the Spearman correlations of the gap
+    with ASR and with the trigger's L2 norm (`atlas_correlations`), the table of runs
+    (`atlas_table`), the gap against ASR and against the trigger's L2 norm, and the W_σ curves
+    per attack (one figure per dataset). rows: a sweep table (`read_table`); only its atlas rows
+    of this row format are used (`atlas_rows`). Returns (heading, [HTML and figures]), or None
+    to leave the section out when the table holds rows of fewer than two attacks."""
+    rows, counts = atlas_rows(rows)
+    if not _has_atlas(rows):
+        return None
+    verdicts = atlas_verdicts(rows)
+    corr = atlas_correlations(rows)
+    summary = [{"family": v["family"], "attacks": ", ".join(v["attacks"]),
+                "at the strong rate": v["measured"], "verdict": _verdict(v["verdict"], v["tone"])}
+               for v in verdicts]
+    corr_rows = [{"datasets": scope, "runs": e["runs"],
+                  "Spearman ρ (gap, ASR) [95% CI]": ci(e["asr"]["rho"], e["asr"]["ci"], 2)
+                  if e["asr"] else "n/a", "p (ASR)": pval(e["asr"]["p_value"]) if e["asr"] else "n/a",
+                  "Spearman ρ (gap, trigger L2) [95% CI]": ci(e["l2"]["rho"], e["l2"]["ci"], 2)
+                  if e["l2"] else "n/a", "p (L2)": pval(e["l2"]["p_value"]) if e["l2"] else "n/a"}
+                 for scope, e in corr.items()]
+    n_att, n_fam = rows["attack"].nunique(), rows["family"].nunique()
+    seeds = sorted(int(s) for s in rows["seed"].unique())
+    n_rates = sorted(rows.groupby(["attack", "dataset"])["rate"].nunique().unique())
+    rates = "–".join(map(str, (n_rates[0], n_rates[-1]) if len(n_rates) > 1 else n_rates))
+    parts = [
+        "<p class='note'>Which backdoors make the decision function smoother, and does the "
+        f"trigger's size explain it? {n_att} attacks of {n_fam} families, each at {rates} "
+        f"poisoning rate{'s' if n_rates != [1] else ''} per dataset, seed"
+        f"{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))} ({len(rows)} runs: "
+        f"{run_settings(rows)}). An attack's strong rate is the larger of its rates in the table. "
+        "Verdicts per family at the strong rate: “smoother” when the gap's 95% interval lies above "
+        "0 on every seed for every attack of the family, “reversed” when below 0 on every seed, "
+        "“not shown” when neither holds for any, “mixed” otherwise. The trigger's size is the mean "
+        "L2 (and L∞) norm of x′ − x over the evaluated inputs. The ASR of all-to-all attacks is "
+        "measured against each input's own shifted label.</p>",
+        table_html(summary, classes="findings"),
+        "<h3>Does the gap follow the ASR, or the trigger's size?</h3>", table_html(corr_rows),
+        "<p class='note'>Spearman's ρ over the runs (one per trained model), 95% Fisher-z "
+        "interval. The runs of one attack (two rates, several seeds) are not independent draws of "
+        "attacks, and pooled datasets mix norm scales: read these as descriptions of the runs "
+        "above.</p>",
+        "<h3>Every run</h3>", table_html(atlas_table(rows)),
+        plots.atlas_gap_vs_asr(rows), plots.atlas_gap_vs_norm(rows)]
+    parts += [plots.atlas_curves(rows, dataset=ds) for ds in sorted(rows["dataset"].unique())]
+    for p in parts:  # in the report, figures take the page's width (write_report: responsive)
+        if not isinstance(p, str):
+            p.update_layout(width=None)
+    return "Attack atlas", parts
 
 
 def write_paper(table: pd.DataFrame, out: str | Path = "reports/paper.html", *,
                 dynamics: list[dict] | None = None, patterns: dict[int, list] | None = None,
                 detection: tuple | None = None, dataset: str = "digits",
-                provenance: dict | None = None) -> dict:
+                provenance: dict | None = None, atlas: pd.DataFrame | None = None) -> dict:
     """Write the paper report to `out` (offline HTML) and `out` with .json (the summary) from a
     sweep table (`read_table`'s DataFrame: only rows of this row format are used, one per trained
     run) and the studies' results on `dataset`: `dynamics` (`smoothing_dynamics`' rows),
     `patterns` (`pattern_sizes`' {size: measurements}), `detection` (`detection_study`'s (run,
     DetectionResults)); a study left None is left out. `provenance`: the command, seeds and
-    settings that made it (versions are added). Returns the summary."""
+    settings that made it (versions are added). `atlas`: the attack atlas's table (`read_table`
+    of `python -m workbench sweep --atlas`'s CSV) for the "Attack atlas" section
+    (`attack_atlas_section`), its findings and summary["atlas"]; None leaves the section out. An
+    `atlas` without rows of at least two attacks of this row format is refused. Returns the
+    summary."""
     _check_table("table", table)
     if not isinstance(out, (str, Path)):
         raise TypeError(f"`out` must be a str or a Path; got {out!r}.")
@@ -696,6 +904,14 @@ def write_paper(table: pd.DataFrame, out: str | Path = "reports/paper.html", *,
                           ("detection", detection, tuple), ("provenance", provenance, dict)):
         if v is not None and not isinstance(v, kind):
             raise TypeError(f"`{name}` must be None or a {kind.__name__}; got {type(v).__name__}.")
+    if atlas is not None:
+        _check_table("atlas", atlas)
+        atlas_used, atlas_counts = atlas_rows(atlas)
+        if not _has_atlas(atlas_used):
+            raise ValueError(f"`atlas` must hold rows of at least two attacks (column `attack`) of "
+                             f"this version's row format ({ROW_FORMAT}); its {len(atlas)} rows hold "
+                             f"{atlas_used['attack'].nunique() if len(atlas_used) else 0}. Run "
+                             "`python -m workbench sweep --atlas` (trained runs come from the cache).")
     rows, counts = report_rows(table)
     if not len(rows):
         raise ValueError(f"`table` must hold rows of row format {ROW_FORMAT} (this version's); it "
@@ -721,9 +937,14 @@ def write_paper(table: pd.DataFrame, out: str | Path = "reports/paper.html", *,
         "<h3>Correlation across runs</h3>", table_html(correlation_table(head)),
         "<p class='note'>Spearman's ρ over distinct runs, 95% Fisher-z interval.</p>",
         plots.attack_strength(rows), plots.rate_curves(rows)])]
-    atlas = attack_atlas_section(rows)
-    if atlas is not None:
-        sections.append(atlas)
+    atlas_section = attack_atlas_section(atlas_used) if atlas is not None else None
+    if atlas_section is not None:
+        sections.append(atlas_section)
+        findings.extend(atlas_findings(atlas_used))
+        summary["atlas"] = {"runs": len(atlas_used), "rows_read": atlas_counts["read"],
+                            "families": [{k: v for k, v in e.items() if k != "measured"}
+                                         for e in atlas_verdicts(atlas_used)],
+                            "correlations": atlas_correlations(atlas_used)}
     if dynamics:
         a, g = _first_epochs(dynamics)
         summary["dynamics"] = {"first_epoch_asr_ge_0.9": a, "first_epoch_gap_ci_above_0": g}
@@ -784,6 +1005,10 @@ def write_paper(table: pd.DataFrame, out: str | Path = "reports/paper.html", *,
                           "sweep seeds": sorted(int(s) for s in rows["seed"].unique()),
                           "made with workbench": sorted(rows["workbench"].unique().tolist()),
                           "made with torch": sorted(rows["torch"].unique().tolist())}
+    if atlas_section is not None:
+        meta["atlas rows"] = {"read": atlas_counts["read"], "used (one per run)": len(atlas_used),
+                              "attacks": atlas_used["attack"].nunique(),
+                              "seeds": sorted(int(v) for v in atlas_used["seed"].unique())}
     meta["versions"] = environment()
     command = meta.get("command")
     write_report(out, "Backdoor smoothing: the paper's findings, reproduced", sections,
@@ -798,7 +1023,8 @@ def write_paper(table: pd.DataFrame, out: str | Path = "reports/paper.html", *,
 
 def paper_report(sweep_csv: str | Path = "reports/sweep.csv", out: str | Path = "reports/paper.html",
                  dataset: str = "digits", seed: int = 0, n_pairs: int | None = None,
-                 n_samples: int | None = None, command: str | None = None) -> dict:
+                 n_samples: int | None = None, command: str | None = None,
+                 atlas: str | Path | pd.DataFrame | None = None) -> dict:
     """Write `out` (offline HTML) and `out` with .json (the summary) from a sweep's CSV and the
     dynamics, pattern and detection studies on `dataset` (`write_paper`).
 
@@ -807,6 +1033,12 @@ def paper_report(sweep_csv: str | Path = "reports/sweep.csv", out: str | Path = 
     (smaller is faster, with wider intervals). command: how it was called, for the provenance
     (default: this call, in Python). Only rows of this version's row format are used: a CSV of
     older rows only is refused before any study runs.
+
+    atlas: the attack atlas for its section, a CSV path (`python -m workbench sweep --atlas`
+    writes `workbench.atlas.ATLAS_CSV`, reports/atlas.csv) or its `read_table` DataFrame; None
+    leaves the section out. A path that does not
+    exist, or a table without rows of at least two attacks of this row format, is refused before
+    any study runs.
     """
     t0 = time.perf_counter()
     check_choice("dataset", dataset, DATASETS)
@@ -816,6 +1048,25 @@ def paper_report(sweep_csv: str | Path = "reports/sweep.csv", out: str | Path = 
             check_int(name, v, low=4)
     if command is not None and not isinstance(command, str):
         raise TypeError(f"`command` must be None or a str; got {command!r}.")
+    atlas_source, atlas_is_path = None, isinstance(atlas, (str, Path))
+    if atlas_is_path:
+        atlas_source = str(atlas)
+        if not Path(atlas).is_file():
+            raise FileNotFoundError(f"`atlas` {atlas} does not exist: run `python -m workbench sweep "
+                                    f"--atlas --out {atlas}` first, or leave `atlas` None.")
+        atlas = read_table(atlas)
+    elif atlas is not None and not isinstance(atlas, pd.DataFrame):
+        raise TypeError("`atlas` must be None, a path to an atlas CSV or its `read_table` "
+                        f"DataFrame; got {type(atlas).__name__}.")
+    elif atlas is not None:
+        atlas_source = "a DataFrame"
+    if atlas is not None:  # refused now, not after the studies
+        _check_table("atlas", atlas)
+        if not _has_atlas(atlas_rows(atlas)[0]):
+            raise ValueError(f"`atlas` ({atlas_source}) must hold rows of at least two attacks "
+                             f"(column `attack`) of this version's row format ({ROW_FORMAT}); it "
+                             f"holds {len(atlas)} rows and no such atlas. Run `python -m workbench "
+                             "sweep --atlas` (trained runs come from the cache).")
     table = read_table(sweep_csv)
     rows, counts = report_rows(table)
     if not len(rows):
@@ -840,10 +1091,14 @@ def paper_report(sweep_csv: str | Path = "reports/sweep.csv", out: str | Path = 
                            attack=REPORT_DETECTION_ATTACKS[0])
     if command is None:
         command = (f"workbench.paper.paper_report({str(sweep_csv)!r}, {str(out)!r}, "
-                   f"dataset={dataset!r}, seed={seed}, n_pairs={n_pairs}, n_samples={n_samples})")
+                   f"dataset={dataset!r}, seed={seed}, n_pairs={n_pairs}, n_samples={n_samples}"
+                   + (f", atlas={atlas_source!r})" if atlas_is_path else ")"))
+    provenance = {"command": command, "sweep table": str(sweep_csv)}
+    if atlas_source is not None:
+        provenance["atlas table"] = atlas_source
     return write_paper(table, out, dynamics=dyn, patterns=measured, detection=dets,
-                       dataset=dataset, provenance={
-                           "command": command, "sweep table": str(sweep_csv),
+                       dataset=dataset, atlas=atlas, provenance={
+                           **provenance,
                            "study seed": seed, "study dataset": dataset,
                            "study settings": settings,
                            "seconds": round(time.perf_counter() - t0, 1)})

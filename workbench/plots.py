@@ -376,3 +376,231 @@ def roc_figure(results) -> go.Figure:
                       yaxis_title="true-positive rate (triggered flagged)",
                       legend=dict(orientation="h", y=-0.25))
     return fig
+
+
+# --- The attack atlas (issue 11): every attack family side by side --------------------------------
+
+# the columns an atlas row has beyond a plain sweep row's (sweep row format 4, workbench.atlas)
+ATLAS_COLUMNS = ("attack", "family", "poisoning", "target_mode", "trigger_l2", "trigger_linf",
+                 "sigmas", "clean_curve", "triggered_curve")
+# the columns that name one trained run of the atlas: rows equal on these measure the same model
+# (the trigger's repr alone does not: Patch and Patch/clean-label share it)
+ATLAS_RUN_COLUMNS = ("attack", "dataset", "trigger", "poisoning", "target_mode", "rate", "target",
+                     "seed", "model", "epochs")
+NORMS = {"trigger_l2": "mean L2 norm of the trigger (x′ − x)",
+         "trigger_linf": "mean L∞ norm of the trigger (x′ − x)"}
+_DATASET_DASH = ("solid", "dash", "dot", "dashdot")
+_DATASET_SYMBOL = ("circle", "square", "diamond", "triangle-up")
+# one colour per family, in workbench.atlas.FAMILIES order (yellow last: it reads poorly on white)
+_FAMILY_COLOURS = OKABE_ITO[:6] + (OKABE_ITO[7], OKABE_ITO[6])
+
+
+def _display_order() -> tuple[tuple, tuple]:
+    """(families, attacks) in the atlas's display order (workbench.atlas)."""
+    from .atlas import ATTACKS, FAMILIES
+
+    return tuple(FAMILIES), tuple(ATTACKS)
+
+
+def _ordered(values, reference) -> list:
+    """`values` (distinct) in `reference` order, any others after them by name."""
+    ref = {v: i for i, v in enumerate(reference)}
+    return sorted(dict.fromkeys(values), key=lambda v: (ref.get(v, len(ref)), str(v)))
+
+
+def atlas_frame(table, allow_empty: bool = False):
+    """The atlas rows of a sweep table, ready to draw: a copy holding only rows of this version's
+    row format (`sweep.current_rows`) whose `attack` is set, one per trained run (the last of
+    rows equal on `ATLAS_RUN_COLUMNS`), sorted by family and attack (display order), dataset,
+    rate and seed. table: `read_table`'s DataFrame (or a list of its rows as dicts). Raises
+    ValueError when a column is missing, or when no atlas row is left unless `allow_empty`."""
+    import pandas as pd
+
+    from .sweep import current_rows
+
+    if isinstance(table, list):
+        table = pd.DataFrame(table)
+    if not isinstance(table, pd.DataFrame):
+        raise TypeError("`table` must be a pandas DataFrame of atlas rows (as `read_table` returns) "
+                        f"or a list of row dicts; got {type(table).__name__}.")
+    missing = [c for c in ATLAS_COLUMNS if c not in table.columns]
+    if missing:
+        raise ValueError(f"`table` must have the atlas columns ({', '.join(ATLAS_COLUMNS)}); it "
+                         f"lacks {', '.join(missing)}: is it a sweep table of an older row format? "
+                         "Run `python -m workbench sweep --atlas` (trained runs come from the cache).")
+    rows, _ = current_rows(table)
+    attack = rows["attack"].fillna("").astype(str).str.strip()
+    rows = rows[attack != ""]
+    rows = rows.drop_duplicates(subset=list(ATLAS_RUN_COLUMNS), keep="last")
+    kinds = rows.groupby(["attack", "dataset"])[["trigger_type", "trigger_size", "poisoning",
+                                                 "target_mode"]].nunique()
+    several = kinds[(kinds > 1).any(axis=1)]
+    if len(several):
+        attack, ds = several.index[0]
+        raise ValueError(f"`table`'s rows of attack {attack!r} on {ds!r} hold several triggers or "
+                         "poisoning settings (e.g. a plain sweep of trigger sizes): an atlas names "
+                         "each setting as its own attack. Keep one setting per attack.")
+    if not len(rows) and allow_empty:
+        return rows.reset_index(drop=True)
+    if not len(rows):
+        raise ValueError(f"`table` must hold atlas rows (column `attack` set) of this version's row "
+                         f"format; it holds none of its {len(table)} rows.")
+    families, attacks = _display_order()
+    fam = {f: i for i, f in enumerate(_ordered(rows["family"], families))}
+    att = {a: i for i, a in enumerate(_ordered(rows["attack"], attacks))}
+    rows = rows.assign(_f=rows["family"].map(fam), _a=rows["attack"].map(att))
+    rows = rows.sort_values(["_f", "_a", "dataset", "rate", "seed"], kind="stable")
+    return rows.drop(columns=["_f", "_a"]).reset_index(drop=True)
+
+
+def strong_rate_rows(rows):
+    """The rows of `atlas_frame(rows)` at each (attack, dataset)'s strong rate: the largest rate
+    of that attack on that dataset in the table."""
+    rows = atlas_frame(rows)
+    strong = rows.groupby(["attack", "dataset"])["rate"].transform("max")
+    return rows[rows["rate"] == strong].reset_index(drop=True)
+
+
+def _family_colours(rows) -> dict:
+    families, _ = _display_order()
+    order = _ordered(rows["family"], families)
+    ref = {f: i for i, f in enumerate(families)}
+    out, extra = {}, len(families)
+    for f in order:
+        i = ref.get(f)
+        if i is None:
+            i, extra = extra, extra + 1
+        out[f] = _FAMILY_COLOURS[i % len(_FAMILY_COLOURS)]
+    return out
+
+
+def _atlas_scatter(rows, x: str, x_title: str, title: str, log_x: bool = False) -> go.Figure:
+    """Gap (with its 95% interval) against column `x`, one panel per dataset, one colour per
+    family (legend once per family), filled markers at each attack's strong rate and open ones
+    at its weaker rates; the hover names attack, dataset, rate and seed."""
+    datasets = sorted(rows["dataset"].unique())
+    colours = _family_colours(rows)
+    strong = rows.groupby(["attack", "dataset"])["rate"].transform("max")
+    rows = rows.assign(_strong=rows["rate"] == strong)
+    fig = make_subplots(rows=1, cols=len(datasets), subplot_titles=datasets,
+                        horizontal_spacing=0.08 if len(datasets) > 1 else 0.0)
+    shown = set()
+    for c, ds in enumerate(datasets, start=1):
+        for fam, colour in colours.items():
+            g = rows[(rows["dataset"] == ds) & (rows["family"] == fam)]
+            if not len(g):
+                continue
+            fig.add_trace(go.Scatter(
+                x=g[x], y=g["gap"], mode="markers", name=fam, legendgroup=fam,
+                showlegend=fam not in shown,
+                marker=dict(color=colour, size=9, line=dict(width=1.5, color=colour),
+                            symbol=["circle" if s else "circle-open" for s in g["_strong"]]),
+                error_y=dict(type="data", symmetric=False, array=g["gap_ci_high"] - g["gap"],
+                             arrayminus=g["gap"] - g["gap_ci_low"], thickness=1, width=0,
+                             color=_rgba(colour, 0.6)),
+                customdata=np.stack([g["attack"], g["dataset"], [f"{100 * r:.4g}%" for r in g["rate"]],
+                                     g["seed"], g["gap_ci_low"], g["gap_ci_high"]], axis=-1),
+                hovertemplate="<b>%{customdata[0]}</b> · %{customdata[1]}<br>rate %{customdata[2]}, "
+                              "seed %{customdata[3]}<br>" + x_title.split(" (")[0] + " %{x:.3g}<br>"
+                              "gap %{y:+.3f} [%{customdata[4]:+.3f}, %{customdata[5]:+.3f}]"
+                              f"<extra>{fam}</extra>"), row=1, col=c)
+            shown.add(fam)
+        fig.add_hline(y=0, line=dict(color="#888", dash="dot"), row=1, col=c)
+    fig.update_xaxes(title_text=x_title, type="log" if log_x else None)
+    fig.update_yaxes(title_text="smoothing gap (nats; > 0: triggered smoother)", col=1)
+    fig.update_annotations(font_size=12)
+    fig.update_layout(template=TEMPLATE, height=440, width=min(1200, 180 + 470 * len(datasets)),
+                      title=dict(text=title, font_size=15),
+                      margin=dict(l=60, r=20, t=60, b=60),
+                      legend=dict(orientation="h", y=-0.22, font_size=11, itemwidth=30,
+                                  title_text="family (filled: strong rate, open: weak)"))
+    return fig
+
+
+def atlas_gap_vs_asr(table) -> go.Figure:
+    """The attack atlas: smoothing gap (95% interval as error bars) against the attack success
+    rate, one panel per dataset, one colour per attack family (Okabe–Ito), filled markers at an
+    attack's strong rate and open ones at its weak rate; the hover names attack, dataset, rate
+    and seed. table: `read_table`'s DataFrame of atlas rows (`atlas_frame` picks them)."""
+    rows = atlas_frame(table)
+    return _atlas_scatter(rows, "attack_success_rate", "attack success rate",
+                          "Which backdoors make the decision function smoother? Gap against ASR")
+
+
+def atlas_gap_vs_norm(table, norm: str = "trigger_l2") -> go.Figure:
+    """Smoothing gap (95% interval) against the trigger's size, the mean norm of x′ − x over the
+    evaluated inputs (`norm`: "trigger_l2" or "trigger_linf"; log x axis), one colour per family,
+    one panel per dataset: does the trigger's size explain the effect? Rows without a positive,
+    finite norm cannot sit on a log axis: they are left out and counted in the title."""
+    check_choice("norm", norm, tuple(NORMS))
+    rows = atlas_frame(table)
+    ok = np.isfinite(rows[norm].to_numpy(float)) & (rows[norm].to_numpy(float) > 0)
+    if not ok.any():
+        raise ValueError(f"`table` must hold rows with a positive `{norm}` to draw against it; "
+                         f"none of its {len(rows)} atlas rows has one.")
+    left = int((~ok).sum())
+    what = "L2" if norm == "trigger_l2" else "L∞"
+    title = f"Does the trigger's size explain it? Gap against the trigger's {what} norm"
+    if left:
+        title += f" ({left} row{'s' if left > 1 else ''} without a norm left out)"
+    return _atlas_scatter(rows[ok].reset_index(drop=True), norm, NORMS[norm] + " (log)", title,
+                          log_x=True)
+
+
+def atlas_curves(table, dataset: str | None = None, cols: int = 5) -> go.Figure:
+    """Small multiples, one panel per attack: the mean W_σ curve of clean inputs (blue) and of
+    their triggered twins (vermillion) at the attack's strong rate (the largest of its rates in
+    the table), averaged over seeds; one line style per dataset, or only `dataset`'s. The seeds
+    averaged must share one σ grid (a ValueError names the attack otherwise)."""
+    cols = check_int("cols", cols, low=1)
+    rows = strong_rate_rows(table)
+    if dataset is not None:
+        check_choice("dataset", dataset, sorted(rows["dataset"].unique()))
+        rows = rows[rows["dataset"] == dataset]
+    _, reference = _display_order()
+    attacks = _ordered(rows["attack"], reference)
+    datasets = sorted(rows["dataset"].unique())
+    cols = min(cols, len(attacks))
+    nrows = -(-len(attacks) // cols)
+    fig = make_subplots(rows=nrows, cols=cols, subplot_titles=attacks, shared_yaxes=True,
+                        horizontal_spacing=0.025, vertical_spacing=min(0.12, 0.35 / nrows))
+    shown = set()
+    for i, attack in enumerate(attacks):
+        r, c = divmod(i, cols)
+        for j, ds in enumerate(datasets):
+            g = rows[(rows["attack"] == attack) & (rows["dataset"] == ds)]
+            if not len(g):
+                continue
+            grids = {tuple(np.round(np.asarray(s, float), 12)) for s in g["sigmas"]}
+            if len(grids) > 1:
+                raise ValueError(f"`table`'s rows of {attack!r} on {ds!r} at rate {g['rate'].iloc[0]} "
+                                 f"have {len(grids)} different σ grids; their curves cannot be "
+                                 "averaged: keep the rows of one grid.")
+            sig = np.asarray(g["sigmas"].iloc[0], float)
+            for key, colour, what in (("clean_curve", CLEAN, "clean"),
+                                      ("triggered_curve", TRIGGERED, "triggered")):
+                curves = np.array([np.asarray(v, float) for v in g[key]])
+                if curves.shape[1:] != sig.shape:
+                    raise ValueError(f"`table`'s `{key}` of {attack!r} on {ds!r} must have one "
+                                     f"value per σ ({len(sig)}); got {curves.shape[1:]}.")
+                name = f"{what} · {ds}" if len(datasets) > 1 else what
+                fig.add_trace(go.Scatter(
+                    x=sig, y=curves.mean(0), mode="lines", name=name, legendgroup=name,
+                    showlegend=name not in shown,
+                    line=dict(color=colour, width=2, dash=_DATASET_DASH[j % len(_DATASET_DASH)]),
+                    hovertemplate=f"{attack} · {ds}, rate {100 * g['rate'].iloc[0]:.4g}%, "
+                                  f"{len(g)} seed{'s' if len(g) > 1 else ''}<br>{what}: σ %{{x:g}}, "
+                                  "W %{y:.3f}<extra></extra>"), row=r + 1, col=c + 1)
+                shown.add(name)
+    fig.update_annotations(font_size=11)
+    fig.update_xaxes(tickfont_size=9)
+    fig.update_yaxes(tickfont_size=9, rangemode="tozero")
+    fig.update_xaxes(title_text="σ", title_font_size=10, row=nrows)
+    fig.update_yaxes(title_text="mean W<sub>σ</sub> (nats)", title_font_size=10, col=1)
+    where = f" on {dataset}" if dataset is not None else ""
+    fig.update_layout(template=TEMPLATE, width=min(1200, 140 + 215 * cols), height=120 + 200 * nrows,
+                      title=dict(text=f"W<sub>σ</sub> around clean and triggered inputs, per attack"
+                                      f"{where} (strong rate, mean over seeds)", font_size=15),
+                      margin=dict(l=60, r=20, t=70, b=50),
+                      legend=dict(orientation="h", y=-0.4 / nrows, font_size=11))
+    return fig
