@@ -384,3 +384,79 @@ def test_detection_command_writes_the_report(tmp_path, capsys):
                    "--samples", "4", "--boot", "20", "--out", str(out), "--quiet"]) == 0
     assert out.exists() and len(json.loads(out.with_suffix(".json").read_text())) == 2
     assert "strip" in capsys.readouterr().out
+
+
+# --- the study covers every attack of the atlas (issue 12) -------------------------------------
+
+def test_the_detection_study_covers_every_attack_of_the_atlas():
+    from workbench import atlas, paper
+
+    assert paper.DETECTION_ATTACKS == tuple(atlas.ATTACKS)
+    assert set(paper.DETECTION_ORIGINAL) < set(paper.DETECTION_ATTACKS)
+    for ds in ("digits", "fashion-mnist"):
+        for a in paper.DETECTION_ATTACKS:
+            rate = paper.detection_rate(ds, a)
+            want = (paper.DETECTION_RATES[ds][a] if a in paper.DETECTION_ORIGINAL
+                    else atlas.attack_rates(a, ds)[1])
+            assert rate == want and 0 < rate <= 1, (ds, a)
+    # the command offers every attack: a new one passes argparse and is stopped by the n check
+    assert D.main(["--attacks", "Patch/all-to-all", "InputAware", "--n", "1"]) == 2
+    with pytest.raises(ValueError, match="no trigger without its training"):
+        paper.detection_trigger("InputAware")
+    with pytest.raises(ValueError, match="`attack` must be one of 'Patch'"):
+        paper.detection_measure(None, None, "WaNet")
+
+
+# runs the session shares with test_poisoning_modes.py and test_input_aware.py (run cache)
+_A2A = dict(rate=0.3, target=0, epochs=10, seed=0, target_mode="all-to-all")
+_IA = dict(rate=0.3, cross_rate=0.3, target=0, epochs=16, mask_epochs=4, seed=0)
+_FAST = dict(n=30, n_samples=8, n_boot=50, methods=("strip", "scale-up", "w-mean", "w-consistency"))
+
+
+def _one_thread(train, *args, **kwargs):
+    """Train on one torch thread: two spin-wait on a loaded 2-core machine (benchmarks/RESULTS.md)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return train(*args, **kwargs)
+    finally:
+        torch.set_num_threads(n)
+
+
+def test_detection_entry_of_an_all_to_all_run_takes_every_class(digits):
+    from workbench import paper
+
+    run = _one_thread(wb.train_backdoor, digits, trigger=wb.triggers.Patch(size=3),
+                      progress=False, **_A2A)
+    assert paper.detection_attack(run) == "Patch/all-to-all"
+    e = paper.detection_measure(digits, run, "Patch/all-to-all", **_FAST)
+    assert e["target_mode"] == "all-to-all" and e["family"] == "all-to-all" and e["n"] == 30
+    pairs = run.triggered_pairs(digits.x_test, digits.y_test, n=30, seed=0)
+    assert (pairs.labels == 0).any()  # the target class of all-to-one is attacked too
+    assert torch.equal(pairs.targets, (pairs.labels + 1) % 10)
+    # the scores are those of the pairs: SCALE-UP's by hand, W_σ's from the estimator
+    scale = D.scale_up_score(run.model, pairs.triggered)
+    assert np.array_equal(e["results"][1].triggered_scores, scale)
+    w = wb.estimate_smoothness(run.model, pairs.clean, wb.default_sigmas("digits"), 8, seed=0)
+    assert np.allclose(e["results"][2].clean_scores, -w.mean_entropy())
+    assert e["rate"] == 0.3 and e["attack_success_rate"] == run.attack_success_rate
+
+
+def test_detection_entry_of_an_input_aware_run_uses_its_per_image_triggers(digits):
+    from workbench import paper
+    from workbench.input_aware import train_input_aware
+
+    run = _one_thread(train_input_aware, digits, progress=False, **_IA)
+    assert paper.detection_attack(run) == "InputAware"
+    e = paper.detection_measure(digits, run, "InputAware", **_FAST)
+    assert e["target_mode"] == "all-to-one" and e["family"] == "sample-specific"
+    pairs = wb.triggered_pairs(digits.x_test, digits.y_test, run.trigger, 0, n=30, seed=0)
+    assert (pairs.labels != 0).all()
+    # each triggered input carries its own trigger: scores are those of run.trigger(clean)
+    stamped = run.trigger(pairs.clean)
+    pattern, _ = run.trigger.pattern_and_mask(pairs.clean[:2])
+    assert not torch.equal(pattern[0], pattern[1])  # not one pattern for all
+    scale = D.scale_up_score(run.model, stamped)
+    assert np.array_equal(e["results"][1].triggered_scores, scale)
+    w = wb.estimate_smoothness(run.model, stamped, wb.default_sigmas("digits"), 8, seed=0)
+    assert np.allclose(e["results"][2].triggered_scores, -w.mean_entropy())

@@ -857,7 +857,8 @@ def main(argv=None) -> int:
                                             "reports/detection.html and .json")
     p.add_argument("--datasets", nargs="+", default=["digits"], choices=DATASETS)
     p.add_argument("--attacks", nargs="+", default=list(DETECTION_ATTACKS),
-                   choices=DETECTION_ATTACKS)
+                   choices=DETECTION_ATTACKS, metavar="ATTACK",
+                   help="attacks of the atlas (default: all): " + ", ".join(DETECTION_ATTACKS))
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     p.add_argument("--model", default=DETECTION_MODEL)
     p.add_argument("--n", type=int, default=200, help="clean and triggered inputs per attack")

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import detection, plots
+from . import atlas as _atlas, detection, plots
 from ._validate import check_choice, check_int
 from .data import DATASET_SHAPES, DATASETS, load_dataset
 from .detection import METHODS, compare_detectors
@@ -75,11 +75,16 @@ def headline(table: pd.DataFrame) -> dict:
 
 # --- Detection (issue 12): every detector on every attack -------------------------------------
 
-DETECTION_ATTACKS = ("Patch", "Checkerboard", "Pixel", "Blend", "Sinusoid", "Warp")
+# Every attack of the atlas (`workbench.atlas.ATTACKS`, in its display order).
+DETECTION_ATTACKS = tuple(_atlas.ATTACKS)
+# The study's first six attacks keep the runs of its first table (benchmarks/RESULTS.md): the
+# trigger class with its default parameters, trained by `train_backdoor` on the whole training
+# set at DETECTION_RATES. Every other attack is `atlas.train_attack` at the atlas's strong rate.
+DETECTION_ORIGINAL = ("Patch", "Checkerboard", "Pixel", "Blend", "Sinusoid", "Warp")
 DETECTION_MODEL = "small-cnn-bn"  # BatchNorm, so that IBD-PSC applies
-# Each attack (the trigger with its default parameters, target 0, seed 0) at its strong rate on the
-# detection model: the lowest of 5%, 10%, 20% at which it reaches ASR >= 0.9, measured on 2 CPU
-# cores (benchmarks/RESULTS.md). An attack without an entry here uses 10%.
+# Each original attack (the trigger with its default parameters, target 0, seed 0) at its strong
+# rate on the detection model: the lowest of 5%, 10%, 20% at which it reaches ASR >= 0.9, measured
+# on 2 CPU cores (benchmarks/RESULTS.md). An original attack without an entry here uses 10%.
 DETECTION_RATES = {
     "digits": {"Patch": 0.05, "Checkerboard": 0.05, "Pixel": 0.05, "Blend": 0.05,
                "Sinusoid": 0.05, "Warp": 0.2},
@@ -89,15 +94,53 @@ DETECTION_RATES = {
 REPORT_DETECTION_ATTACKS = ("Patch",)  # `paper_report`'s share of the study: the full one is long
 
 
-def detection_trigger(attack: str):
-    """The trigger of an attack of the detection study: `attack`'s class with default parameters
-    (Patch and Checkerboard 3×3 at the bottom right, Blend α = 0.1, …)."""
+def detection_trigger(attack: str, data=None):
+    """The trigger of an attack of the detection study. An original attack (DETECTION_ORIGINAL):
+    its class with default parameters (Patch and Checkerboard 3×3 at the bottom right, Blend
+    α = 0.1, …; `data` not needed). Another atlas attack: `atlas.attack_trigger(attack, data)`
+    (seed 0, target 0; the crafted ones are crafted on `data`'s clean model). InputAware has no
+    trigger without its training: use `detection_run`."""
     check_choice("attack", attack, DETECTION_ATTACKS)
-    return TRIGGERS[attack]()
+    if attack in DETECTION_ORIGINAL:
+        return TRIGGERS[attack]()
+    if _atlas.ATTACKS[attack].trigger.get("type") == "InputAware":
+        raise ValueError("`attack` 'InputAware' has no trigger without its training (the "
+                         "generators are trained with the model): use `detection_run`.")
+    if data is None:
+        raise TypeError(f"`data` must be a Dataset for the atlas attack {attack!r}; got None.")
+    return _atlas.attack_trigger(attack, data, seed=0, target=0)
 
 
 def detection_rate(dataset: str, attack: str) -> float:
-    return DETECTION_RATES.get(dataset, {}).get(attack, 0.1)
+    """The poisoning rate of `attack`'s model on `dataset`: DETECTION_RATES for the original
+    attacks (10% without an entry), the atlas's strong rate for the others."""
+    if attack in DETECTION_ORIGINAL:
+        return DETECTION_RATES.get(dataset, {}).get(attack, 0.1)
+    return float(_atlas.attack_rates(attack, dataset)[1])
+
+
+def detection_run(data, attack: str, model: str = DETECTION_MODEL, progress: bool = False):
+    """The backdoored model of `attack` in the detection study (a cached run; target 0, seed 0):
+    an original attack through `train_backdoor` at `detection_rate`, any other through
+    `atlas.train_attack` at its strong rate (crafted triggers crafted on the clean model,
+    InputAware trained jointly, Fashion-MNIST on the atlas's training subset)."""
+    check_choice("attack", attack, DETECTION_ATTACKS)
+    if attack in DETECTION_ORIGINAL:
+        return train_backdoor(data, trigger=detection_trigger(attack),
+                              rate=detection_rate(data.name, attack), target=0, model=model,
+                              progress=progress)
+    return _atlas.train_attack(data, attack, rate=None, seed=0, model=model, progress=progress)
+
+
+def detection_attack(run) -> str:
+    """The atlas's name of the attack a run implements (e.g. "Patch/all-to-all" for a Patch
+    run in all-to-all mode), from its trigger's class, poisoning and target mode."""
+    name = type(run.trigger).__name__
+    if run.target_mode == "all-to-all":
+        return f"{name}/all-to-all"
+    if run.poisoning != "dirty-label":
+        return f"{name}/{run.poisoning}"
+    return name
 
 
 def _check_detection_args(dataset, attacks, n, seed, n_samples, methods, model, n_boot):
@@ -116,11 +159,19 @@ def _check_detection_args(dataset, attacks, n, seed, n_samples, methods, model, 
     return methods
 
 
-def _detection_entry(data, attack, n, seed, n_samples, methods, model, n_boot, progress):
+def detection_measure(data, run, attack: str, n: int = 200, seed: int = 0, n_samples: int = 64,
+                      methods=METHODS, n_boot: int = 1000) -> dict:
+    """Every detector in `methods` on `run`'s model: `n` clean test inputs the attack applies to
+    (`run.triggered_pairs`: classes other than the target, or every class for an all-to-all run)
+    against their triggered twins; the held-out rest of the test set is the clean pool. Returns
+    the study's entry for it (the run's settings, clean accuracy, ASR, "results")."""
+    check_choice("attack", attack, DETECTION_ATTACKS)
+    check_int("n", n, low=2)
+    check_int("seed", seed, low=0)
+    methods = detection._check_methods(methods)
     t0 = time.perf_counter()
-    trigger, rate = detection_trigger(attack), detection_rate(data.name, attack)
-    run = train_backdoor(data, trigger=trigger, rate=rate, target=0, model=model, progress=progress)
-    pairs = triggered_pairs(data.x_test, data.y_test, run.trigger, run.target, n=n, seed=seed)
+    # (every target mode: an all-to-all run has no single target; pairs.targets has each one's)
+    pairs = run.triggered_pairs(data.x_test, data.y_test, n=n, seed=seed)
     # held-out clean test images not among the evaluated inputs: STRIP's blend partners, IBD-PSC's
     # layer selection, the clean W_σ curve of w-knee and w-class
     mask = np.ones(len(data.y_test), bool)
@@ -128,18 +179,31 @@ def _detection_entry(data, attack, n, seed, n_samples, methods, model, n_boot, p
     results = compare_detectors(run.model, pairs.clean, pairs.triggered, data.x_test[mask],
                                 default_sigmas(data.name), n_samples=n_samples, seed=seed,
                                 methods=methods, n_boot=n_boot)
-    return {"dataset": data.name, "attack": attack, "trigger": repr(run.trigger), "rate": rate,
-            "model": model, "clean_accuracy": run.clean_accuracy,
+    a = _atlas.ATTACKS.get(attack)
+    return {"dataset": data.name, "attack": attack, "family": a.family if a else "",
+            "poisoning": run.poisoning, "target_mode": run.target_mode,
+            "trigger": repr(run.trigger), "rate": run.config["rate"],
+            "model": run.config["model"], "clean_accuracy": run.clean_accuracy,
             "attack_success_rate": run.attack_success_rate, "n": len(pairs.clean),
-            "results": results, "seconds": time.perf_counter() - t0}, run
+            "results": results, "seconds": time.perf_counter() - t0}
+
+
+def _detection_entry(data, attack, n, seed, n_samples, methods, model, n_boot, progress):
+    t0 = time.perf_counter()
+    run = detection_run(data, attack, model, progress)
+    entry = detection_measure(data, run, attack, n, seed, n_samples, methods, n_boot)
+    entry["detect_seconds"] = entry["seconds"]  # the detectors only
+    entry["seconds"] = time.perf_counter() - t0  # training (or loading) included
+    return entry, run
 
 
 def detection_study(dataset: str = "digits", n: int = 200, seed: int = 0, n_samples: int = 64,
                     attack: str = "Patch", methods=METHODS, model: str = DETECTION_MODEL,
                     n_boot: int = 1000):
-    """One attack of the detection study: its backdoored model (a cached run, target 0, at the
-    attack's strong rate) and every detector in `methods` on `n` clean vs `n` triggered test
-    inputs (`workbench.detection.compare_detectors`). Returns (run, [DetectionResult, ...])."""
+    """One attack of the detection study (any of DETECTION_ATTACKS, the atlas's attacks): its
+    backdoored model (`detection_run`: a cached run, target 0, at the attack's strong rate) and
+    every detector in `methods` on `n` clean vs `n` triggered test inputs (`detection_measure`,
+    `workbench.detection.compare_detectors`). Returns (run, [DetectionResult, ...])."""
     methods = _check_detection_args(dataset, (attack,), n, seed, n_samples, methods, model, n_boot)
     entry, run = _detection_entry(load_dataset(dataset), attack, n, seed, n_samples, methods, model,
                                   n_boot, False)
@@ -149,8 +213,10 @@ def detection_study(dataset: str = "digits", n: int = 200, seed: int = 0, n_samp
 def detection_atlas(datasets=("digits",), attacks=DETECTION_ATTACKS, n: int = 200, seed: int = 0,
                     n_samples: int = 64, methods=METHODS, model: str = DETECTION_MODEL,
                     n_boot: int = 1000, progress: bool = False) -> list[dict]:
-    """Every detector on every attack of every dataset: one entry per (dataset, attack) with the
-    run's clean accuracy and ASR and its `DetectionResult`s ("results"). Models come from the run
+    """Every detector on every attack of every dataset (default: every attack of the atlas): one
+    entry per (dataset, attack) with the attack's family, poisoning and target mode, the run's
+    clean accuracy and ASR and its `DetectionResult`s ("results"); "seconds" includes training
+    or loading the model, "detect_seconds" is the detectors' alone. Models come from the run
     cache (trained on first use: minutes per Fashion-MNIST model on 2 CPU cores)."""
     if isinstance(datasets, str) or isinstance(attacks, str):
         raise TypeError("`datasets` and `attacks` must be tuples of names; got a str.")
@@ -165,7 +231,7 @@ def detection_atlas(datasets=("digits",), attacks=DETECTION_ATTACKS, n: int = 20
             entry, _ = _detection_entry(data, attack, n, seed, n_samples, methods, model, n_boot,
                                         progress)
             if progress:
-                print(f"{ds:>13} {attack:<12} ASR {entry['attack_success_rate']:.3f}  " + "  ".join(
+                print(f"{ds:>13} {attack:<22} ASR {entry['attack_success_rate']:.3f}  " + "  ".join(
                     f"{r.method} {r.auc:.3f}" for r in entry["results"]) +
                     f"  ({entry['seconds']:.0f} s)", flush=True)
             out.append(entry)
@@ -183,6 +249,32 @@ def detection_table(atlas: list[dict], metric: str = "auc") -> list[dict]:
         for r in e["results"]:
             ci = getattr(r, f"{metric}_ci")
             row[r.method] = f"{getattr(r, metric):.3f} [{ci[0]:.3f}, {ci[1]:.3f}]"
+        rows.append(row)
+    return rows
+
+
+def _family(e: dict) -> str:
+    """An entry's attack family (entries made before the atlas carry none: looked up)."""
+    a = _atlas.ATTACKS.get(e["attack"])
+    return e.get("family") or (a.family if a else "")
+
+
+def detection_families(atlas: list[dict]) -> list[dict]:
+    """One row per (dataset, attack family, in `atlas.FAMILIES`' order): its attacks and each
+    detector's mean AUC over them, with the lowest in brackets when there are several."""
+    groups: dict[tuple, list] = {}
+    for e in atlas:
+        groups.setdefault((e["dataset"], _family(e)), []).append(e)
+    order = {f: i for i, f in enumerate(_atlas.FAMILIES)}
+    rows = []
+    for (ds, fam), es in sorted(groups.items(), key=lambda kv: (kv[0][0], order.get(kv[0][1], 99))):
+        row = {"dataset": ds, "family": fam, "attacks": ", ".join(e["attack"] for e in es)}
+        aucs: dict[str, list] = {}
+        for e in es:
+            for r in e["results"]:
+                aucs.setdefault(r.method, []).append(r.auc)
+        for m, v in aucs.items():
+            row[m] = f"{np.mean(v):.2f}" + (f" ({min(v):.2f})" if len(v) > 1 else "")
         rows.append(row)
     return rows
 
@@ -206,7 +298,9 @@ def detection_summary(atlas: list[dict]) -> list[dict]:
     out = []
     for e in atlas:
         for r in e["results"]:
-            out.append({"dataset": e["dataset"], "attack": e["attack"], "rate": e["rate"],
+            out.append({"dataset": e["dataset"], "attack": e["attack"], "family": _family(e),
+                        "poisoning": e.get("poisoning", "dirty-label"),
+                        "target_mode": e.get("target_mode", "all-to-one"), "rate": e["rate"],
                         "clean_accuracy": round(e["clean_accuracy"], 4),
                         "attack_success_rate": round(e["attack_success_rate"], 4), "n": e["n"],
                         "method": r.method, "auc": round(r.auc, 4),
@@ -253,8 +347,8 @@ def detection_roc(results, methods=None, title: str = "Detecting triggered input
 def detection_explorer(dataset: str = "digits", n: int = 200, n_samples: int = 64, seed: int = 0,
                        methods=METHODS, study: tuple | None = None):
     """A panel to pick an attack and detectors: ROC curves and the table of AUC and TPRs with
-    intervals. Each attack's study runs (training on first use) when it is first picked and is
-    kept; `study`, a (run, results) pair of `detection_study` with these settings, is reused for
+    intervals. The attacks are the atlas's (DETECTION_ATTACKS). Each attack's study runs
+    (training on first use) when it is first picked and is kept; `study`, a (run, results) pair of `detection_study` with these settings, is reused for
     its attack. Returns an ipywidgets VBox."""
     import ipywidgets as W
     import plotly.graph_objects as go
@@ -265,8 +359,8 @@ def detection_explorer(dataset: str = "digits", n: int = 200, n_samples: int = 6
                                     DETECTION_MODEL, 1000)
     cache: dict = {}
     start = "Patch"
-    if study is not None and type(study[0].trigger).__name__ in DETECTION_ATTACKS:
-        start = type(study[0].trigger).__name__
+    if study is not None and detection_attack(study[0]) in DETECTION_ATTACKS:
+        start = detection_attack(study[0])
         cache[start] = study
     attack = W.Dropdown(options=DETECTION_ATTACKS, value=start, description="attack")
     chosen = W.SelectMultiple(options=methods, value=tuple(methods), rows=len(methods),
@@ -351,11 +445,15 @@ def write_detection_report(atlas: list[dict], out: str | Path = "reports/detecti
     write_report(out, "Detecting triggered inputs: every detector on every attack", [
         ("Detectors", [f"<ul>{labels}</ul><p class='note'>{atlas[0]['n']} clean vs "
                        f"{atlas[0]['n']} triggered test inputs per attack (classes other than the "
-                       f"target), model {models}, target 0, each attack at its strong rate; W_σ "
+                       f"target; every class for all-to-all), model {models}, target 0, each "
+                       "attack at its strong rate; W_σ "
                        f"with {w.get('n_samples', '–')} samples per σ on the dataset's default "
                        "grid. Intervals: percentile bootstrap over inputs, "
                        f"{first.get('n_boot')} resamples. Higher score = flagged.</p>"]),
-        ("AUC", [detection_heatmap(atlas), table_html(detection_table(atlas))]),
+        ("AUC", [detection_heatmap(atlas), table_html(detection_table(atlas)),
+                 "<h3>By attack family</h3>", table_html(detection_families(atlas)),
+                 "<p class='note'>Mean AUC over the family's attacks (the lowest in "
+                 "brackets).</p>"]),
         ("TPR at 1% and 5% FPR", [table_html(detection_table(atlas, "tpr_at_1_fpr")),
                                   table_html(detection_table(atlas, "tpr_at_5_fpr"))]),
         ("Cost", [table_html(detection_costs(atlas)),
