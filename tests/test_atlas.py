@@ -140,7 +140,7 @@ def test_format_3_tables_are_read_with_empty_atlas_columns(tmp_path, tiny_atlas)
      r"Patch/clean-label on 'digits' at rate 0.2.*at most 0.0987 for poisoning='clean-label'"),
     (dict(attacks=("InputAware",), rates=(0.0,)), r"InputAware on 'digits' at rate 0.0.*`rate`"),
     (dict(attacks=("Patch/all-to-all",), targets=(3,)), r"`target` must be 0"),
-    (dict(attacks=("Patch",), datasets=("mnist",)),
+    (dict(attacks=("Patch",), datasets=("mnist",), rates=None),
      r"rates were measured on \('digits', 'fashion-mnist'\) only"),
     (dict(rates="strong"), r"None, 'weak' and 'strong' need `attacks`"),
     (dict(attacks=("Patch",), rates="medium"), r"`rates` must be a tuple .* 'weak' or 'strong'"),

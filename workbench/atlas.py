@@ -105,7 +105,7 @@ ATTACKS = {a.name: a for a in (
            {"digits": (0.01, 0.02), "fashion-mnist": (0.01, 0.05)},
            trigger_by_dataset={"digits": {"magnitude": 0.5}}),
     Attack("AdaptiveBlend", "blended", "Qi et al. 2023 (Adap-Blend)", {"type": "AdaptiveBlend"},
-           {"digits": (0.05, 0.1), "fashion-mnist": (0.002, 0.01)}),
+           {"digits": (0.05, 0.1), "fashion-mnist": (0.002, 0.05)}),
     Attack("LowFrequency", "optimised", "Zeng et al. 2021 (low-frequency trigger)",
            {"type": "LowFrequency"}, {"digits": (0.01, 0.05), "fashion-mnist": (0.001, 0.005)}),
     Attack("TrojanNN", "optimised", "Liu et al. 2018 (TrojanNN)", {"type": "TrojanNN"},
@@ -160,20 +160,22 @@ def training_args(dataset: str) -> dict:
     return dict(ATLAS_TRAINING.get(dataset, {}))
 
 
-def clean_model_run(data, seed: int = 0, model: str = ATLAS_MODEL, progress: bool = False):
+def clean_model_run(data, seed: int = 0, model: str = ATLAS_MODEL, progress: bool = False,
+                    epochs: int | None = None):
     """The clean model the crafted triggers are optimised on: `train_backdoor(rate=0)` with the
-    atlas's training settings for the dataset (run cache)."""
+    atlas's training settings for the dataset and the attack's epochs (run cache)."""
     from .train import train_backdoor
 
     data = _data(data)
-    return train_backdoor(data, rate=0.0, model=model, seed=seed, progress=progress,
-                          **training_args(data.name))
+    return train_backdoor(data, rate=0.0, model=model, seed=seed, epochs=epochs,
+                          progress=progress, **training_args(data.name))
 
 
 def attack_trigger(name: str, data, seed: int = 0, target: int = 0, model: str = ATLAS_MODEL,
-                   progress: bool = False):
+                   progress: bool = False, epochs: int | None = None):
     """The trigger of attack `name` on `data`: built from its config, or crafted (LowFrequency,
-    TrojanNN) on `clean_model_run(data, seed, model)` with `seed`. InputAware has no trigger
+    TrojanNN) on `clean_model_run(data, seed, model, epochs=epochs)` with `seed` (the clean model
+    is trained as long as the attacked one: `epochs`, None for the dataset's default). InputAware has no trigger
     before training (its generator is trained with the classifier): use `train_attack`."""
     from .crafting import craft
     from .triggers import trigger_from_config
@@ -186,7 +188,7 @@ def attack_trigger(name: str, data, seed: int = 0, target: int = 0, model: str =
                          "trained with the classifier; use train_attack(data, 'InputAware').")
     cfg = a.trigger_config(data.name)
     if a.kind in ("LowFrequency", "TrojanNN"):
-        clean = clean_model_run(data, seed, model, progress)
+        clean = clean_model_run(data, seed, model, progress, epochs)
         kwargs = {k: v for k, v in cfg.items() if k != "type"}
         return craft(a.kind, data, target=target, model=clean.model, seed=seed, **kwargs)
     return trigger_from_config(cfg)
@@ -222,7 +224,7 @@ def train_attack(data, name: str, rate: float | None = None, seed: int = 0, targ
         _prepare(data, Patch(), rate, target, model, epochs, seed, None, None, 0.0,
                  extra.get("max_train"), poisoning=a.poisoning, target_mode=a.target_mode,
                  epsilon=a.epsilon)
-    trigger = attack_trigger(name, data, seed, target, model)
+    trigger = attack_trigger(name, data, seed, target, model, epochs=epochs)
     return train_backdoor(data, trigger=trigger, rate=rate, target=target, model=model,
                           epochs=epochs, seed=seed, progress=progress, poisoning=a.poisoning,
                           target_mode=a.target_mode, epsilon=a.epsilon, **extra)
