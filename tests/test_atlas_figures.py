@@ -161,7 +161,8 @@ def test_section_verdicts_per_family(table):
     assert (v["imperceptible"]["verdict"], v["imperceptible"]["tone"]) == ("reversed", "no")
     assert (v["optimised"]["verdict"], v["optimised"]["tone"]) == ("not shown", "none")
     assert v["blended"]["tone"] == "mixed"
-    assert v["blended"]["verdict"].startswith("mixed: smoother for 1 of 2")
+    assert v["blended"]["verdict"] == ("mixed: 1 smoother, 0 reversed, 1 not shown (of 2 attack × "
+                                       "dataset pairs)")
     assert v["all-to-all"]["verdict"] == "smoother"
     # only the strong rate counts: the weak rate's intervals include 0 everywhere
     assert all(c["rate"] == 0.05 for e in v.values() for c in e["cells"])

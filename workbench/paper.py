@@ -830,9 +830,9 @@ def atlas_verdicts(rows: pd.DataFrame) -> list[dict]:
         elif all(s == "not shown" for s in states):
             verdict, tone = "not shown", "none"
         else:
-            k = sum(s == "smoother" for s in states)
-            verdict = (f"mixed: smoother for {k} of {len(cells)} attack × dataset pairs"
-                       + (f", reversed for {states.count('reversed')}" if "reversed" in states else ""))
+            verdict = (f"mixed: {states.count('smoother')} smoother, {states.count('reversed')} "
+                       f"reversed, {states.count('not shown')} not shown (of {len(cells)} attack × "
+                       "dataset pairs)")
             tone = "mixed"
         if n_seeds == [1]:
             verdict += " (one seed only)"
