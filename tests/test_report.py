@@ -109,7 +109,7 @@ def test_report_numbers_come_from_the_current_rows(small_report):
 def test_a_table_of_older_rows_only_is_refused_before_any_study(tmp_path, small_report, capsys):
     table, _, _ = small_report
     old = table.assign(row_format=pd.array([None] * len(table), dtype="Int64"))
-    with pytest.raises(ValueError, match=r"`table` must hold rows of row format 3"):
+    with pytest.raises(ValueError, match=rf"`table` must hold rows of row format {sw.ROW_FORMAT}"):
         paper.write_paper(old, tmp_path / "paper.html")
     csv_path = sw.write_table(old, tmp_path / "sweep.csv")
     out = tmp_path / "paper.html"
@@ -120,8 +120,8 @@ def test_a_table_of_older_rows_only_is_refused_before_any_study(tmp_path, small_
 
 
 def test_attack_strength_table_sorts_numerically_and_rounds():
-    rows = sw._frame([{c: 0 for c in sw.COLUMNS} | {
-        "key": k, "row_format": 3, "dataset": "digits", "trigger": "t", "trigger_type": "Patch",
+    rows = sw._frame([{c: () if sw.COLUMN_TYPES[c] == "floats" else 0 for c in sw.COLUMNS} | {
+        "key": k, "row_format": sw.ROW_FORMAT, "dataset": "digits", "trigger": "t", "trigger_type": "Patch",
         "trigger_size": 3, "rate": rate, "model": "small-cnn", "epochs": 30, "gap": g,
         "gap_ci_low": g - 0.1, "gap_ci_high": g + 0.1, "p_value": 0.00012, "radius_gap": 0.01,
         "radius_gap_ci_low": -0.02, "radius_gap_ci_high": 0.04, "clean_accuracy": 0.981234,

@@ -6,7 +6,8 @@
     python -m workbench sweep --atlas [--attacks Patch BPP ...] [--workers 2]
         (the attack atlas: every attack, digits and Fashion-MNIST, two rates, seeds 0 and 1,
         into reports/atlas.csv)
-    python -m workbench report [--sweep reports/sweep.csv] [--out reports/paper.html]
+    python -m workbench report [--sweep reports/sweep.csv] [--atlas reports/atlas.csv]
+        [--out reports/paper.html]
 """
 
 from __future__ import annotations
@@ -141,8 +142,13 @@ def _command(args) -> str:
 def _report(args) -> int:
     from .paper import paper_report
 
+    from .atlas import ATLAS_CSV
+
+    atlas = args.atlas
+    if atlas is None and Path(ATLAS_CSV).exists():  # the atlas sweep's default output
+        atlas = Path(ATLAS_CSV)
     s = paper_report(args.sweep, args.out, args.dataset, n_pairs=args.pairs,
-                     n_samples=args.samples, command=_command(args))
+                     n_samples=args.samples, command=_command(args), atlas=atlas)
     for f in s["findings"]:
         print(f"{f['finding']}: {f['verdict']}\n    {f['measured']}")
     print(f"report -> {args.out} (summary: {Path(args.out).with_suffix('.json')})")
@@ -196,6 +202,9 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--sweep", type=Path, default=Path("reports/sweep.csv"))
     r.add_argument("--dataset", default="digits", choices=DATASETS)
     r.add_argument("--out", type=Path, default=Path("reports/paper.html"))
+    r.add_argument("--atlas", type=Path, default=None,
+                   help="the attack atlas's CSV (`sweep --atlas`) for the report's atlas section "
+                   "(default: reports/atlas.csv when it exists)")
     r.add_argument("--pairs", type=int, default=None,
                    help="test inputs per study (default: 40 dynamics, 100 patterns, 200 detection)")
     r.add_argument("--samples", type=int, default=None,

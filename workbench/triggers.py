@@ -383,8 +383,9 @@ class BPP(Trigger):
     levels, the reference code's `squeeze_num`; its CIFAR-10 default 8 levels is bits=3), with
     Floyd–Steinberg dithering (`dither=False`: plain rounding to the nearest level).
     Deterministic: no randomness. The paper's training additionally uses adversarially perturbed
-    "negative" samples (contrastive adversarial learning); here the trigger is used as a data
-    poisoning trigger like any other (the BackdoorBench setting without that step).
+    "negative" samples (contrastive adversarial learning; BackdoorBench keeps them too, with
+    `neg_ratio` 0.1 and no dithering by default); here the trigger is used as a plain data
+    poisoning trigger like any other, without that step.
     """
 
     _params = ("bits", "dither")
