@@ -133,15 +133,9 @@ def _check_attack(name) -> "Attack":
 
 
 def _data(data) -> Dataset:
-    from .data import load_dataset
+    from .crafting import _check_data  # a Dataset, or a name loaded
 
-    if isinstance(data, str):
-        check_choice("data", data, DATASETS)
-        return load_dataset(data)
-    if not isinstance(data, Dataset):
-        raise TypeError(f"`data` must be a workbench Dataset or a dataset name; got "
-                        f"{type(data).__name__}.")
-    return data
+    return _check_data(data)
 
 
 def attack_rates(name: str, dataset: str) -> tuple[float, float]:
