@@ -3,6 +3,7 @@
 
 import numpy as np
 import pytest
+import torch
 
 import workbench as wb
 from workbench import widgets as wbw
@@ -113,11 +114,13 @@ def _shown(d):
 
 def test_trigger_designer_offers_every_trigger_with_its_own_controls(digits):
     d = wbw.TriggerDesigner(digits, n_preview=3)
-    assert set(d.kind.options) == set(wb.triggers.TRIGGERS) - {"PatternPatch"}
+    assert set(d.kind.options) == set(wb.triggers.TRIGGERS) - {"PatternPatch"} | {"InputAware"}
     for kind in d.kind.options:
         d.kind.value = kind
         assert _shown(d) == set(wbw.TRIGGER_CONTROLS[kind]), kind
-        if kind in wb.triggers.CRAFTED:
+        if kind == "InputAware":  # learnt with the model: nothing before training
+            assert d.trigger is None and "no preview before training" in d.message.value
+        elif kind in wb.triggers.CRAFTED:
             assert d.trigger is None and "Craft" in d.message.value
         else:
             assert type(d.trigger).__name__ == kind and kind in d.message.value
@@ -224,3 +227,102 @@ def test_attack_panel_and_explorers_all_to_all(digits):
     p.epochs.value = 0
     p.train()
     assert list(p.confusion.data[1].x) == list(digits.classes)
+
+
+# --- InputAware (Nguyen & Tran 2020): learnt with the model, trained by the panel ----------------
+
+# test_input_aware.py's shared run (`SMALL`): through the run cache, trained once per session
+IA_SMALL = dict(rate=0.3, cross_rate=0.3, target=0, epochs=16, mask_epochs=4, seed=0)
+
+
+def _ia_panel(data, epochs, rate, cross_rate, mask_epochs, seed=0):
+    d = wbw.TriggerDesigner(data, n_preview=3)
+    d.kind.value = "InputAware"
+    d.cross_rate.value, d.mask_epochs.value, d.seed.value = cross_rate, mask_epochs, seed
+    p = wbw.AttackPanel(data, d, epochs=epochs)
+    p.rate.value = rate
+    return d, p
+
+
+def test_input_aware_in_the_designer_the_panel_and_the_explorers(digits):
+    from workbench.input_aware import InputAwareRun, is_input_aware_cached
+
+    d, p = _ia_panel(digits, IA_SMALL["epochs"], IA_SMALL["rate"], IA_SMALL["cross_rate"],
+                     IA_SMALL["mask_epochs"])
+    # its own controls, an explanation, and no preview: the triggered row shows the clean images
+    assert _shown(d) == {"cross_rate", "gen_width", "mask_epochs", "mask_density", "seed", "ia_note"}
+    assert "learnt together with the model" in d.ia_note.value and d.trigger is None
+    for i in range(3):
+        np.testing.assert_array_equal(np.array(d.figure.data[3 + i].z), np.array(d.figure.data[i].z))
+    # the panel trains train_input_aware with the designer's settings (the library's defaults
+    # for the rest: mask area 25 pixels' worth on 16x16 digits, generator width 8)
+    assert p.settings() == dict(IA_SMALL, model="small-cnn", width=8, mask_density=25 / 256)
+    assert d.craft() is None and "press Train in the Attack panel" in d.message.value
+    # modes InputAware does not have: said at once, and Train refuses before any work
+    p.target_mode.value = "all-to-all"
+    assert "dirty-label, all-to-one only" in p.result.value and "target mode all-to-all" in p.result.value
+    d.seed.value = 7  # an untrained configuration: a refusal must leave it untrained
+    assert p.train() is None and p.run is None and "all-to-one only" in p.result.value
+    p.target_mode.value, p.poisoning.value = "all-to-one", "label-consistent"
+    assert p.train() is None and "poisoning label-consistent" in p.result.value
+    p.poisoning.value = "dirty-label"
+    assert "Set the attack" in p.result.value  # the problem is gone, so is its message
+    d.cross_rate.value = 0.8  # rate 0.3 + 0.8 > 1: train_input_aware's own check, before work
+    assert p.train() is None and "cross_rate" in p.result.value
+    assert not is_input_aware_cached(digits, **dict(p.settings(), cross_rate=0.3))
+    d.cross_rate.value, d.seed.value = IA_SMALL["cross_rate"], 0
+    run = p.train()
+    assert isinstance(run, InputAwareRun) and p.run is run and run.input_aware is run.trigger
+    assert {k: run.config[k] for k in IA_SMALL} == IA_SMALL
+    assert "cross accuracy" in p.result.value and p.progress.value == IA_SMALL["epochs"]
+    assert np.trace(np.array(p.confusion.data[0].z)) / len(digits.y_test) == pytest.approx(
+        run.clean_accuracy)
+    # the designer now shows the trained trigger on its images (each image its own trigger)
+    assert d.trigger is run.trigger and "trained with the model" in d.message.value
+    shown = np.array([np.array(d.figure.data[3 + i].z) for i in range(3)])
+    want = wb.plots._to_rgb_uint8(run.trigger(digits.x_test[:3])[0])
+    np.testing.assert_array_equal(shown[0], want)
+    assert not np.array_equal(shown, np.array([np.array(d.figure.data[i].z) for i in range(3)]))
+    d.gen_width.value = 16  # other settings: not trained; back: the kept trigger at once
+    assert d.trigger is None
+    d.gen_width.value = 8
+    assert d.trigger is run.trigger
+    # the explorers take the run's per-image triggered pairs and redraw on their controls
+    ex = wbw.SmoothnessExplorer(run, digits, n_inputs=6, n_samples=16)
+    assert "smoothing gap" in ex.message.value and ex.comparison.n_pairs == 6
+    pairs = run.triggered_pairs(digits.x_test, digits.y_test, n=6, seed=0)
+    assert torch.equal(pairs.triggered, run.trigger(pairs.clean))
+    x_before = list(ex.curves.data[1].x)
+    ex.n_sigmas.value = 4
+    assert len(ex.curves.data[1].x) == 4 and list(ex.curves.data[1].x) != x_before
+    lx = wbw.LandscapeExplorer(run, digits, resolution=5, n_samples=4)
+    assert torch.equal(lx.pairs.triggered, run.trigger(lx.pairs.clean))
+    z0 = np.array(lx.plane.data[0].z)
+    lx.index.value = 2  # the trigger direction of another image: its own trigger
+    assert not np.array_equal(np.array(lx.plane.data[0].z), z0)
+    assert "the attack's label: 0" in lx.message.value
+
+
+def test_input_aware_panel_trains_fresh_with_progress_then_opens_from_the_cache(
+        digits, tmp_path, monkeypatch):
+    """Not cached: trained with the library's progress bar shown in the panel while it runs;
+    the same settings again open from the run cache (the same trigger)."""
+    from workbench.input_aware import is_input_aware_cached
+
+    monkeypatch.setenv("WORKBENCH_DATA", str(tmp_path))  # an empty cache: a fresh training
+    small = wb.load_dataset("digits", max_train=200)
+    d, p = _ia_panel(small, epochs=2, rate=0.2, cross_rate=0.2, mask_epochs=1)
+    d.gen_width.value = 4
+    assert not is_input_aware_cached(small, **p.settings())
+    seen = []
+    p.result.observe(lambda c: seen.append(c["new"]), names="value")
+    p.train_log.layout.observe(lambda c: seen.append(("log", c["new"])), names="display")
+    run = p.train()
+    assert any("training InputAware" in str(v) for v in seen) and ("log", None) in seen
+    assert p.train_log.layout.display == "none" and not p.train_log.outputs
+    assert run.config["epochs"] == 2 and run.config["width"] == 4 and p.progress.value == 2
+    assert is_input_aware_cached(small, **p.settings()) and d.trigger is run.trigger
+    seen.clear()
+    again = p.train()
+    assert again.trigger.weights_sha256 == run.trigger.weights_sha256
+    assert not any("training InputAware" in str(v) for v in seen)

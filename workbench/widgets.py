@@ -8,6 +8,12 @@ memoised by their settings (work starts only when inputs change), and long work 
     AttackPanel(data, trigger)       -> .run   (Train button; cached runs open at once)
     SmoothnessExplorer(run, data)    -> .comparison
     LandscapeExplorer(run, data)     -> .landscapes
+
+InputAware (Nguyen & Tran, NeurIPS 2020) is chosen in the TriggerDesigner like any trigger, but
+its trigger is learnt together with the model: the designer holds its generator settings, the
+AttackPanel's Train trains it (`workbench.input_aware.train_input_aware`, through the run cache)
+and the designer then shows the trained trigger on its preview images; the explorers take the
+InputAwareRun like any run (its triggered pairs carry each image's own trigger).
 """
 
 from __future__ import annotations
@@ -31,6 +37,8 @@ from .models import MODELS
 from .poison import DEFAULT_EPSILON, POISONING_MODES, TARGET_MODES
 from .comparison import compare_smoothness
 from .smoothness import estimate_smoothness
+from .input_aware import (ATTACK_DEFAULTS as IA_DEFAULTS, InputAwareRun, is_input_aware_cached,
+                          train_input_aware)
 from .train import BackdoorRun, is_cached, predict, train_backdoor
 from .triggers import CORNERS, CRAFTED, TRIGGERS, trigger_from_config
 
@@ -144,13 +152,17 @@ TRIGGER_CONTROLS = {
                      "craft_progress"),
     "TrojanNN": ("size", "position", "neurons", "tn_steps", "seed", "craft_button",
                  "craft_progress"),
+    "InputAware": ("cross_rate", "gen_width", "mask_epochs", "mask_density", "seed", "ia_note"),
 }
+INPUT_AWARE = "InputAware"  # learnt with the model: trained by AttackPanel, not made here
+# what InputAware allows of AttackPanel's modes (train_input_aware poisons dirty-label, one target)
+INPUT_AWARE_MODES = {"poisoning": "dirty-label", "target_mode": "all-to-one"}
 
 
 class TriggerDesigner(W.VBox):
     """Choose a trigger and see it on clean images; `.trigger` is the current trigger object
     (None while the chosen settings give no trigger: an error shown in the panel, or a crafted
-    trigger not crafted yet).
+    trigger not crafted yet, or InputAware not trained yet).
 
     Every trigger of `workbench.triggers` (but PatternPatch, which takes a user's array) has its
     own controls, and only the chosen trigger's are shown (`TRIGGER_CONTROLS`). The crafted
@@ -159,7 +171,14 @@ class TriggerDesigner(W.VBox):
     crafting seed): press **Craft** (or call `craft()`); the clean model's training and the
     optimisation show their progress, the controls are disabled meanwhile, and each crafted
     trigger is kept by its settings, so going back to settings crafted before is instant (and
-    crafting again gives the same trigger: it is deterministic by seed)."""
+    crafting again gives the same trigger: it is deterministic by seed).
+
+    InputAware (Nguyen & Tran, NeurIPS 2020) is a trigger learnt together with the model (a
+    generator makes each image's own trigger), so it has no preview before training: its controls
+    are the generators' settings (`input_aware_settings()`: cross rate, generator width, mask
+    generator epochs and mask area, seed), an AttackPanel built on this designer trains it, and
+    the trained trigger is then shown on the preview images (and kept by its settings, as the
+    crafted ones)."""
 
     def __init__(self, data: Dataset | None = None, n_preview: int = 6,
                  clean_epochs: int | None = None):
@@ -173,8 +192,8 @@ class TriggerDesigner(W.VBox):
         c, h, w = self.data.image_shape
         g = math.gcd(h, w)
         blocks = [b for b in (2, 4, 7, 8, 14, 16) if g % b == 0] or [1]
-        self.kind = W.Dropdown(options=[k for k in TRIGGERS if k != "PatternPatch"], value="Patch",
-                               description="trigger")
+        self.kind = W.Dropdown(options=[k for k in TRIGGERS if k != "PatternPatch"] + [INPUT_AWARE],
+                               value="Patch", description="trigger")
         self.size = W.IntSlider(value=3, min=1, max=max(2, min(h, w) // 2), description="size", **_SLIDER, layout=_layout())
         self.position = W.Dropdown(options=list(CORNERS), value="bottom-right",
                                    description="position", layout=_layout())
@@ -213,9 +232,30 @@ class TriggerDesigner(W.VBox):
                                      tooltip="optimise the trigger on the cached clean model")
         self.craft_progress = W.IntProgress(value=0, min=0, max=1, description="crafting")
         self.craft_button.on_click(lambda _b: self.craft())
+        # InputAware: the generators' settings (train_input_aware); joint epochs are the panel's
+        self.cross_rate = W.FloatSlider(value=IA_DEFAULTS["cross_rate"], min=0.0, max=0.8, step=0.05,
+                                        description="cross rate", **_SLIDER, layout=_layout())
+        self.gen_width = W.Dropdown(options=[4, 8, 16, 32], value=IA_DEFAULTS["width"],
+                                    description="generator width", layout=_layout(),
+                                    style={"description_width": "initial"})
+        self.mask_epochs = W.IntSlider(value=IA_DEFAULTS["mask_epochs"], min=1, max=50,
+                                       description="mask epochs", **_SLIDER, layout=_layout())
+        # the library's default area: 0.032 (the paper's), or 25 pixels' worth on smaller images
+        self.mask_density = W.FloatSlider(value=max(0.032, 25 / (h * w)), min=0.005, max=0.5,
+                                          step=0.001, readout_format=".3f",
+                                          description="mask area", **_SLIDER, layout=_layout())
+        self.ia_note = W.HTML(
+            "<small>Input-Aware (Nguyen &amp; Tran, NeurIPS 2020): a generator makes each image's "
+            "own trigger and is <b>learnt together with the model</b>, so there is nothing to "
+            "preview before training. Press <b>Train</b> in the Attack panel (dirty-label, "
+            "all-to-one; its rate is the backdoor share, its epochs the joint epochs); the trained "
+            "trigger is then shown here. Cross rate: images stamped with another image's trigger "
+            "and kept at their label; mask area: the share of pixels a trigger may cover "
+            "freely; seed: the training's (generators, classifier, sample draws).</small>", layout=W.Layout(width="100%"))
         self.message = _status()
         self._preview_x = self.data.x_test[:n_preview]
         self._crafted: dict = {}
+        self._trained: dict = {}  # InputAware: generator settings -> the run trained with them
         self._crafting = False
         self.trigger = trigger_from_config({"type": "Patch", "size": 3})
         self.figure = LiveFigure(plots.image_pairs(self._preview_x, self.trigger(self._preview_x),
@@ -223,7 +263,7 @@ class TriggerDesigner(W.VBox):
         names = list(dict.fromkeys(n for ctl in TRIGGER_CONTROLS.values() for n in ctl))
         self._controls = {n: getattr(self, n) for n in names}
         for n, wdg in self._controls.items():
-            if n not in ("craft_button", "craft_progress"):
+            if n not in ("craft_button", "craft_progress", "ia_note"):
                 wdg.observe(self._changed, names="value")
         self.kind.observe(self._changed, names="value")
         box = W.Box(list(self._controls.values()),
@@ -258,7 +298,32 @@ class TriggerDesigner(W.VBox):
             return {"type": k, "alpha": self.alpha.value, "test_alpha": self.test_alpha.value,
                     "pieces": self.pieces.value, "mask_rate": self.mask_rate.value,
                     "conservatism": self.conservatism.value, "seed": self.seed.value}
+        if k == INPUT_AWARE:
+            raise ValueError(f"{k} is learnt with the model: press Train in the Attack panel")
         raise ValueError(f"{k} is crafted on a clean model: press Craft")
+
+    def input_aware_settings(self) -> dict:
+        """The generator settings of InputAware, keyword arguments of
+        `workbench.input_aware.train_input_aware` (the AttackPanel adds rate, target, model and
+        epochs)."""
+        return {"cross_rate": self.cross_rate.value, "width": self.gen_width.value,
+                "mask_epochs": self.mask_epochs.value, "mask_density": self.mask_density.value,
+                "seed": self.seed.value}
+
+    def _ia_key(self) -> tuple:
+        return tuple(sorted(self.input_aware_settings().items()))
+
+    def show_trained(self, run: InputAwareRun) -> None:
+        """Show an InputAware run's trained trigger on the preview images and keep it as the
+        trigger of its generator settings (AttackPanel calls this after training). A run whose
+        settings are not the designer's current ones is kept for them, not shown."""
+        if not isinstance(run, InputAwareRun):
+            raise TypeError(f"`run` must be an InputAwareRun (from train_input_aware); got "
+                            f"{type(run).__name__}.")
+        key = tuple(sorted((k, run.config[k]) for k in self.input_aware_settings()))
+        self._trained[key] = run
+        if self.kind.value == INPUT_AWARE and not self._crafting:
+            self._changed()
 
     def craft_settings(self) -> dict:
         """The keyword arguments of `workbench.crafting.craft` for the chosen crafted trigger."""
@@ -303,6 +368,9 @@ class TriggerDesigner(W.VBox):
             return
         self._sync_visibility()
         k = self.kind.value
+        if k == INPUT_AWARE:
+            self._show_input_aware()
+            return
         if k in CRAFTED:
             try:
                 key = self._craft_key()
@@ -324,13 +392,41 @@ class TriggerDesigner(W.VBox):
             return
         self._use(trig)
 
+    def _show_input_aware(self) -> None:
+        run = self._trained.get(self._ia_key())
+        if run is None:
+            self.trigger = None
+            self._preview(self._preview_x)  # nothing to stamp before training
+            self.message.value = (f"{INPUT_AWARE}'s trigger is learnt together with the model: "
+                                  "no preview before training. Press <b>Train</b> in the Attack "
+                                  "panel; the trained trigger is then shown here.")
+            return
+        c = run.config
+        if list(c["image_shape"]) != list(self.data.image_shape):
+            self.trigger = None
+            self._preview(self._preview_x)
+            self.message.value = _error(
+                f"The last InputAware run with these settings was trained on {c['dataset']} "
+                f"(images {tuple(c['image_shape'])}); this designer previews {self.data.name} "
+                f"(images {self.data.image_shape}): no preview. Use run.trigger directly.")
+            return
+        self._use(run.trigger)
+        if self.trigger is not None:
+            self.message.value = (f"<code>{html.escape(repr(run.trigger))}</code><br>trained with "
+                                  f"the model ({c['dataset']}, rate {c['rate']}, target "
+                                  f"{c['target']}, {c['epochs']} epochs): each image gets its own "
+                                  f"trigger (ASR {run.attack_success_rate:.3f}, cross accuracy "
+                                  f"{run.cross_accuracy:.3f}).")
+
     def craft(self):
         """Craft the chosen LowFrequency or TrojanNN trigger on the cached clean model (trained
         first if needed), with progress; returns the trigger (None, with a message, on bad
         settings). Settings crafted before give their trigger at once."""
         k = self.kind.value
         if k not in CRAFTED:
-            self.message.value = _error(f"{k} is not crafted: only {', '.join(CRAFTED)} are.")
+            how = (" It is learnt with the model: press Train in the Attack panel."
+                   if k == INPUT_AWARE else "")
+            self.message.value = _error(f"{k} is not crafted: only {', '.join(CRAFTED)} are.{how}")
             return None
         try:
             settings = self.craft_settings()
@@ -396,7 +492,14 @@ class AttackPanel(W.VBox):
     label-consistent (Turner et al. 2019, with its PGD radius `epsilon`); target mode: all-to-one
     (every triggered input to the target class) or all-to-all (class y to (y + 1) mod K; the ASR
     is then the share of triggered inputs sent to their own shifted label). See
-    `workbench.train.train_backdoor`."""
+    `workbench.train.train_backdoor`.
+
+    With a TriggerDesigner set to InputAware (Nguyen & Tran, NeurIPS 2020), Train trains the
+    classifier and the trigger's generators together (`workbench.input_aware.train_input_aware`,
+    through the run cache; the library's progress bar shows under the button while it trains):
+    the designer's generator settings, this panel's rate (the backdoor share), target, model and
+    epochs (the joint epochs; 0 = the attack's default). It poisons dirty-label, all-to-one only:
+    other poisoning or target modes are refused with a message before any work."""
 
     def __init__(self, data: Dataset | None = None, trigger=None, epochs: int | None = None):
         if epochs is not None:  # the slider's range; 0 = the dataset's default, as None
@@ -427,31 +530,67 @@ class AttackPanel(W.VBox):
                                   **_SLIDER)
         self.train_button = W.Button(description="Train", button_style="primary", icon="play")
         self.progress = W.IntProgress(value=0, min=0, max=1, description="epochs")
+        self.train_log = W.Output()  # InputAware: the library's own progress bar while it trains
+        _show(self.train_log, False)
         self.result = _status("Set the attack and press <b>Train</b>.")
         self._a2a_figure = False
         self.confusion = LiveFigure(self._confusion_figure(np.zeros((k, k)), np.zeros(k)), owner=self)
         self.train_button.on_click(lambda _b: self.train())
         self.poisoning.observe(self._modes_changed, names="value")
         self.target_mode.observe(self._modes_changed, names="value")
+        if self.designer is not None:
+            self.designer.kind.observe(self._modes_changed, names="value")
+        self._mode_message = None
         self.run: BackdoorRun | None = None
         super().__init__([W.HBox([W.VBox([self.dataset, self.rate, self.target, self.model]),
                                   W.VBox([self.poisoning, self.target_mode, self.epsilon,
                                           self.epochs])]),
-                          W.HBox([self.train_button, self.progress]), self.result, self.confusion])
+                          W.HBox([self.train_button, self.progress]), self.train_log, self.result,
+                          self.confusion])
         self.add_class("workbench-panel")  # a handle for styling and browser tests
         self._modes_changed()
 
+    @property
+    def input_aware(self) -> bool:
+        """Whether Train trains InputAware (the designer is set to it)."""
+        return self.designer is not None and self.designer.kind.value == INPUT_AWARE
+
+    def _input_aware_problem(self) -> str | None:
+        """Why the chosen modes cannot train InputAware (None: they can)."""
+        bad = {n: getattr(self, n).value for n, ok in INPUT_AWARE_MODES.items()
+               if getattr(self, n).value != ok}
+        if not bad:
+            return None
+        got = ", ".join(f"{n.replace('_', ' ')} {v}" for n, v in bad.items())
+        return (f"InputAware (Nguyen & Tran 2020) trains dirty-label, all-to-one only: its "
+                f"backdoor images are relabelled to the one target class. Set poisoning to "
+                f"dirty-label and target mode to all-to-one (got {got}).")
+
     def _modes_changed(self, _change=None):
-        """Show epsilon for label-consistent poisoning only; all-to-all has no target class."""
+        """Show epsilon for label-consistent poisoning only; all-to-all has no target class.
+        Say at once when the modes cannot be trained (all-to-all with clean labels; InputAware
+        with any mode but dirty-label, all-to-one)."""
         _show(self.epsilon, self.poisoning.value == "label-consistent")
         _show(self.target, self.target_mode.value == "all-to-one")
-        if self.target_mode.value == "all-to-all" and self.poisoning.value != "dirty-label":
-            self.result.value = _error(
-                f"all-to-all needs dirty-label poisoning (an image of class y is relabelled to "
-                f"(y + 1) mod K); {self.poisoning.value} keeps the labels. Choose one or the other.")
+        message = None
+        if self.input_aware:
+            message = self._input_aware_problem()
+        elif self.target_mode.value == "all-to-all" and self.poisoning.value != "dirty-label":
+            message = (f"all-to-all needs dirty-label poisoning (an image of class y is relabelled "
+                       f"to (y + 1) mod K); {self.poisoning.value} keeps the labels. Choose one or "
+                       f"the other.")
+        if message is not None:
+            self.result.value = self._mode_message = _error(message)
+        elif self._mode_message is not None and self.result.value == self._mode_message:
+            self.result.value = "Set the attack and press <b>Train</b>."  # the problem is gone
+            self._mode_message = None
 
     def settings(self) -> dict:
-        """The keyword arguments `train` passes to `train_backdoor` (less the trigger)."""
+        """The keyword arguments `train` passes to `train_backdoor` (less the trigger), or, with
+        the designer set to InputAware, to `train_input_aware` (less data and progress)."""
+        if self.input_aware:
+            return dict(rate=self.rate.value, target=self.target.value, model=self.model.value,
+                        epochs=self.epochs.value or None, **self.designer.input_aware_settings())
         a2a = self.target_mode.value == "all-to-all"
         lc = self.poisoning.value == "label-consistent"
         return dict(rate=self.rate.value, target=0 if a2a else self.target.value,
@@ -511,6 +650,10 @@ class AttackPanel(W.VBox):
         return fig
 
     def train(self) -> BackdoorRun | None:
+        """Train (or open from the cache) the chosen attack and show it; returns the run, or None
+        with the reason in the panel when the settings are refused (before any work)."""
+        if self.input_aware:
+            return self._train_input_aware()
         trigger = self.trigger
         if trigger is None:
             self.result.value = _error(
@@ -547,6 +690,46 @@ class AttackPanel(W.VBox):
         self._show(run)
         return run
 
+    def _train_input_aware(self) -> InputAwareRun | None:
+        problem = self._input_aware_problem()
+        if problem is not None:
+            self.result.value = _error(problem)
+            return None
+        kw = self.settings()
+        try:  # every setting checked (and the cache looked up) before any work
+            cached = is_input_aware_cached(self.data, **kw)
+        except (ValueError, TypeError) as exc:
+            self.result.value = _error(exc)
+            return None
+        self.train_button.disabled = True
+        self.progress.value = 0
+        self.progress.max = kw["epochs"] or 1
+        try:
+            if cached:
+                run = train_input_aware(self.data, progress=False, **kw)
+            else:
+                self.result.value = (
+                    f"training InputAware: the mask generator for {kw['mask_epochs']} epochs, then "
+                    f"the classifier and the pattern generator together for "
+                    f"{kw['epochs'] or 'the default number of'} epochs (progress above)…")
+                self.train_log.outputs = ()  # (clear_output prints escapes outside a kernel)
+                _show(self.train_log, True)
+                with self.train_log:  # tqdm's notebook bar, per joint epoch with accuracy, ASR, cross
+                    run = train_input_aware(self.data, progress=True, **kw)
+        except (ValueError, TypeError, FloatingPointError) as exc:
+            self.result.value = _error(exc)
+            return None
+        finally:
+            self.train_button.disabled = False
+            _show(self.train_log, False)
+            self.train_log.outputs = ()  # (clear_output prints escapes outside a kernel)
+        self.progress.max = max(1, len(run.history))
+        self.progress.value = len(run.history)
+        self.run = run
+        self._show(run)
+        self.designer.show_trained(run)
+        return run
+
     def _show(self, run: BackdoorRun):
         k = self.data.num_classes
         pred = predict(run.model, self.data.x_test).numpy()
@@ -574,6 +757,16 @@ class AttackPanel(W.VBox):
                "label-consistent": "of the target class, PGD-perturbed, labels kept"}
         extra = f", {len(run.cover_indices)} more triggered with true labels (conservatism)" \
             if getattr(run, "cover_indices", None) else ""
+        if isinstance(run, InputAwareRun):
+            self.result.value = (
+                f"<b>clean accuracy</b> {run.clean_accuracy:.4f} · <b>attack success rate</b> "
+                f"{run.attack_success_rate:.4f} · <b>cross accuracy</b> {run.cross_accuracy:.4f} "
+                f"(inputs with another input's trigger keep their label) · InputAware: "
+                f"{len(run.poison_indices)} images with their own trigger relabelled each epoch "
+                f"(redrawn every epoch), {run.config['epochs']} joint epochs after "
+                f"{run.config['mask_epochs']} of the mask generator · trained in "
+                f"{run.train_seconds:.1f} s")
+            return
         asr_note = (" (all-to-all: triggered inputs sent to their own label y + 1 mod "
                     f"{k})" if a2a else "")
         self.result.value = (f"<b>clean accuracy</b> {run.clean_accuracy:.4f} · "
