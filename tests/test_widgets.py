@@ -320,6 +320,7 @@ def test_input_aware_panel_trains_fresh_with_progress_then_opens_from_the_cache(
     run = p.train()
     assert any("training InputAware" in str(v) for v in seen) and ("log", None) in seen
     assert p.train_log.layout.display == "none" and not p.train_log.outputs
+    assert p.progress.layout.display is None  # the panel's bar back, the library's gone
     assert run.config["epochs"] == 2 and run.config["width"] == 4 and p.progress.value == 2
     assert is_input_aware_cached(small, **p.settings()) and d.trigger is run.trigger
     seen.clear()

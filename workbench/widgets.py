@@ -713,6 +713,7 @@ class AttackPanel(W.VBox):
                     f"the classifier and the pattern generator together for "
                     f"{kw['epochs'] or 'the default number of'} epochs (progress above)…")
                 self.train_log.outputs = ()  # (clear_output prints escapes outside a kernel)
+                _show(self.progress, False)  # the library's bar takes its place meanwhile
                 _show(self.train_log, True)
                 with self.train_log:  # tqdm's notebook bar, per joint epoch with accuracy, ASR, cross
                     run = train_input_aware(self.data, progress=True, **kw)
@@ -722,6 +723,7 @@ class AttackPanel(W.VBox):
         finally:
             self.train_button.disabled = False
             _show(self.train_log, False)
+            _show(self.progress, True)
             self.train_log.outputs = ()  # (clear_output prints escapes outside a kernel)
         self.progress.max = max(1, len(run.history))
         self.progress.value = len(run.history)
