@@ -32,6 +32,13 @@ def _sign(r) -> str:
     return "+" if r["gap_ci_low"] > 0 else "−" if r["gap_ci_high"] < 0 else "0"
 
 
+def _norms(rs) -> str:
+    """L2 / L∞ once when every seed's trigger is the same size, else per seed (crafted and
+    generated triggers differ by seed)."""
+    cells = [f"{r['trigger_l2']:.2f} / {r['trigger_linf']:.2f}" for r in rs]
+    return cells[0] if len(set(cells)) == 1 else " · ".join(cells)
+
+
 def tables(t) -> str:
     out = []
     order = {a: i for i, a in enumerate(atlas.ATTACKS)}
@@ -48,8 +55,7 @@ def tables(t) -> str:
                        + " / ".join(f"{r['clean_accuracy']:.3f}" for r in rs) + " | "
                        + " / ".join(_gap(r) for r in rs) + " | "
                        + " / ".join(f"{r['radius_gap']:+.3f}" for r in rs) + " | "
-                       + " / ".join(f"{r['trigger_l2']:.2f} / {r['trigger_linf']:.2f}" for r in rs)
-                       + " |")
+                       + _norms(rs) + " |")
     return "\n".join(out)
 
 
