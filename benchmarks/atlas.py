@@ -1,7 +1,7 @@
 """The attack atlas's tables for benchmarks/RESULTS.md, from its CSV.
 
     python -m workbench sweep --atlas --workers 2          # reports/atlas.csv (resumable)
-    python benchmarks/atlas.py [--csv reports/atlas.csv]   # markdown tables and correlations
+    python benchmarks/atlas.py [--csv reports/atlas.csv] [--noise-fires]   # markdown tables
 
 One row per attack, dataset and rate: ASR, clean accuracy and the mean-W gap with its 95% CI for
 each seed, the radius gap, the trigger's mean L2 / L∞ norm; then Spearman correlations of the gap
@@ -91,10 +91,45 @@ def families(t) -> str:
     return "\n".join(out)
 
 
+def noise_fires(t, n: int = 300) -> str:
+    """Does Gaussian noise alone fire the backdoor? For each attack, dataset and seed at its strong
+    rate: the share of noisy clean test inputs (first n of the classes other than the target, each
+    with one draw of N(0, σ²I), seed 0, not clipped, as the estimator's noise) that the model sends
+    to the target class, at the middle and the largest σ of the dataset's grid, beside the gap.
+    All-to-all runs are left out (no single target)."""
+    import torch
+
+    from workbench.data import load_dataset
+
+    out = ["\n| dataset | attack | rate | seed | gap [95% CI] | noisy clean → target at σ mid / max |",
+           "|---|---|---|---|---|---|"]
+    for d, g in t.groupby("dataset", sort=False):
+        data = load_dataset(d)
+        x = data.x_test[data.y_test != 0][:n]
+        for r in g.sort_values(["attack", "seed"]).to_dict("records"):
+            a = atlas.ATTACKS[r["attack"]]
+            if a.target_mode == "all-to-all" or r["rate"] != atlas.attack_rates(a.name, d)[1]:
+                continue
+            run = atlas.train_attack(data, a.name, rate=r["rate"], seed=r["seed"])
+            sig = r["sigmas"]
+            cells = []
+            gen = torch.Generator().manual_seed(0)
+            with torch.no_grad():
+                for s in (sig[len(sig) // 2], sig[-1]):
+                    xs = x + s * torch.randn(x.shape, generator=gen)
+                    cells.append(f"{float((run.model.eval()(xs).argmax(1) == 0).float().mean()):.2f}")
+            out.append(f"| {d} | {a.name} | {r['rate']:g} | {r['seed']} | {_gap(r)} | "
+                       f"{' / '.join(cells)} (σ {sig[len(sig) // 2]:g} / {sig[-1]:g}) |")
+    return "\n".join(out)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--csv", default=atlas.ATLAS_CSV)
+    p.add_argument("--noise-fires", action="store_true",
+                   help="also: the share of noisy clean inputs each strong-rate model sends to the "
+                   "target (loads every run from the run cache)")
     args = p.parse_args(argv)
     t, stale = current_rows(read_table(args.csv))
     t = t[t["attack"].isin(list(atlas.ATTACKS)) & (t["poisoning"] != "")]
@@ -102,6 +137,8 @@ def main(argv=None) -> int:
     print(tables(t))
     print(families(t))
     print(correlations(t))
+    if args.noise_fires:
+        print(noise_fires(t))
     return 0
 
 

@@ -139,12 +139,17 @@ def test_format_3_tables_are_read_with_empty_atlas_columns(tmp_path, tiny_atlas)
     (dict(attacks=("Patch/all-to-all",), targets=(3,)), r"`target` must be 0"),
     (dict(attacks=("Patch",), datasets=("mnist",), rates=None),
      r"rates were measured on \('digits', 'fashion-mnist'\) only"),
-    (dict(rates="strong"), r"None, 'weak' and 'strong' need `attacks`"),
     (dict(attacks=("Patch",), rates="medium"), r"`rates` must be a tuple .* 'weak' or 'strong'"),
 ])
 def test_bad_atlas_grids_are_refused_before_any_run(kwargs, match):
     with pytest.raises(ValueError, match=match):
         sw.SweepGrid(**kwargs)
+
+
+def test_rates_without_attacks_must_be_a_tuple():
+    for rates in ("strong", None):
+        with pytest.raises(TypeError, match=r"None, 'weak' and 'strong' need `attacks`"):
+            sw.SweepGrid(rates=rates)
 
 
 def test_train_attack_refuses_bad_input_before_training(digits):

@@ -165,7 +165,9 @@ class SweepGrid:
                                          lambda a: check_choice("attacks", a, tuple(ATTACKS))))
         if not (self.attacks is not None and (self.rates is None or self.rates in ("weak", "strong"))):
             if self.rates is None or isinstance(self.rates, str):
-                raise ValueError("`rates` must be a tuple of floats in [0, 1]"
+                # a wrong type without attacks; a string other than weak/strong with them
+                raise (ValueError if self.attacks is not None else TypeError)(
+                    "`rates` must be a tuple of floats in [0, 1]"
                                  + (", None (each attack's two rates), 'weak' or 'strong'"
                                     if self.attacks is not None else
                                     " (None, 'weak' and 'strong' need `attacks`)")
