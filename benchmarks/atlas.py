@@ -92,34 +92,25 @@ def families(t) -> str:
 
 
 def noise_fires(t, n: int = 300) -> str:
-    """Does Gaussian noise alone fire the backdoor? For each attack, dataset and seed at its strong
-    rate: the share of noisy clean test inputs (first n of the classes other than the target, each
-    with one draw of N(0, σ²I), seed 0, not clipped, as the estimator's noise) that the model sends
-    to the target class, at the middle and the largest σ of the dataset's grid, beside the gap.
-    All-to-all runs are left out (no single target)."""
-    import torch
-
+    """Does Gaussian noise alone fire the backdoor? `atlas.noise_to_target` of each strong-rate
+    model (first n test inputs the attack applies to, one draw each, seed 0, not clipped) at the
+    middle and the largest σ of the dataset's grid, beside the run's gap."""
     from workbench.data import load_dataset
 
     out = ["\n| dataset | attack | rate | seed | gap [95% CI] | noisy clean → target at σ mid / max |",
            "|---|---|---|---|---|---|"]
     for d, g in t.groupby("dataset", sort=False):
         data = load_dataset(d)
-        x = data.x_test[data.y_test != 0][:n]
         for r in g.sort_values(["attack", "seed"]).to_dict("records"):
             a = atlas.ATTACKS[r["attack"]]
-            if a.target_mode == "all-to-all" or r["rate"] != atlas.attack_rates(a.name, d)[1]:
+            if r["rate"] != atlas.attack_rates(a.name, d)[1]:
                 continue
             run = atlas.train_attack(data, a.name, rate=r["rate"], seed=r["seed"])
             sig = r["sigmas"]
-            cells = []
-            gen = torch.Generator().manual_seed(0)
-            with torch.no_grad():
-                for s in (sig[len(sig) // 2], sig[-1]):
-                    xs = x + s * torch.randn(x.shape, generator=gen)
-                    cells.append(f"{float((run.model.eval()(xs).argmax(1) == 0).float().mean()):.2f}")
+            at = atlas.noise_to_target(run, data, (sig[len(sig) // 2], sig[-1]), n=n, seed=0)
             out.append(f"| {d} | {a.name} | {r['rate']:g} | {r['seed']} | {_gap(r)} | "
-                       f"{' / '.join(cells)} (σ {sig[len(sig) // 2]:g} / {sig[-1]:g}) |")
+                       + " / ".join(f"{v:.2f}" for v in at.values())
+                       + f" (σ {sig[len(sig) // 2]:g} / {sig[-1]:g}) |")
     return "\n".join(out)
 
 

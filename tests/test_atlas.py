@@ -7,6 +7,7 @@ import csv
 import math
 
 import numpy as np
+import torch
 import pytest
 
 import workbench as wb
@@ -172,3 +173,38 @@ def test_cli_atlas_options_are_checked(capsys):
                            "`attacks` must be one of")):
         assert cli.main(["sweep", *args]) == 2
         assert message in capsys.readouterr().err
+
+
+class _Constant(torch.nn.Module):
+    """A model that ignores its input and always answers `label`."""
+
+    def __init__(self, label: int, k: int = 10):
+        super().__init__()
+        self.label, self.k = label, k
+
+    def forward(self, x):
+        out = torch.zeros(len(x), self.k)
+        out[:, self.label] = 1.0
+        return out
+
+
+def test_noise_to_target_on_known_answers_and_a_direct_computation(digits, digits_run):
+    import dataclasses
+
+    always_target = dataclasses.replace(digits_run, model=_Constant(0))
+    never = dataclasses.replace(digits_run, model=_Constant(3))
+    assert set(atlas.noise_to_target(always_target, digits, [0.1, 0.5]).values()) == {1.0}
+    # a model that never answers the target: no noisy input reaches it
+    assert set(atlas.noise_to_target(never, digits, [0.1, 0.5]).values()) == {0.0}
+    got = atlas.noise_to_target(digits_run, digits, [0.2, 0.6], n=50, seed=3)
+    pairs = digits_run.triggered_pairs(digits.x_test, digits.y_test, n=50, seed=3)
+    g = torch.Generator().manual_seed(3)
+    was_training = digits_run.model.training
+    with torch.no_grad():
+        for s in (0.2, 0.6):
+            x = pairs.clean + s * torch.randn(pairs.clean.shape, generator=g)
+            want = float((digits_run.model.eval()(x).argmax(1) == 0).float().mean())
+            assert got[s] == pytest.approx(want, abs=1e-12)
+    digits_run.model.train(was_training)
+    with pytest.raises(ValueError, match="`sigmas`"):
+        atlas.noise_to_target(digits_run, digits, [-0.1])

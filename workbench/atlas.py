@@ -12,6 +12,7 @@ trigger's size for each, on digits and Fashion-MNIST, two seeds each: the workbe
     ATTACKS        name -> Attack (family, paper, trigger, poisoning, target mode, rates)
     train_attack   train (or load from the run cache) one attack's model
     trigger_norms  mean L2 and L∞ norm of trigger(x) − x
+    noise_to_target  does Gaussian noise alone fire the backdoor? (a diagnostic of the gap's sign)
     atlas_grid     the atlas as a `SweepGrid`; quick_grid: a small one for notebooks
 
 The papers (each trigger's and poisoning mode's docstring has the details):
@@ -241,6 +242,38 @@ def trigger_norms(trigger, x: torch.Tensor, batch_size: int = 1000) -> tuple[flo
     return l2 / len(x), linf / len(x)
 
 
+def noise_to_target(run, data, sigmas, n: int = 300, seed: int = 0) -> dict[float, float]:
+    """Does Gaussian noise alone fire the backdoor? For each σ, the share of noisy clean test
+    inputs that the run's model sends to the attacker's label: up to `n` test inputs the attack
+    applies to (`run.triggered_pairs`: non-target classes; every class, each to its own shifted
+    label, for all-to-all), each with one draw of N(0, σ²I) (seed `seed`, not clipped: the noise
+    of the W_σ estimator). A diagnostic of the atlas (benchmarks/RESULTS.md, "The attack atlas"):
+    where noise fires the backdoor, triggered inputs stay at the target under noise and look
+    smoother; where it does not, noise drowns a faint trigger and they look less smooth. The model
+    is given back as it was (`models.preserve_model`)."""
+    from ._validate import check_sigmas
+    from .models import preserve_model
+    from .sampling import model_device
+    from .train import BackdoorRun
+
+    if not isinstance(run, BackdoorRun):
+        raise TypeError(f"`run` must be a workbench BackdoorRun; got {type(run).__name__}.")
+    data = _data(data)
+    sig = check_sigmas("sigmas", sigmas)
+    check_int("n", n, low=1)
+    seed = check_seed("seed", seed, generator=False)
+    pairs = run.triggered_pairs(data.x_test, data.y_test, n=n, seed=seed)
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    with preserve_model(run.model) as net, torch.no_grad():
+        dev = model_device(net)
+        for s in sig:
+            x = pairs.clean + s * torch.randn(pairs.clean.shape, generator=g)
+            hits = net(x.to(dev)).argmax(1).cpu() == pairs.targets
+            out[float(s)] = float(hits.float().mean())
+    return out
+
+
 def atlas_grid(datasets=("digits", "fashion-mnist"), attacks=None, seeds=(0, 1), rates=None,
                n_pairs: int = 50, n_samples: int = 64, targets=(0,)):
     """The atlas as a `workbench.sweep.SweepGrid`: every attack (or those named) on each dataset,
@@ -267,4 +300,4 @@ def quick_grid():
 
 __all__ = ["ATTACKS", "ATLAS_CSV", "ATLAS_DATASETS", "ATLAS_TRAINING", "ATLAS_MODEL", "Attack", "FAMILIES",
            "QUICK_ATTACKS", "atlas_grid", "attack_rates", "attack_trigger", "clean_model_run",
-           "quick_grid", "train_attack", "training_args", "trigger_norms"]
+           "noise_to_target", "quick_grid", "train_attack", "training_args", "trigger_norms"]
