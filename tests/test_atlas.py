@@ -41,20 +41,26 @@ def test_every_attack_has_a_family_a_paper_and_two_rates_per_dataset():
 
 def test_the_atlas_grid_is_every_attack_at_two_rates_and_two_seeds():
     pts = atlas.atlas_grid(datasets=("digits",)).points()
-    assert len(pts) == 15 * 2 * 2 and len({p["key"] for p in pts}) == len(pts)
+    assert len(pts) == 15 * 2 * 2  # points() drops repeated keys: a key collision loses points
     by = {(p["attack"], p["rate"], p["seed"]) for p in pts}
     for a in atlas.ATTACKS.values():
         for rate in a.rates["digits"]:
             assert {(a.name, rate, 0), (a.name, rate, 1)} <= by
     lc = next(p for p in pts if p["attack"] == "Patch/label-consistent")
     assert lc["poisoning"] == "label-consistent" and lc["epsilon"] == 0.3
+    # PGD's settings with their defaults resolved: a changed default is another point
+    assert lc["pgd_steps"] == wb.poison.DEFAULT_PGD_STEPS and lc["pgd_step_size"] > 0
+    troj = next(p for p in pts if p["attack"] == "TrojanNN")
+    assert troj["trigger"]["steps"] == 1000 and troj["trigger"]["neurons"] == 2
+    assert troj["versions"]["craft"] == wb.crafting.CRAFT_VERSION
     a2a = next(p for p in pts if p["attack"] == "Patch/all-to-all")
     assert a2a["target_mode"] == "all-to-all"
     ia = next(p for p in pts if p["attack"] == "InputAware")
     assert ia["trigger"]["cross_rate"] == ia["rate"] and ia["epochs"] == 60
-    # the key covers the attack: the same trigger under another poisoning mode is another run
-    patch = [p for p in pts if p["trigger"]["type"] == "Patch"]
-    assert len({p["key"] for p in patch}) == len(patch)
+    # the key covers the attack: a 3x3 patch dirty-label and all-to-all (same trigger, rates and
+    # seeds would collide otherwise) are 8 points, not 4
+    same = [p for p in pts if p["trigger"] == pts[0]["trigger"]]
+    assert {p["attack"] for p in same} == {"Patch", "Patch/all-to-all"} and len(same) == 8
 
 
 def test_fashion_mnist_atlas_trains_on_its_first_20000_images():
@@ -141,6 +147,7 @@ def test_format_3_tables_are_read_with_empty_atlas_columns(tmp_path, tiny_atlas)
     (dict(attacks=("Patch",), datasets=("mnist",), rates=None),
      r"rates were measured on \('digits', 'fashion-mnist'\) only"),
     (dict(attacks=("Patch",), rates="medium"), r"`rates` must be a tuple .* 'weak' or 'strong'"),
+    (dict(attacks=("Patch",), trigger_sizes=(5,)), r"`trigger_sizes` does not apply with `attacks`"),
 ])
 def test_bad_atlas_grids_are_refused_before_any_run(kwargs, match):
     with pytest.raises(ValueError, match=match):

@@ -182,6 +182,7 @@ def attack_trigger(name: str, data, seed: int = 0, target: int = 0, model: str =
         raise ValueError("`name` 'InputAware' has no trigger before training: its generator is "
                          "trained with the classifier; use train_attack(data, 'InputAware').")
     cfg = a.trigger_config(data.name)
+    check_int("target", target, 0, data.num_classes - 1)  # before the clean model is trained
     if a.kind in ("LowFrequency", "TrojanNN"):
         clean = clean_model_run(data, seed, model, progress, epochs)
         kwargs = {k: v for k, v in cfg.items() if k != "type"}

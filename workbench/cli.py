@@ -145,8 +145,16 @@ def _report(args) -> int:
     from .atlas import ATLAS_CSV
 
     atlas = args.atlas
-    if atlas is None and Path(ATLAS_CSV).exists():  # the atlas sweep's default output
-        atlas = Path(ATLAS_CSV)
+    if atlas is None and Path(ATLAS_CSV).exists():  # the atlas sweep's default output, if usable
+        from .paper import _has_atlas, atlas_rows
+        from .sweep import read_table
+
+        if _has_atlas(atlas_rows(read_table(ATLAS_CSV))[0]):
+            atlas = Path(ATLAS_CSV)
+        else:
+            print(f"note: {ATLAS_CSV} holds no atlas of this version (rows of two attacks or "
+                  "more): the report has no atlas section; pass --atlas to require one",
+                  file=sys.stderr)
     s = paper_report(args.sweep, args.out, args.dataset, n_pairs=args.pairs,
                      n_samples=args.samples, command=_command(args), atlas=atlas)
     for f in s["findings"]:

@@ -31,6 +31,10 @@ from .models import MODELS, build_model, preserve_model
 from .sampling import check_model, check_model_input, model_device
 from .triggers import LowFrequency, Patch, TrojanNN
 
+# Version of the crafting code: bump when a change can move a crafted trigger for the same
+# arguments (sweep keys cover it, so rows with triggers crafted by older code are not reused).
+CRAFT_VERSION = 1
+
 # Zeng et al.'s low-pass filter: a Gaussian of standard deviation 6 px on 32x32 CIFAR-10 images
 # (their gauss_smooth, sig=6); the default keeps that share of the image side
 ZENG_SIGMA_SHARE = 6 / 32
@@ -369,4 +373,4 @@ def craft(name: str, data: Dataset | str = "digits", **kwargs):
 
 
 __all__ = ["craft", "craft_low_frequency", "craft_trojannn", "gaussian_lowpass",
-           "neuron_activation", "CRAFTERS", "ZENG_SIGMA_SHARE"]
+           "neuron_activation", "CRAFTERS", "CRAFT_VERSION", "ZENG_SIGMA_SHARE"]

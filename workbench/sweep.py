@@ -161,6 +161,13 @@ class SweepGrid:
         if self.attacks is not None:
             from .atlas import ATTACKS
 
+            defaults = {f.name: f.default for f in dataclasses.fields(self)}
+            for name in ("trigger_types", "trigger_sizes"):
+                if getattr(self, name) != defaults[name]:
+                    raise ValueError(f"`{name}` does not apply with `attacks` (each attack names "
+                                     f"its trigger); leave it at its default; got "
+                                     f"{getattr(self, name)!r}.")
+
             put("attacks", _check_values("attacks", self.attacks, "attack names",
                                          lambda a: check_choice("attacks", a, tuple(ATTACKS))))
         if not (self.attacks is not None and (self.rates is None or self.rates in ("weak", "strong"))):
@@ -296,7 +303,9 @@ class SweepGrid:
         from .triggers import trigger_from_config
 
         from .atlas import ATTACKS, training_args
+        from .crafting import CRAFT_VERSION
         from .input_aware import ATTACK_DEFAULTS as IA_DEFAULTS
+        from .poison import check_pgd
         from .input_aware import CACHE_FORMAT as IA_CACHE_FORMAT
         from .input_aware import EPOCHS as IA_EPOCHS
 
@@ -326,14 +335,20 @@ class SweepGrid:
                 trig["cross_rate"] = float(rate)  # the paper's cross samples, at the same rate
                 epochs = self.epochs if self.epochs is not None else IA_EPOCHS.get(
                     d, 2 * train["epochs"])
-            else:  # crafted on the clean model of the same settings and seed (see run_point)
-                trig = dict(trig, crafted_on="clean model of this point's training settings")
+            else:  # crafted on the clean model of the same settings and seed (see _train_point),
+                # with every crafting argument resolved: a changed default is another trigger
+                trig = dict(_craft_defaults(attack.kind), **trig,
+                            crafted_on="clean model of this point's training settings")
             extra = training_args(d) if attack is not None else {}
+            poisoning = attack.poisoning if attack else "dirty-label"
+            # label-consistent poisoning's PGD settings, defaults resolved (None for other modes)
+            eps, pgd_steps, pgd_step_size = check_pgd(poisoning,
+                                                      attack.epsilon if attack else None, None, None)
             p = {"dataset": d, "attack": attack.name if attack else trig["type"],
                  "family": attack.family if attack else _family(trig["type"]),
-                 "trigger": trig, "poisoning": attack.poisoning if attack else "dirty-label",
+                 "trigger": trig, "poisoning": poisoning,
                  "target_mode": attack.target_mode if attack else "all-to-one",
-                 "epsilon": attack.epsilon if attack else None,
+                 "epsilon": eps, "pgd_steps": pgd_steps, "pgd_step_size": pgd_step_size,
                  "rate": float(rate), "target": int(target),
                  "seed": int(seed), "model": self.model, "epochs": int(epochs),
                  "batch_size": int(train["batch_size"]), "lr": float(train["lr"]),
@@ -342,13 +357,31 @@ class SweepGrid:
                  "n_pairs": self.n_pairs, "n_samples": self.n_samples,
                  "sigmas": [float(x) for x in sig], "estimator": dict(ESTIMATOR_SETTINGS),
                  "versions": {"row_format": ROW_FORMAT, "estimator": ESTIMATOR_VERSION,
-                              "train_cache": CACHE_FORMAT, "workbench": __version__},
+                              "train_cache": CACHE_FORMAT, "craft": CRAFT_VERSION,
+                              "workbench": __version__},
                  "data": fingerprints[d]}
             p["key"] = point_key(p)
             if p["key"] not in seen:
                 seen.add(p["key"])
                 pts.append(p)
         return pts
+
+
+def _craft_defaults(kind: str) -> dict:
+    """The crafting function's own arguments with their defaults (not the data, model, seed,
+    target or progress, which the point gives)."""
+    import inspect
+
+    from .crafting import CRAFTERS
+
+    skip = {"data", "model", "seed", "target", "progress", "architecture", "epochs"}
+    out = {}
+    for name, p in inspect.signature(CRAFTERS[kind]).parameters.items():
+        if name in skip or p.default is inspect.Parameter.empty:
+            continue
+        v = p.default
+        out[name] = list(v) if isinstance(v, tuple) else v
+    return out
 
 
 def _family(trigger_type: str) -> str:
@@ -454,13 +487,16 @@ def _train_point(point: dict, data):
         return train_input_aware(data, rate=point["rate"], **cfg, **common)
     if kind in CRAFTED:
         cfg.pop("crafted_on")
+        cfg = {k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()}
         clean = train_backdoor(data, rate=0.0, **dict(common, target=0))
         trig = craft(kind, data, target=point["target"], model=clean.model, seed=point["seed"],
                      **cfg)
     else:
         trig = trigger_from_config(point["trigger"])
     return train_backdoor(data, trigger=trig, rate=point["rate"], poisoning=point["poisoning"],
-                          target_mode=point["target_mode"], epsilon=point["epsilon"], **common)
+                          target_mode=point["target_mode"], epsilon=point["epsilon"],
+                          pgd_steps=point.get("pgd_steps"), pgd_step_size=point.get("pgd_step_size"),
+                          **common)
 
 
 def _frame(rows: list[dict]) -> pd.DataFrame:
@@ -474,12 +510,27 @@ def _frame(rows: list[dict]) -> pd.DataFrame:
         elif kind == "Int64":
             df[c] = pd.array([None if v is None or v != v else int(v) for v in df[c]], dtype="Int64")
         elif kind == "floats":
-            df[c] = pd.Series([() if v is None or (not isinstance(v, (tuple, list)) and v != v)
-                               else tuple(float(x) for x in v) for v in df[c]],
-                              index=df.index, dtype=object)
+            df[c] = pd.Series([_floats(c, v) for v in df[c]], index=df.index, dtype=object)
         else:
             df[c] = df[c].astype(str)
     return df
+
+
+def _floats(column: str, value) -> tuple:
+    """A "floats" cell as a tuple of floats: a tuple, list or 1-d array of numbers; None or a
+    lone NaN (a cell pandas filled in) or "" (the CSV's missing value) is empty."""
+    import numbers
+
+    import numpy as np
+
+    if value is None or (isinstance(value, float) and value != value) or (
+            isinstance(value, str) and value == ""):
+        return ()
+    items = value.tolist() if isinstance(value, np.ndarray) and value.ndim == 1 else value
+    if not isinstance(items, (tuple, list)) or not all(
+            isinstance(x, numbers.Real) and not isinstance(x, (bool, np.bool_)) for x in items):
+        raise TypeError(f"`{column}` must hold tuples of floats (one per σ); got {value!r}.")
+    return tuple(float(x) for x in items)
 
 
 def _records(table: pd.DataFrame) -> list[dict]:
@@ -487,8 +538,8 @@ def _records(table: pd.DataFrame) -> list[dict]:
     out = []
     for r in table[COLUMNS].to_dict("records"):
         out.append({k: (None if v is pd.NA or v is None else
-                        v.item() if hasattr(v, "item") else
-                        tuple(float(x) for x in v) if isinstance(v, (tuple, list)) else v)
+                        _floats(k, v) if COLUMN_TYPES.get(k) == "floats" else
+                        v.item() if hasattr(v, "item") else v)
                     for k, v in r.items()})
     return out
 
@@ -527,7 +578,7 @@ class SweepFileError(ValueError):
 def _csv_line(row: dict) -> bytes:
     """One CSV record, on one physical line: the torn-tail repair relies on it."""
     values = ["" if row.get(c) is None else
-              ";".join(repr(float(x)) for x in row[c]) if COLUMN_TYPES[c] == "floats" else
+              ";".join(repr(x) for x in _floats(c, row[c])) if COLUMN_TYPES[c] == "floats" else
               row.get(c) for c in COLUMNS]
     for c, v in zip(COLUMNS, values):
         if isinstance(v, str) and ("\n" in v or "\r" in v):
