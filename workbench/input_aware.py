@@ -90,7 +90,8 @@ from ._validate import (check_choice, check_device, check_float, check_images, c
 from .data import DATASETS, Dataset, data_dir, load_dataset
 from .models import MODELS, build_model, default_device
 from .poison import make_generator
-from .train import DEFAULTS, BackdoorRun, attack_success_rate, clean_accuracy, environment
+from .train import (DEFAULTS, BackdoorRun, _check_cached, attack_success_rate, clean_accuracy,
+                    environment)
 from .triggers import Trigger
 
 # Bump when the training code changes results, so old cached runs are not reused.
@@ -628,15 +629,7 @@ def _load_cached(path: Path, cfg: InputAwareConfig, data: Dataset, device,
         return None
     try:
         run = load_input_aware_run(path, device)
-        want = json.loads(json.dumps(asdict(cfg)))
-        diff = [k for k in want if run.config.get(k) != want[k]]
-        if diff:
-            k = diff[0]
-            raise runstore.RunFileError(f"its run.json says {k}={run.config.get(k)!r}, but "
-                                        f"{want[k]!r} was asked for")
-        if (list(run.config["image_shape"]) != list(data.image_shape)
-                or run.config["num_classes"] != data.num_classes):
-            raise runstore.RunFileError("its image shape or number of classes differs from the data's")
+        _check_cached(run, cfg, data)  # exactly the run asked for, as train_backdoor's cache
         return run
     except (OSError, ValueError) as exc:
         if warn:
