@@ -250,8 +250,10 @@ def test_ctrl_c_stops_a_sweep_cleanly_and_the_same_command_resumes(tmp_path, qui
     line saying how to resume, no traceback, no worker left; finished rows are kept and the same
     command computes only the rest."""
     path = tmp_path / "sweep.csv"
+    # 512 samples: a few seconds of measuring per point even when every training is cached, so
+    # the interrupt lands mid-sweep (with 128 a quiet machine finished all six before it)
     args = ["--sizes", "3", "--rates", "0", "0.05", "0.1", "0.2", "0.3", "0.5", "--epochs", "1",
-            "--pairs", "40", "--samples", "128", "--workers", "2", "--quiet"]
+            "--pairs", "40", "--samples", "512", "--workers", "2", "--quiet"]
     proc = subprocess.Popen(_sweep_cmd(path, *args), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
