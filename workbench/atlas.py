@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ._validate import check_choice, check_float, check_int, check_seed
-from .data import DATASETS, Dataset
+from .data import DATASETS, Dataset, as_dataset
 
 ATLAS_CSV = "reports/atlas.csv"
 
@@ -134,9 +134,7 @@ def _check_attack(name) -> "Attack":
 
 
 def _data(data) -> Dataset:
-    from .crafting import _check_data  # a Dataset, or a name loaded
-
-    return _check_data(data)
+    return as_dataset(data)
 
 
 def attack_rates(name: str, dataset: str) -> tuple[float, float]:

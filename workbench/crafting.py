@@ -26,7 +26,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ._validate import check_choice, check_float, check_int, check_seed
-from .data import DATASETS, Dataset, load_dataset
+from .data import Dataset, as_dataset
 from .models import MODELS, build_model, preserve_model
 from .sampling import check_model, check_model_input, model_device
 from .triggers import LowFrequency, Patch, TrojanNN
@@ -56,14 +56,7 @@ def _steps(total: int, desc: str, progress) -> Any:
     yield from tqdm(range(total), desc=desc, disable=not progress, leave=False)
 
 
-def _check_data(data: Any) -> Dataset:
-    if isinstance(data, str):
-        check_choice("data", data, DATASETS)
-        return load_dataset(data)
-    if not isinstance(data, Dataset):
-        raise TypeError(f"`data` must be a workbench Dataset or a dataset name; got "
-                        f"{type(data).__name__}.")
-    return data
+_check_data = as_dataset  # a Dataset, or a dataset name loaded
 
 
 def _check_model_args(model: Any, data: Dataset, architecture: Any, epochs: Any) -> None:

@@ -548,3 +548,17 @@ DATASET_SHAPES = {"digits": ((1, DIGITS_SIZE, DIGITS_SIZE), 10),
                   "fashion-mnist": ((1, 28, 28), len(FASHION_CLASSES)), "mnist": ((1, 28, 28), 10),
                   "cifar10": ((3, 32, 32), len(CIFAR10_CLASSES)),
                   "gtsrb": ((3, GTSRB_SIZE, GTSRB_SIZE), GTSRB_CLASSES)}
+
+
+def as_dataset(data) -> Dataset:
+    """`data` itself when it is a Dataset, the dataset of that name when it is a name (loaded by
+    `load_dataset`); anything else is a TypeError naming the parameter `data`."""
+    if isinstance(data, str):
+        from ._validate import check_choice
+
+        check_choice("data", data, DATASETS)
+        return load_dataset(data)
+    if not isinstance(data, Dataset):
+        raise TypeError(f"`data` must be a workbench Dataset or a dataset name; got "
+                        f"{type(data).__name__}.")
+    return data

@@ -87,7 +87,7 @@ from tqdm.auto import tqdm
 from . import runstore
 from ._validate import (check_choice, check_device, check_float, check_images, check_int,
                         check_labels, check_seed)
-from .data import DATASETS, Dataset, data_dir, load_dataset
+from .data import Dataset, as_dataset, data_dir, load_dataset
 from .models import MODELS, build_model, default_device
 from .poison import make_generator
 from .train import (DEFAULTS, BackdoorRun, _check_cached, attack_success_rate, clean_accuracy,
@@ -452,12 +452,7 @@ def _prepare(data, rate, cross_rate, target, model, epochs, seed, batch_size, lr
              lr_generator, lambda_div, lambda_norm, mask_density, mask_epochs, width,
              max_train) -> tuple[Dataset, InputAwareConfig]:
     """Validate everything and build the configuration (before any work)."""
-    if isinstance(data, str):
-        check_choice("data", data, DATASETS)
-        data = load_dataset(data)
-    if not isinstance(data, Dataset):
-        raise TypeError(f"`data` must be a workbench Dataset or a dataset name; got "
-                        f"{type(data).__name__}.")
+    data = as_dataset(data)
     rate = check_float("rate", rate, 0.0, 1.0, low_open=True)
     cross_rate = check_float("cross_rate", cross_rate, 0.0, 1.0)
     target = check_int("target", target, 0, data.num_classes - 1)

@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 from . import runstore
 from ._validate import (check_choice, check_device, check_float, check_images, check_int,
                         check_labels, check_seed)
-from .data import DATASETS, Dataset, data_dir, load_dataset
+from .data import Dataset, as_dataset, data_dir
 from .models import MODELS, build_model, default_device, preserve_model
 from .poison import (POISONING_MODES, TARGET_MODES, PoisonedSet, TriggeredPairs, attack_targets,
                      check_attack, check_pgd, check_rate, make_generator, poison_dataset,
@@ -454,12 +454,7 @@ def _prepare(data, trigger, rate, target, model, epochs, seed, batch_size, lr, w
              max_train, *, poisoning="dirty-label", target_mode="all-to-one", epsilon=None,
              pgd_steps=None, pgd_step_size=None) -> tuple[Dataset, Trigger, TrainConfig]:
     """Validate everything and build the run's configuration (before any work)."""
-    if isinstance(data, str):
-        check_choice("data", data, DATASETS)
-        data = load_dataset(data)
-    if not isinstance(data, Dataset):
-        raise TypeError(f"`data` must be a workbench Dataset or a dataset name; got "
-                        f"{type(data).__name__}.")
+    data = as_dataset(data)
     trigger = Patch(size=3) if trigger is None else trigger
     if not isinstance(trigger, Trigger):
         raise TypeError(f"`trigger` must be a workbench.triggers.Trigger; got {type(trigger).__name__}.")
