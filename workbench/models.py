@@ -145,38 +145,69 @@ def preserve_model(model: nn.Module, *, train: bool = False,
 
     Inside the block the model is in eval mode (`train=False`) and, with `requires_grad` set, its
     parameters' `requires_grad` flags are set to that value. On exit, however the block ends, every
-    submodule's train/eval mode, every parameter's `requires_grad` and `.grad`, and every
-    parameter's and buffer's tensor (so its device, dtype and memory format: `.to(device)` and
-    channels-last conversions inside the block are undone) are restored to what they were on entry.
-    Values written in place into the original tensors (training) are not undone: the guard is for
-    calls that only read the model. Every public function of the workbench that takes a model uses it.
+    submodule's train/eval mode, every parameter (the object registered under each name), its
+    `requires_grad` and `.grad`, and every parameter's and buffer's tensor (so its device, dtype and
+    memory format: `.to(device)` and channels-last conversions inside the block are undone) are
+    restored to what they were on entry. Values written in place into the original tensors
+    (training) are not undone: the guard is for calls that only read the model. Every public
+    function of the workbench that takes a model uses it.
+
+    Inference tensors (parameters or buffers created or converted under `torch.inference_mode()`,
+    e.g. `model.to(memory_format=torch.channels_last)` inside it) cannot take part in autograd nor
+    have `requires_grad` set outside inference mode: the block gets ordinary copies of them (the
+    same values, device, dtype and strides; memory for one copy of those tensors while lent), and
+    the originals come back on exit. An error while lending or while restoring restores every
+    other part before it is raised.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"`model` must be a torch.nn.Module; got {type(model).__name__}.")
     modes = [(m, m.training) for m in model.modules()]
+    slots = [(m, name, p) for m in model.modules() for name, p in m._parameters.items()]
     params = [(p, p.data, p.requires_grad, p.grad) for p in model.parameters()]
     buffers = [(m, name, b) for m in model.modules() for name, b in m._buffers.items()]
-    for p in model.parameters():
-        # `.to()` inside the block would convert a set `.grad` in place (the very tensor kept
-        # above) and then refuse it back: lend the parameters without their gradients
-        p.grad = None
-    model.train(train)
-    if requires_grad is not None:
-        for p in model.parameters():
-            p.requires_grad_(requires_grad)
     try:
+        for p in model.parameters():
+            # `.to()` inside the block would convert a set `.grad` in place (the very tensor kept
+            # above) and then refuse it back: lend the parameters without their gradients
+            p.grad = None
+            if p.is_inference():  # an ordinary copy, with the same strides
+                p.data = p.data.clone()
+        for m, name, b in buffers:
+            if b is not None and b.is_inference():
+                m._buffers[name] = b.clone()
+        model.train(train)
+        if requires_grad is not None:
+            for p in model.parameters():
+                p.requires_grad_(requires_grad)
         yield model
     finally:
+        _restore(modes, slots, params, buffers)
+
+
+def _restore(modes, slots, params, buffers) -> None:
+    """Put back what `preserve_model` recorded; every part is tried, the first error raised."""
+    errors = []
+
+    def attempt(fn, *args):
         try:
-            for p, data, flag, grad in params:
-                if p.data is not data:
-                    p.data = data
-                p.requires_grad_(flag)
-                p.grad = grad
-        finally:
-            try:
-                for m, name, b in buffers:
-                    m._buffers[name] = b
-            finally:
-                for m, mode in modes:
-                    m.training = mode
+            fn(*args)
+        except Exception as exc:  # noqa: BLE001 - raised below, after the other parts
+            errors.append(exc)
+
+    def put_param(p, data, flag, grad):
+        if p.requires_grad != flag:  # set while p is still an ordinary tensor (inference
+            p.requires_grad_(flag)  # tensors refuse the flag outside inference mode)
+        p.data = data
+        if p.grad is not grad:
+            p.grad = grad
+
+    for m, name, p in slots:
+        attempt(m._parameters.__setitem__, name, p)
+    for p, data, flag, grad in params:
+        attempt(put_param, p, data, flag, grad)
+    for m, name, b in buffers:
+        attempt(m._buffers.__setitem__, name, b)
+    for m, mode in modes:
+        attempt(setattr, m, "training", mode)
+    if errors:
+        raise errors[0]
