@@ -460,3 +460,99 @@ def test_detection_entry_of_an_input_aware_run_uses_its_per_image_triggers(digit
     assert np.array_equal(e["results"][1].triggered_scores, scale)
     w = wb.estimate_smoothness(run.model, stamped, wb.default_sigmas("digits"), 8, seed=0)
     assert np.allclose(e["results"][2].triggered_scores, -w.mean_entropy())
+
+
+# --- the bootstrap intervals resample twins as pairs (issue 18, item 5) ------------------------
+
+def _twin_scores(rng, rho, n, reps, delta=1.0):
+    """`reps` draws of n twin scores: (clean, triggered) bivariate normal, unit variances,
+    correlation `rho`, means 0 and `delta`. Arrays (reps, n) each."""
+    z1, z2 = rng.standard_normal((2, reps, n))
+    return z1, delta + rho * z1 + math.sqrt(1 - rho * rho) * z2
+
+
+def _coverage(rho, reps=400, n=100, n_boot=200, seed=0, **kw):
+    """Coverage and mean width of roc_analysis's 95% AUC interval over `reps` simulated studies,
+    and the AUC's true sampling SD there. The true AUC compares independent draws of the two
+    marginals, P(T > C) = Φ(Δ / √2) whatever the twins' correlation."""
+    truth = stats.norm.cdf(1 / math.sqrt(2))
+    cs, ts = _twin_scores(np.random.default_rng(seed), rho, n, reps)
+    res = [roc_analysis("sim", c, t, n_boot=n_boot, seed=i, **kw) for i, (c, t) in enumerate(zip(cs, ts))]
+    lo, hi = np.array([r.auc_ci for r in res]).T
+    return (float(((lo <= truth) & (truth <= hi)).mean()), float((hi - lo).mean()),
+            float(np.std([r.auc for r in res])), res)
+
+
+@pytest.mark.parametrize("rho", [-0.8, 0.8])
+def test_intervals_of_twin_scores_cover_the_true_auc(rho):
+    """Clean and triggered scores of twins are correlated: resampling each set on its own gave
+    coverage 0.83 at ρ = −0.8 (intervals too narrow) and 0.99 at +0.8 (too wide). Resampling
+    pairs covers near 95% at both, with the width of the AUC's true sampling spread."""
+    cover, width, sd, res = _coverage(rho)
+    assert {r.bootstrap for r in res} == {"pairs"} and res[0].settings["bootstrap"] == "pairs"
+    assert 0.88 <= cover <= 0.98, cover  # 400 studies: a binomial SE of 0.011 at 0.95
+    assert width == pytest.approx(2 * 1.96 * sd, rel=0.15)  # independent: −24% / +62%
+
+
+def test_independent_samples_of_different_sizes_are_resampled_each_on_its_own():
+    rng = np.random.default_rng(1)
+    truth = stats.norm.cdf(1 / math.sqrt(2))
+    hits = []
+    for i in range(300):
+        c, t = rng.standard_normal(120), 1 + rng.standard_normal(80)
+        r = roc_analysis("sim", c, t, n_boot=200, seed=i)
+        assert r.bootstrap == "stratified"
+        hits.append(r.auc_ci[0] <= truth <= r.auc_ci[1])
+    assert 0.88 <= np.mean(hits) <= 0.99
+    c, t = rng.standard_normal(50), rng.standard_normal(50)
+    assert roc_analysis("x", c, t, paired=False, n_boot=20).bootstrap == "stratified"
+    assert roc_analysis("x", c, t, paired=True, n_boot=20).bootstrap == "pairs"
+    assert roc_analysis("x", c, t, paired=None, n_boot=20).bootstrap == "pairs"
+    r0 = roc_analysis("x", c, t, n_boot=0)
+    assert r0.bootstrap == "none" and math.isnan(r0.auc_ci[0])
+    with pytest.raises(ValueError, match=r"`paired` must be False or None for scores of different "
+                                         r"lengths \(50 clean, 49 triggered\); got True"):
+        roc_analysis("x", c, t[:49], paired=True)
+    with pytest.raises(TypeError, match=r"`paired` must be True, False or None; got 'yes'"):
+        roc_analysis("x", c, t, paired="yes")
+
+
+def test_the_vectorised_bootstrap_is_the_operating_points_of_each_resample():
+    """Every resample's AUC and TPRs at 1% and 5% FPR, from counts, against `_operating_points`
+    on the resampled arrays: ties included, pairs and independent resamples."""
+    rng = np.random.default_rng(2)
+    for c, t in ((rng.integers(0, 6, 230).astype(float), rng.integers(2, 9, 230).astype(float)),
+                 (rng.normal(0, 1, 150), rng.normal(1, 1, 90))):
+        ic = rng.integers(0, len(c), (25, len(c)))
+        it = ic if len(c) == len(t) else rng.integers(0, len(t), (25, len(t)))
+        got = D._boot_operating_points(c, t, D._counts(ic, len(c)), D._counts(it, len(t)))
+        ref = np.array([D._operating_points(c[a], t[b]) for a, b in zip(ic, it)])
+        assert np.allclose(got, ref, rtol=0, atol=1e-12)
+
+
+def test_compare_detectors_resamples_twins_as_pairs():
+    clean, triggered, pool = _gate_data(12)
+    kw = dict(methods=("scale-up", "w-mean"), n_boot=60, seed=3)
+    for r in compare_detectors(Constant([0.3, 1.0, -0.2]), clean, triggered, pool, SIGMAS, 8, 4, **kw):
+        assert r.bootstrap == "pairs"
+    model = Gate().eval()
+    for r in compare_detectors(model, clean, triggered, pool, SIGMAS, 8, 4, **kw):
+        ref = roc_analysis(r.method, r.clean_scores, r.triggered_scores, paired=True, n_boot=60, seed=3)
+        assert r.bootstrap == "pairs" and r.auc_ci == ref.auc_ci
+        assert r.tpr_at_5_fpr_ci == ref.tpr_at_5_fpr_ci
+    # inputs that are not twins (different numbers): each set is resampled on its own
+    for r in compare_detectors(model, clean, triggered[:7], pool, SIGMAS, 8, 4, **kw):
+        assert r.bootstrap == "stratified"
+
+
+def test_roc_analysis_keeps_its_own_copy_of_the_scores():
+    """The result's scores were a view of the caller's array: changing the array afterwards
+    changed the result (its scores no longer gave its AUC)."""
+    rng = np.random.default_rng(0)
+    c, t = rng.normal(0, 1, 40), rng.normal(1, 1, 40)
+    keep_c, keep_t = c.copy(), t.copy()
+    r = roc_analysis("x", c, t, n_boot=10)
+    c[:], t[:] = 0.0, 0.0
+    assert np.array_equal(r.clean_scores, keep_c) and np.array_equal(r.triggered_scores, keep_t)
+    with pytest.raises(ValueError):  # a frozen result: its arrays are read-only too
+        r.clean_scores[0] = 1.0
