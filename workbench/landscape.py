@@ -9,14 +9,26 @@ two unit directions u, v (Gram–Schmidt orthonormalised):
     "gradient"  the input gradient of the loss of the predicted class (an adversarial direction)
 
 Each grid point is coloured by the predicted class and, optionally, by the local W_σ there.
-Points are clipped to [0, 1] (valid images), so far from the centre the plane bends along the
-box's faces; the extent is in L2 units of pixel values.
+Grid points are clipped to [0, 1] (valid images), so far from the centre the plane bends along
+the box's faces; the extent is in L2 units of pixel values. The grid is exactly symmetric: with
+an odd resolution its middle point is the input itself.
+
+The local W_σ is the W_σ of every curve, sweep and detection score: `estimate_smoothness` with
+its defaults (hard votes, Gaussian noise left unclipped, iid draws, no bias correction), at one σ.
+A noisy copy of a grid point is not clipped to [0, 1] (only the grid point is); an earlier
+version clipped the noise too, a different statistic under the same name (issue 18: on a digits
+Patch model at σ 0.4 a map's centre read 0.66 where the curve of the same input read 0.89).
+The centre of an odd-resolution map is estimated first, so it sees the draws of input 0: its
+value, standard error and interval are those of `estimate_smoothness(model, x[None], [sigma],
+n_samples, seed=seed)`, to the bit, with common noise or without.
 
 The local W_σ uses common noise by default: every grid point sees the same n draws (those of
 `seed`), so neighbouring points differ by the model, not by the dice. Each point's estimate has
-the same distribution as with independent draws (same bias and Monte-Carlo variance); what
-changes is that errors are shared across the map instead of being independent speckle
-(roughness against independent draws: benchmarks/RESULTS.md, "Widgets").
+the same distribution as with independent draws (same bias and Monte-Carlo variance, so its
+`entropy_se`, `ci_low` and `ci_high` hold point by point); what changes is that errors are shared
+across the map instead of being independent speckle (roughness against independent draws:
+benchmarks/RESULTS.md, "Widgets"), so the errors of two points of one map are correlated: the
+SE of their difference is not the root sum of their squared SEs.
 """
 
 from __future__ import annotations
@@ -27,27 +39,34 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._validate import check_choice, check_float, check_images, check_int, check_seed
+from ._validate import (check_choice, check_float, check_forwards, check_images, check_int,
+                        check_seed)
 from .models import preserve_model
 from .sampling import check_model as _check_model, check_model_input, model_device as _model_device
 from .smoothness import estimate_smoothness
 from .triggers import Trigger
 
 DIRECTIONS = ("trigger", "random", "gradient")
+CONFIDENCE = 0.95  # level of the local W_σ's intervals (estimate_smoothness's default)
 
 
 @dataclass(frozen=True)
 class Landscape:
-    """Predictions (and local W_σ) on a plane through an input."""
+    """Predictions (and local W_σ, with its uncertainty) on a plane through an input."""
 
     alphas: np.ndarray  # (R,) coordinates along the first direction
     betas: np.ndarray  # (R,) coordinates along the second direction
     predicted: np.ndarray  # (R, R) predicted class at (beta_i, alpha_j): rows follow betas
     confidence: np.ndarray  # (R, R) top softmax probability at the point
-    entropy: np.ndarray | None  # (R, R) local W_σ at the point (None if sigma was None)
+    entropy: np.ndarray | None  # (R, R) local W_σ at the point, nats (None if sigma was None)
     directions: tuple[str, str]  # names of the two directions
     markers: dict  # named points in (alpha, beta) coordinates, e.g. {"input": (0, 0)}
-    settings: dict  # extent, resolution, sigma, n_samples, seed
+    # extent, resolution, sigma, n_samples, seed, common_noise, confidence; "estimator": the
+    # settings of the W_σ estimate (those of SmoothnessResult.settings; None without sigma)
+    settings: dict
+    entropy_se: np.ndarray | None = None  # (R, R) standard error of `entropy` (None: no sigma)
+    ci_low: np.ndarray | None = None  # (R, R) lower end of the `confidence` interval
+    ci_high: np.ndarray | None = None  # (R, R) upper end (one-class points: Clopper–Pearson)
 
 
 def _unit(v: torch.Tensor) -> torch.Tensor:
@@ -127,9 +146,13 @@ def landscape_2d(model: nn.Module, x: torch.Tensor, directions=("trigger", "rand
 
     x: one image (C, H, W) or (1, C, H, W) in [0, 1]. clean: for a triggered centre, its clean
     twin (the trigger direction is then trigger(clean) − clean, and the twin is marked).
-    extent: half-width of the square in L2 units. sigma: also compute W_σ at every point.
-    common_noise: True (default) uses the same noise draws at every grid point (a smooth map);
-    False gives each point its own draws (independent errors: speckle at small n_samples).
+    extent: half-width of the square in L2 units. resolution: points per side (odd: the
+    input is the middle point). sigma: also compute W_σ at every point (`estimate_smoothness`'s
+    estimator and defaults, unclipped noise: the W_σ of the curves), with its standard error and
+    95% interval. common_noise: True (default) uses the same noise draws at every grid point (a
+    smooth map); False gives each point its own draws (independent errors: speckle at small
+    n_samples). Either way the centre's value is `estimate_smoothness(model, x[None], [sigma],
+    n_samples, seed=seed)`'s.
     """
     _check_model(model)
     x = _check_image(x, four_d=True)
@@ -151,6 +174,9 @@ def landscape_2d(model: nn.Module, x: torch.Tensor, directions=("trigger", "rand
         raise TypeError(f"`common_noise` must be a bool; got {common_noise!r}.")
     _check_trigger(trigger, "trigger" in directions)
     _check_clean(clean, x)
+    if sigma is not None:
+        check_forwards(resolution**2 * n_samples, f"{resolution}² grid points × n_samples "
+                                                  f"{n_samples}")
     dev = _model_device(model)
     check_model_input(model, x[None], "x")
     with preserve_model(model):
@@ -160,7 +186,10 @@ def landscape_2d(model: nn.Module, x: torch.Tensor, directions=("trigger", "rand
         u = _unit(raw[0])
         v = raw[1] - (raw[1] * u).sum() * u  # Gram–Schmidt: v ⟂ u
         v = _unit(v)
-        grid = torch.linspace(-extent, extent, resolution, device=dev)
+        # exactly symmetric, 0 in the middle (torch.linspace's middle value is not exactly 0)
+        half = (resolution - 1) / 2
+        axis = extent * ((np.arange(resolution) - half) / half)
+        grid = torch.tensor(axis, dtype=torch.float32, device=dev)
         bb, aa = torch.meshgrid(grid, grid, indexing="ij")  # rows: beta, cols: alpha
         pts = (x[None] + aa.reshape(-1, 1, 1, 1) * u + bb.reshape(-1, 1, 1, 1) * v).clamp(0, 1)
         with torch.inference_mode():
@@ -171,11 +200,25 @@ def landscape_2d(model: nn.Module, x: torch.Tensor, directions=("trigger", "rand
         probs = logits.softmax(-1)
         pred = probs.argmax(-1).reshape(resolution, resolution).cpu().numpy()
         conf = probs.max(-1).values.reshape(resolution, resolution).cpu().numpy()
-        ent = None
+        ent = se = lo = hi = estimator = None
         if sigma is not None:
-            res = estimate_smoothness(model, pts, [sigma], n_samples, seed=seed, clip=True,
-                                      common_inputs=common_noise)
-            ent = res.entropy[:, 0].reshape(resolution, resolution)
+            # the centre first: input 0's draws, those of the same input estimated on its own
+            order = np.arange(resolution * resolution)
+            if resolution % 2:
+                mid = (resolution // 2) * resolution + resolution // 2
+                order = np.concatenate([[mid], np.delete(order, mid)])
+            res = estimate_smoothness(model, pts[torch.as_tensor(order, device=dev)], [sigma],
+                                      n_samples, seed=seed, common_inputs=common_noise,
+                                      confidence=CONFIDENCE)
+            estimator = dict(res.settings)
+
+            def grid_of(a):
+                out = np.empty(resolution * resolution, dtype=a.dtype)
+                out[order] = a[:, 0]
+                return out.reshape(resolution, resolution)
+
+            ent, se = grid_of(res.entropy), grid_of(res.entropy_se)
+            lo, hi = grid_of(res.ci_low), grid_of(res.ci_high)
     markers = {"input": (0.0, 0.0)}
     if "trigger" in directions and trigger is not None:
         d = raw[directions.index("trigger")]
@@ -184,6 +227,8 @@ def landscape_2d(model: nn.Module, x: torch.Tensor, directions=("trigger", "rand
             markers["triggered twin"] = coords
         else:
             markers["clean twin"] = (-coords[0], -coords[1])
-    return Landscape(grid.cpu().numpy(), grid.cpu().numpy(), pred, conf, ent, tuple(directions),
-                     markers, {"extent": extent, "resolution": resolution, "sigma": sigma,
-                               "n_samples": n_samples, "seed": seed, "common_noise": common_noise})
+    settings = {"extent": extent, "resolution": resolution, "sigma": sigma,
+                "n_samples": n_samples, "seed": seed, "common_noise": common_noise,
+                "confidence": CONFIDENCE, "estimator": estimator}
+    return Landscape(axis.copy(), axis.copy(), pred, conf, ent, tuple(directions), markers,
+                     settings, se, lo, hi)
