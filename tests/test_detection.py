@@ -530,6 +530,16 @@ def test_the_vectorised_bootstrap_is_the_operating_points_of_each_resample():
         assert np.allclose(got, ref, rtol=0, atol=1e-12)
 
 
+def test_the_bootstrap_in_chunks_is_the_bootstrap_at_once(monkeypatch):
+    rng = np.random.default_rng(3)
+    c, t = rng.normal(0, 1, 200), rng.normal(1, 1, 200)
+    whole = roc_analysis("x", c, t, n_boot=300, seed=4)
+    monkeypatch.setattr(D, "_BOOT_CELLS", 4000)  # 10 resamples per chunk
+    chunked = roc_analysis("x", c, t, n_boot=300, seed=4)
+    assert (whole.auc_ci, whole.tpr_at_5_fpr_ci, whole.tpr_at_1_fpr_ci) == \
+        (chunked.auc_ci, chunked.tpr_at_5_fpr_ci, chunked.tpr_at_1_fpr_ci)
+
+
 def test_compare_detectors_resamples_twins_as_pairs():
     clean, triggered, pool = _gate_data(12)
     kw = dict(methods=("scale-up", "w-mean"), n_boot=60, seed=3)
@@ -556,3 +566,46 @@ def test_roc_analysis_keeps_its_own_copy_of_the_scores():
     assert np.array_equal(r.clean_scores, keep_c) and np.array_equal(r.triggered_scores, keep_t)
     with pytest.raises(ValueError):  # a frozen result: its arrays are read-only too
         r.clean_scores[0] = 1.0
+
+
+def test_an_interval_at_the_boundary_is_not_zero_wide():
+    """A perfect separation in the sample (AUC 1) or no triggered input above the threshold (TPR
+    0) gives the same value in every resample: the percentile interval was [1, 1] or [0, 0],
+    certainty where 200 inputs leave room. Here the truths are AUC 0.99 and TPR at 5% FPR 0.01
+    (rare outliers that 13% of samples of 200 miss): the zero-wide intervals made the coverage
+    0.86; the exact bounds at the boundary bring it above 0.93."""
+    rng = np.random.default_rng(5)
+    hits, bounds = np.zeros(2), set()
+    reps = 300
+    for i in range(reps):
+        # AUC: clean U(0, 1), with 1% far above every triggered score U(1, 2): AUC = 0.99
+        c = np.where(rng.random(200) < 0.01, rng.uniform(2, 3, 200), rng.uniform(0, 1, 200))
+        r = roc_analysis("x", c, rng.uniform(1, 2, 200), n_boot=200, seed=i)
+        hits[0] += r.auc_ci[0] <= 0.99 <= r.auc_ci[1]
+        # TPR at 5% FPR: 10% of clean scores at 5 (no threshold below it keeps FPR <= 5%); 1% of
+        # triggered at 10, the rest U(1, 2): the true TPR at 5% FPR is 0.01
+        c = np.where(rng.random(200) < 0.1, 5.0, 0.0)
+        t = np.where(rng.random(200) < 0.01, 10.0, rng.uniform(1, 2, 200))
+        r2 = roc_analysis("x", c, t, n_boot=200, seed=i)
+        hits[1] += r2.tpr_at_5_fpr_ci[0] <= 0.01 <= r2.tpr_at_5_fpr_ci[1]
+        bounds.update(r.settings["exact_bounds"] + r2.settings["exact_bounds"])
+    assert (hits / reps >= 0.93).all(), hits / reps
+    assert bounds == {"auc", "tpr_at_5_fpr", "tpr_at_1_fpr"}
+    # the exact bounds: Clopper–Pearson's for a TPR of 0 or 1 out of M; for an AUC of 1, 1 − ε_N
+    # − ε_M, with (1 − ε_k)^k = α/4: the clean mass above the largest clean score and the
+    # triggered mass below the smallest triggered one, each at most ε with confidence 1 − α/4
+    c, t = np.arange(50.0), 100 + np.arange(80.0)
+    r = roc_analysis("x", c, t, n_boot=50)
+    assert r.auc == 1 and r.tpr_at_5_fpr == 1 and r.settings["exact_bounds"] == [
+        "auc", "tpr_at_5_fpr", "tpr_at_1_fpr"]
+    eps = lambda k: 1 - 0.0125 ** (1 / k)  # noqa: E731
+    assert r.auc_ci == pytest.approx((1 - eps(50) - eps(80), 1.0))
+    assert r.tpr_at_5_fpr_ci == pytest.approx((0.025 ** (1 / 80), 1.0))
+    assert stats.beta.ppf(0.025, 80, 1) == pytest.approx(r.tpr_at_5_fpr_ci[0])  # Clopper–Pearson
+    r = roc_analysis("x", t, c, n_boot=50)  # reversed: AUC 0, TPR 0
+    assert r.auc_ci == pytest.approx((0.0, eps(80) + eps(50)))
+    assert r.tpr_at_1_fpr_ci == pytest.approx((0.0, 1 - 0.025 ** (1 / 50)))
+    # where the bootstrap spreads, the percentile interval stays
+    rng = np.random.default_rng(0)
+    r = roc_analysis("x", rng.normal(0, 1, 100), rng.normal(1, 1, 100), n_boot=100)
+    assert r.settings["exact_bounds"] == [] and r.auc_ci[1] < 1
