@@ -72,6 +72,7 @@ def test_tiny_atlas_measures_every_attack(tiny_atlas, digits):
     table, _ = tiny_atlas
     assert sorted(table["attack"]) == sorted(atlas.ATTACKS) and len(table) == 15
     assert (table["row_format"] == sw.ROW_FORMAT).all()
+    assert table["max_train"].isna().all()  # digits' atlas trains on the whole training set
     log_k = math.log(digits.num_classes)
     for r in table.to_dict("records"):
         a = atlas.ATTACKS[r["attack"]]

@@ -1,7 +1,8 @@
 """The attack atlas's figures (workbench.plots.atlas_*) and report section
-(workbench.paper.attack_atlas_section) on a small atlas table built by hand: rows with the sweep
-columns of row format 4, written to a CSV with `write_table` and read back with `read_table`, so
-the tuple columns (sigmas, curves) take the path a real atlas takes. No model is trained."""
+(workbench.paper.attack_atlas_section) on a small atlas table built by hand: rows of this row
+format whose `max_train` is left out (written empty, read back missing: the whole training set),
+written to a CSV with `write_table` and read back with `read_table`, so the tuple columns (sigmas,
+curves) take the path a real atlas takes. No model is trained."""
 
 import math
 

@@ -90,8 +90,12 @@ def test_keys_cover_the_resolved_settings(monkeypatch):
     monkeypatch.setattr(smoothness, "ESTIMATOR_VERSION", smoothness.ESTIMATOR_VERSION + 1)
     changed.append(key())
     monkeypatch.undo()
-    monkeypatch.setattr(sw, "ROW_FORMAT", sw.ROW_FORMAT + 1)
+    monkeypatch.setattr(sw, "KEY_FORMAT", sw.KEY_FORMAT + 1)
     changed.append(key())
+    monkeypatch.undo()
+    # a new column a point gives (row format 5's max_train) is not a change of what keys cover
+    monkeypatch.setattr(sw, "ROW_FORMAT", sw.ROW_FORMAT + 1)
+    assert key() == default["key"]
     monkeypatch.undo()
     monkeypatch.setitem(sw.ESTIMATOR_SETTINGS, "common_noise", True)
     changed.append(key())

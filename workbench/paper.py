@@ -24,41 +24,34 @@ from .patterns import measure_patterns, pattern_table, random_patches, universal
 from .poison import triggered_pairs
 from .report import Raw, ci, percent, pval, table_html, write_report
 from .stats import spearman_ci
-from .sweep import ROW_FORMAT, SIZED, _check_table, current_rows, read_table
+from .sweep import (ROW_FORMAT, RUN_COLUMNS, _check_table, current_rows,  # noqa: F401
+                    latest_per_run, read_table)
 from .train import environment, train_backdoor
 from .triggers import TRIGGERS, Patch
 
 
-# the columns that name one trained run: rows equal on these measure the same model
-RUN_COLUMNS = ("dataset", "trigger", "rate", "target", "seed", "model", "epochs")
-
-
-def latest_per_run(table: pd.DataFrame) -> tuple[pd.DataFrame, int]:
-    """One row per trained run (the last one in the table) and how many rows were left out.
-
-    A CSV can hold a run twice under different keys (measured again after a change of settings
-    or of the estimator); both rows come from one model, so a correlation over runs counts it
-    once.
-    """
-    _check_table("table", table)
-    latest = table.drop_duplicates(subset=list(RUN_COLUMNS), keep="last")
-    return latest, len(table) - len(latest)
+# A trained run is named by `sweep.RUN_COLUMNS` (dataset, attack, trigger, poisoning, target mode,
+# rate, target, seed, model, epochs, training subset) and counted once by `sweep.latest_per_run`:
+# the one definition, shared with the atlas's figures (both names are kept here as they were).
 
 
 def report_rows(table: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
     """The rows a report uses: those of this version's row format (`sweep.current_rows`: rows of
-    older tables are set apart, never mixed in), one per trained run (`latest_per_run`), sorted
-    by dataset, trigger, rate, target and seed. Returns (rows, {"stale": n, "superseded": m})."""
+    older tables are set apart, never mixed in), one per trained run (`latest_per_run`: rows of
+    different attacks are different runs), sorted by dataset, trigger, attack, rate, target and
+    seed. Returns (rows, {"stale": n, "superseded": m})."""
     current, stale = current_rows(table)
     latest, superseded = latest_per_run(current)
-    latest = latest.sort_values(["dataset", "trigger_type", "trigger_size", "rate", "target",
-                                 "seed"], kind="stable").reset_index(drop=True)
+    latest = latest.sort_values(["dataset", "trigger_type", "trigger_size", "attack", "poisoning",
+                                 "target_mode", "max_train", "rate", "target", "seed"],
+                                kind="stable").reset_index(drop=True)
     return latest, {"stale": stale, "superseded": superseded}
 
 
 def headline(table: pd.DataFrame) -> dict:
     """Spearman correlations of ASR with the mean-W gap and with the radius gap, per dataset,
     over distinct runs (`latest_per_run`): "runs" is the n of the intervals."""
+    _check_table("table", table)
     table, _ = latest_per_run(table)
     out = {}
     for ds, rows in table.groupby("dataset", sort=True):
@@ -532,20 +525,18 @@ def pattern_size_study(dataset: str = "digits", sizes=None, n_random: int = 2, s
 
 # --- The paper report (reports/paper.html) -----------------------------------------------------
 
-def _trigger_name(kind: str, size: int) -> str:
-    return f"{kind} {size}×{size}" if kind in SIZED else kind
-
-
 def attack_strength_table(rows: pd.DataFrame) -> pd.DataFrame:
-    """A sweep's rows for people (`report_rows`' order): human headers, rates as percentages,
-    accuracies to 3 decimals, each gap with its 95% interval in one column, p-values to 2
-    digits; target, seed, model and epochs only where they vary (else `run_settings` says). The
-    radius gap's p-value stays in the CSV (its interval is shown)."""
+    """A sweep's rows for people (`report_rows`' order): human headers, the trigger named with
+    its attack where that is not the plain trigger (`plots.sweep_series`: "Patch/all-to-all:
+    Patch 3×3") and the training subset where limited, rates as percentages, accuracies to 3
+    decimals, each gap with its 95% interval in one column, p-values to 2 digits; target, seed,
+    model and epochs only where they vary (else `run_settings` says). The radius gap's p-value
+    stays in the CSV (its interval is shown)."""
     _check_table("rows", rows)
     vary = [c for c in ("model", "epochs", "target", "seed") if rows[c].nunique() > 1]
     out = []
     for r in rows.to_dict("records"):
-        row = {"dataset": r["dataset"], "trigger": _trigger_name(r["trigger_type"], r["trigger_size"]),
+        row = {"dataset": r["dataset"], "trigger": plots.sweep_series(r),
                "poisoning rate": "0 (control)" if r["rate"] == 0 else percent(r["rate"])}
         row.update({c: r[c] for c in vary})
         row.update({
@@ -772,7 +763,7 @@ def detection_rows(dets: list) -> list[dict]:
 
 def atlas_rows(table: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
     """The atlas rows a report uses: rows of this version's row format whose `attack` is set, one
-    per trained run (`plots.atlas_frame`: runs are named by `plots.ATLAS_RUN_COLUMNS`, which tell
+    per trained run (`plots.atlas_frame`: runs are named by `sweep.RUN_COLUMNS`, which tell
     Patch from Patch/clean-label), sorted by family and attack (display order), dataset, rate and
     seed. Returns (rows, {"read": n, "used": m}); rows is empty (never an error) when `table`
     holds no atlas rows of this row format."""

@@ -12,11 +12,13 @@ from numbers import Real
 from typing import Sequence
 
 import numpy as np
+import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from ._validate import check_choice, check_float, check_int
 from .stats import t_interval
+from .sweep import RUN_COLUMNS, SIZED, current_rows, latest_per_run
 
 COLOUR_BY = ("class", "entropy")  # what a landscape's heatmap shows
 
@@ -223,21 +225,53 @@ def _sweep_rows(table) -> list[dict]:
     return list(table)
 
 
+def _text(row, column: str) -> str:
+    """A text cell of a sweep row, "" where missing (None, NaN, <NA>) or absent."""
+    v = row.get(column)
+    return "" if v is None or pd.isna(v) else str(v)
+
+
+def sweep_series(row) -> str:
+    """The series a sweep row belongs to (one attack on one dataset, every rate, target and seed),
+    for people: its trigger ("Patch 3×3", "Blend"), after the attack's name where the attack is
+    not the plain trigger (an atlas attack: "Patch/all-to-all: Patch 3×3", "Patch/clean-label:
+    Patch 5×5"), with the training subset where it was limited (", first 20,000 training
+    images"). Rows of different series are different runs (`sweep.RUN_COLUMNS`) at any rate,
+    target and seed. row: a dict (or pandas Series) of a sweep row; the attack's columns may be
+    missing (a plain sweep)."""
+    kind = _text(row, "trigger_type")
+    size = row.get("trigger_size")
+    name = f"{kind} {size}×{size}" if kind in SIZED else kind
+    attack = _text(row, "attack")
+    if attack and (attack != kind or _text(row, "poisoning") not in ("", "dirty-label")
+                   or _text(row, "target_mode") not in ("", "all-to-one")):
+        name = f"{attack}: {name}"
+    limit = row.get("max_train")
+    if limit is not None and not pd.isna(limit):
+        name += f", first {int(limit):,} training images"
+    return name
+
+
+def _series_key(row) -> tuple:
+    return (_text(row, "dataset"), sweep_series(row))
+
+
 def attack_strength(table, x: str = "attack_success_rate", title: str | None = None) -> go.Figure:
-    """Smoothing gap (with its CI) against ASR (or another column), one colour per trigger size;
+    """Smoothing gap (with its CI) against ASR (or another column), one colour per series (an
+    attack's trigger on a dataset: `sweep_series`, so two attacks sharing a trigger stay apart);
     rate-0 (clean) controls drawn as open symbols. table: a sweep DataFrame or a list of rows."""
     rows = _sweep_rows(table)
     if rows:  # x: a numeric column of the table
         check_choice("x", x, list(dict.fromkeys(k for r in rows for k, v in r.items()
                                                 if isinstance(v, Real) and not isinstance(v, bool))))
     fig = go.Figure()
-    groups = sorted({(r["dataset"], r["trigger_type"], r["trigger_size"]) for r in rows})
-    for i, (ds, kind, size) in enumerate(groups):
-        g = [r for r in rows if (r["dataset"], r["trigger_type"], r["trigger_size"]) == (ds, kind, size)]
+    groups = sorted({_series_key(r) for r in rows})  # one attack on one dataset: its runs
+    for i, (ds, series) in enumerate(groups):
+        g = [r for r in rows if _series_key(r) == (ds, series)]
         colour = OKABE_ITO[i % len(OKABE_ITO)]
         fig.add_trace(go.Scatter(
             x=[r[x] for r in g], y=[r["gap"] for r in g], mode="markers",
-            name=f"{ds} · {kind} {size}",
+            name=f"{ds} · {series}",
             marker=dict(color=colour, size=10, symbol=["circle-open" if r["rate"] == 0 else "circle" for r in g]),
             error_y=dict(type="data", symmetric=False, array=[r["gap_ci_high"] - r["gap"] for r in g],
                          arrayminus=[r["gap"] - r["gap_ci_low"] for r in g], thickness=1),
@@ -252,19 +286,18 @@ def attack_strength(table, x: str = "attack_success_rate", title: str | None = N
 
 
 def rate_curves(table) -> go.Figure:
-    """ASR and smoothing gap against the poisoning rate (rate 0 plotted at the axis' left end).
-    table: a sweep DataFrame or a list of rows."""
+    """ASR and smoothing gap against the poisoning rate (rate 0 plotted at the axis' left end),
+    one line per series (`sweep_series`). table: a sweep DataFrame or a list of rows."""
     rows = _sweep_rows(table)
     fig = make_subplots(rows=1, cols=2, subplot_titles=("attack success rate", "smoothing gap"))
-    groups = sorted({(r["dataset"], r["trigger_type"], r["trigger_size"]) for r in rows})
+    groups = sorted({_series_key(r) for r in rows})  # one attack on one dataset: its runs
     positive = [r["rate"] for r in rows if r["rate"] > 0]
     floor = min(positive) / 3 if positive else 1e-4
     for i, key in enumerate(groups):
-        g = sorted((r for r in rows if (r["dataset"], r["trigger_type"], r["trigger_size"]) == key),
-                   key=lambda r: r["rate"])
+        g = sorted((r for r in rows if _series_key(r) == key), key=lambda r: r["rate"])
         xs = [r["rate"] if r["rate"] > 0 else floor for r in g]
         colour = OKABE_ITO[i % len(OKABE_ITO)]
-        name = f"{key[0]} · {key[1]} {key[2]}"
+        name = f"{key[0]} · {key[1]}"
         fig.add_trace(go.Scatter(x=xs, y=[r["attack_success_rate"] for r in g], name=name,
                                  line_color=colour, legendgroup=name), row=1, col=1)
         fig.add_trace(go.Scatter(x=xs, y=[r["gap"] for r in g], name=name, line_color=colour,
@@ -383,10 +416,9 @@ def roc_figure(results) -> go.Figure:
 # the columns an atlas row has beyond a plain sweep row's (sweep row format 4, workbench.atlas)
 ATLAS_COLUMNS = ("attack", "family", "poisoning", "target_mode", "trigger_l2", "trigger_linf",
                  "sigmas", "clean_curve", "triggered_curve")
-# the columns that name one trained run of the atlas: rows equal on these measure the same model
-# (the trigger's repr alone does not: Patch and Patch/clean-label share it)
-ATLAS_RUN_COLUMNS = ("attack", "dataset", "trigger", "poisoning", "target_mode", "rate", "target",
-                     "seed", "model", "epochs")
+# the columns that name one trained run: the sweep's one definition (`sweep.RUN_COLUMNS`; the
+# trigger's repr alone does not: Patch and Patch/clean-label share it), under its former name
+ATLAS_RUN_COLUMNS = RUN_COLUMNS
 NORMS = {"trigger_l2": "mean L2 norm of the trigger (x′ − x)",
          "trigger_linf": "mean L∞ norm of the trigger (x′ − x)"}
 _DATASET_DASH = ("solid", "dash", "dot", "dashdot")
@@ -410,14 +442,12 @@ def _ordered(values, reference) -> list:
 
 def atlas_frame(table, allow_empty: bool = False):
     """The atlas rows of a sweep table, ready to draw: a copy holding only rows of this version's
-    row format (`sweep.current_rows`) whose `attack` is set, one per trained run (the last of
-    rows equal on `ATLAS_RUN_COLUMNS`), sorted by family and attack (display order), dataset,
-    rate and seed. table: `read_table`'s DataFrame (or a list of its rows as dicts). Raises
-    ValueError when a column is missing, or when no atlas row is left unless `allow_empty`."""
-    import pandas as pd
-
-    from .sweep import current_rows
-
+    row format (`sweep.current_rows`) whose `attack` is set, one per trained run
+    (`sweep.latest_per_run`: the last of rows equal on `sweep.RUN_COLUMNS`), sorted by family and
+    attack (display order), dataset, rate and seed. table: `read_table`'s DataFrame (or a list of
+    its rows as dicts). Raises ValueError when a column is missing, when an attack holds several
+    settings on one dataset (triggers, poisoning, target modes or training subsets), or when no
+    atlas row is left unless `allow_empty`."""
     if isinstance(table, list):
         table = pd.DataFrame(table)
     if not isinstance(table, pd.DataFrame):
@@ -431,15 +461,16 @@ def atlas_frame(table, allow_empty: bool = False):
     rows, _ = current_rows(table)
     attack = rows["attack"].fillna("").astype(str).str.strip()
     rows = rows[attack != ""]
-    rows = rows.drop_duplicates(subset=list(ATLAS_RUN_COLUMNS), keep="last")
+    rows, _ = latest_per_run(rows)
     kinds = rows.groupby(["attack", "dataset"])[["trigger_type", "trigger_size", "poisoning",
-                                                 "target_mode"]].nunique()
+                                                 "target_mode", "max_train"]].nunique(dropna=False)
     several = kinds[(kinds > 1).any(axis=1)]
     if len(several):
         attack, ds = several.index[0]
-        raise ValueError(f"`table`'s rows of attack {attack!r} on {ds!r} hold several triggers or "
-                         "poisoning settings (e.g. a plain sweep of trigger sizes): an atlas names "
-                         "each setting as its own attack. Keep one setting per attack.")
+        raise ValueError(f"`table`'s rows of attack {attack!r} on {ds!r} hold several triggers, "
+                         "poisoning settings or training subsets (e.g. a plain sweep of trigger "
+                         "sizes, or one on the whole training set beside the atlas's): an atlas "
+                         "names each setting as its own attack. Keep one setting per attack.")
     if not len(rows) and allow_empty:
         return rows.reset_index(drop=True)
     if not len(rows):

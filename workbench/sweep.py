@@ -7,7 +7,7 @@ local processes by default, a Dask cluster with `distributed.Client(...).get_exe
 
 A row is reused only when its key matches: the key covers everything its numbers depend on (the
 run's settings with the dataset's defaults resolved, the resolved σ grid, the estimator's settings,
-ESTIMATOR_VERSION, the training cache format and ROW_FORMAT), so rows made under other settings or
+ESTIMATOR_VERSION, the training cache format and KEY_FORMAT), so rows made under other settings or
 by older code never match and are computed again. Several sweeps may share one CSV: appends hold an
 flock on `.NAME.lock` next to it, and a sweep holds a claim (`.NAME.claims/KEY.lock`, flocked) on
 each point it computes, so the others skip it and read its row when it is done; a claim dies with
@@ -18,7 +18,16 @@ The table comes back as a pandas DataFrame (`read_table`, `run_sweep`): one row 
 `COLUMNS` typed (`COLUMN_TYPES`). Every row says which `row_format` made it; `current_rows` keeps
 those of this version. Tables written before row format 3 (no `row_format` column) are read with
 `row_format` missing (<NA>), and the first sweep that appends to one rewrites its header, keeping
-their rows (unused: their keys never match).
+their rows (unused: their keys never match). Rows of row format 4 lack only `max_train`: their
+keys are those of this version, and a sweep that reuses one completes it from its grid point.
+
+A trained run is named by `RUN_COLUMNS` (its identity: dataset, attack, trigger, poisoning, target
+mode, rate, target, seed, model, epochs, training subset); one run measured under several keys
+(other pairs, samples, σ grid, estimator) is counted once by `latest_per_run`. Every module that
+tells runs apart (the paper report, the atlas's figures) uses these two.
+
+An atlas grid (`SweepGrid(attacks=...)`) writes to `workbench.atlas.ATLAS_CSV` (reports/atlas.csv)
+by default, any other grid to reports/sweep.csv (`default_table`), as the command line does.
 """
 
 from __future__ import annotations
@@ -49,6 +58,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from ._validate import check_choice, check_float, check_int, check_seed, check_sigmas
+from .atlas import ATLAS_CSV
 from .data import DATASET_SHAPES, DATASETS
 from .fileio import atomic_write
 from .models import MODELS
@@ -68,7 +78,15 @@ except ImportError:  # pragma: no cover - Windows
 # 4: attacks (the atlas, `workbench.atlas`): attack, family, poisoning, target_mode columns, the
 #    trigger's size (trigger_l2, trigger_linf) and the mean W_σ curves (sigmas, clean_curve,
 #    triggered_curve); pairs drawn by the run's `triggered_pairs` (every target mode).
-ROW_FORMAT = 4
+# 5: the training subset (`max_train`: None = the whole training set), a column of the run's
+#    identity (RUN_COLUMNS). Its numbers are computed as format 4's and its keys are format 4's
+#    (KEY_FORMAT): a row of format 4 whose key matches a grid point is completed from the point
+#    (`_COMPLETABLE`), not computed again.
+ROW_FORMAT = 5
+# The version of what keys cover and of how a row's numbers are computed: bump it (and ROW_FORMAT)
+# whenever a change in this module can move a number in a row or changes the key; bump ROW_FORMAT
+# alone for a column whose value a grid point gives (then list it in _COMPLETABLE).
+KEY_FORMAT = 4
 
 # The estimator settings every row is measured with: passed explicitly to the estimator by
 # `run_point` and part of every key, so a change here can never reuse rows made with the old ones.
@@ -78,15 +96,17 @@ ESTIMATOR_SETTINGS = {
     "summary": "mean", "confidence": 0.95,
     "radius_threshold": 0.1,  # the radius gap's threshold, as a fraction of log K
 }
-# Each column and its type in `read_table`'s DataFrame: "str", "int" (int64; a row without one is
-# damaged), "float" (float64, NaN where empty), "Int64" (nullable int: rows of older tables have no
-# row format), "floats" (a tuple of floats, stored as ";"-joined numbers; () where empty).
+# Each column and its type in `read_table`'s DataFrame: "str" ("" where empty or missing), "int"
+# (int64; a row without one is damaged), "float" (float64, NaN where empty), "Int64" (nullable int:
+# rows of older tables have no row format; max_train is <NA> for the whole training set), "floats"
+# (a tuple of floats, stored as ";"-joined numbers; () where empty).
 COLUMN_TYPES = {
     "key": "str", "row_format": "Int64", "dataset": "str", "attack": "str", "family": "str",
     "trigger": "str", "trigger_type": "str", "trigger_size": "int", "trigger_l2": "float",
     "trigger_linf": "float", "poisoning": "str", "target_mode": "str",
     "rate": "float", "target": "int", "seed": "int", "model": "str",
-    "epochs": "int", "clean_accuracy": "float", "attack_success_rate": "float", "gap": "float",
+    "epochs": "int", "max_train": "Int64", "clean_accuracy": "float",
+    "attack_success_rate": "float", "gap": "float",
     "gap_ci_low": "float", "gap_ci_high": "float", "p_value": "float", "radius_gap": "float",
     "radius_gap_ci_low": "float", "radius_gap_ci_high": "float", "radius_p_value": "float",
     "clean_mean_W": "float", "triggered_mean_W": "float", "n_pairs": "int", "n_samples": "int", "sigma_min": "float", "sigma_max": "float",
@@ -104,7 +124,11 @@ _LEGACY_COLUMNS = ["key", "dataset", "trigger", "trigger_type", "trigger_size", 
 _FORMAT3_COLUMNS = (_LEGACY_COLUMNS[:17] + ["radius_gap_ci_low", "radius_gap_ci_high"]
                     + _LEGACY_COLUMNS[17:])
 _FORMAT3_COLUMNS.insert(1, "row_format")
-_OLDER_COLUMNS = [_FORMAT3_COLUMNS, _LEGACY_COLUMNS]
+_FORMAT4_COLUMNS = [c for c in COLUMNS if c != "max_train"]
+_OLDER_COLUMNS = [_FORMAT4_COLUMNS, _FORMAT3_COLUMNS, _LEGACY_COLUMNS]
+# Older row formats whose rows are completed when a sweep reuses them (their keys are this
+# version's: KEY_FORMAT): format -> the columns they lack, each the grid point's value.
+_COMPLETABLE = {4: ("max_train",)}
 # a column an older table lacks must have a "missing" value: not an int
 assert all(COLUMN_TYPES[c] != "int" for old in _OLDER_COLUMNS for c in COLUMNS if c not in old)
 # A grid names triggers by type and size: those whose content must be given (a crafted pattern)
@@ -113,6 +137,16 @@ assert all(COLUMN_TYPES[c] != "int" for old in _OLDER_COLUMNS for c in COLUMNS i
 # (LowFrequency, TrojanNN: optimised on a clean model; craft them, then train_backdoor).
 SWEEPABLE = tuple(k for k in TRIGGERS if k != "PatternPatch" and k not in CRAFTED)
 SIZED = tuple(k for k in SWEEPABLE if "size" in TRIGGERS[k]._params)
+
+# The identity of a trained run: the columns that name it. Rows equal on these measure the same
+# model (measured again under another key: other pairs, samples, σ grid, estimator or versions);
+# rows that differ on any of them are different models: the attack (Patch and Patch/all-to-all
+# share trigger, rate and seed), its poisoning and target mode, the training subset (the atlas
+# trains Fashion-MNIST on its first 20,000 images). The one definition: `latest_per_run`, the
+# paper report and the atlas's figures use it.
+RUN_COLUMNS = ("dataset", "attack", "trigger", "trigger_type", "trigger_size", "poisoning",
+               "target_mode", "rate", "target", "seed", "model", "epochs", "max_train")
+assert set(RUN_COLUMNS) <= set(COLUMN_TYPES)
 
 
 def trigger_config(kind: str, size: int) -> dict:
@@ -356,7 +390,7 @@ class SweepGrid:
                  "max_train": extra.get("max_train"),
                  "n_pairs": self.n_pairs, "n_samples": self.n_samples,
                  "sigmas": [float(x) for x in sig], "estimator": dict(ESTIMATOR_SETTINGS),
-                 "versions": {"row_format": ROW_FORMAT, "estimator": ESTIMATOR_VERSION,
+                 "versions": {"row_format": KEY_FORMAT, "estimator": ESTIMATOR_VERSION,
                               "train_cache": CACHE_FORMAT, "craft": CRAFT_VERSION,
                               "workbench": __version__},
                  "data": fingerprints[d]}
@@ -453,7 +487,8 @@ def run_point(point: dict) -> dict:
             "target_mode": point["target_mode"],
             "rate": point["rate"], "target": point["target"], "seed": point["seed"],
             "model": point["model"], "epochs": run.config["epochs"],
-            "clean_accuracy": run.clean_accuracy, "attack_success_rate": run.attack_success_rate,
+            "max_train": point["max_train"], "clean_accuracy": run.clean_accuracy,
+            "attack_success_rate": run.attack_success_rate,
             "gap": c.gap, "gap_ci_low": c.gap_ci[0], "gap_ci_high": c.gap_ci[1],
             "p_value": c.p_value, "radius_gap": rad["gap"], "radius_gap_ci_low": rad["gap_ci"][0],
             "radius_gap_ci_high": rad["gap_ci"][1], "radius_p_value": rad["p_value"],
@@ -499,6 +534,11 @@ def _train_point(point: dict, data):
                           **common)
 
 
+def _missing(v) -> bool:
+    """A cell's missing value: None, pd.NA, NaN (not a tuple of a "floats" column)."""
+    return v is None or v is pd.NA or (isinstance(v, float) and v != v)
+
+
 def _frame(rows: list[dict]) -> pd.DataFrame:
     """Rows (dicts of `COLUMNS`) as a DataFrame with `COLUMN_TYPES` (also when there are none)."""
     df = pd.DataFrame([[r.get(c) for c in COLUMNS] for r in rows], columns=COLUMNS)
@@ -508,11 +548,12 @@ def _frame(rows: list[dict]) -> pd.DataFrame:
         elif kind == "int":
             df[c] = df[c].astype("int64")
         elif kind == "Int64":
-            df[c] = pd.array([None if v is None or v != v else int(v) for v in df[c]], dtype="Int64")
+            df[c] = pd.array([None if _missing(v) else int(v) for v in df[c]], dtype="Int64")
         elif kind == "floats":
             df[c] = pd.Series([_floats(c, v) for v in df[c]], index=df.index, dtype=object)
-        else:
-            df[c] = df[c].astype(str)
+        else:  # a missing text value is "", as a CSV's empty field reads (never "nan")
+            df[c] = pd.Series(["" if _missing(v) else v for v in df[c]], index=df.index,
+                              dtype=object).astype(str)
     return df
 
 
@@ -534,14 +575,48 @@ def _floats(column: str, value) -> tuple:
 
 
 def _records(table: pd.DataFrame) -> list[dict]:
-    """The rows of a table as dicts of plain Python values (None where missing)."""
+    """The rows of a table as dicts of plain Python values (None where missing: NaN in a text or
+    integer column, e.g. one pandas filled in when concatenating tables, is missing, not "nan")."""
     out = []
     for r in table[COLUMNS].to_dict("records"):
-        out.append({k: (None if v is pd.NA or v is None else
-                        _floats(k, v) if COLUMN_TYPES.get(k) == "floats" else
+        out.append({k: (_floats(k, v) if COLUMN_TYPES.get(k) == "floats" else
+                        None if _missing(v) else
                         v.item() if hasattr(v, "item") else v)
                     for k, v in r.items()})
     return out
+
+
+def run_identity(table: pd.DataFrame) -> pd.DataFrame:
+    """The `RUN_COLUMNS` of `table`'s rows (same index), each missing value made one value: "" in
+    a text column, <NA> in a number column (Float64). A column the table lacks (a table built by
+    hand, or of an older layout) is missing in every row: rows of older row formats have a
+    well-defined identity, and one without an attack never equals one with."""
+    if not isinstance(table, pd.DataFrame):
+        raise TypeError("`table` must be a pandas DataFrame of sweep rows (as `read_table` "
+                        f"returns); got {type(table).__name__}.")
+    out = {}
+    for c in RUN_COLUMNS:
+        values = table[c].tolist() if c in table.columns else [None] * len(table)
+        if COLUMN_TYPES[c] == "str":
+            out[c] = pd.Series(["" if _missing(v) else str(v) for v in values], index=table.index,
+                               dtype=object)
+        else:
+            out[c] = pd.Series([pd.NA if _missing(v) else float(v) for v in values],
+                               index=table.index, dtype="Float64")
+    return pd.DataFrame(out, index=table.index)
+
+
+def latest_per_run(table: pd.DataFrame) -> tuple[pd.DataFrame, int]:
+    """One row per trained run (`run_identity`): the last one in the table, and how many rows were
+    left out.
+
+    A CSV can hold a run twice under different keys (measured again after a change of settings
+    or of the estimator); both rows come from one model, so a correlation over runs counts it
+    once. Rows of different attacks, poisoning or target modes, or training subsets are different
+    runs, whatever else they share.
+    """
+    later = run_identity(table).duplicated(keep="last").to_numpy()
+    return table[~later], int(later.sum())
 
 
 def current_rows(table: pd.DataFrame) -> tuple[pd.DataFrame, int]:
@@ -741,11 +816,14 @@ class _Store:
         return self._rows
 
     def finished(self) -> dict[str, dict]:
-        """key -> row of every point finished so far (rows of this row format only), after
-        repairing a torn tail."""
+        """key -> row of every point finished so far, after repairing a torn tail: rows of this
+        row format, and of the older formats a sweep completes (`_COMPLETABLE`, where no row of
+        this format has the key)."""
         with self.locked():
             self._repair()
-            return _latest_by_key([r for r in self._read() if r["row_format"] == ROW_FORMAT])
+            rows = self._read()
+            older = _latest_by_key([r for r in rows if r["row_format"] in _COMPLETABLE])
+            return {**older, **_latest_by_key([r for r in rows if r["row_format"] == ROW_FORMAT])}
 
     def _repair(self) -> None:
         """Make the file end with a complete record, the lock held. A torn tail (a write cut by a
@@ -803,9 +881,12 @@ class _Store:
         if torn:
             self._set_aside(torn)
         atomic_write(self.path, _HEADER + b"".join(out))
+        completable = ", ".join(map(str, sorted(_COMPLETABLE)))
         warnings.warn(f"{self.path} is a sweep table of an older workbench (row format before "
                       f"{ROW_FORMAT}): its header was upgraded to row format {ROW_FORMAT}; its {n} "
-                      "rows are kept with their older or an empty row_format (never reused: they "
+                      "rows are kept with their older or an empty row_format (rows of row format "
+                      f"{completable} are completed from the sweep's grid points where their keys "
+                      "match, with no training or measuring; older ones are never reused: they "
                       "are computed again)"
                       + (f", and torn text was moved to {self.torn_path}" if torn else "") + ".",
                       stacklevel=4)
@@ -962,14 +1043,46 @@ def dask_executor(client, threads_per_worker: int | None = None) -> cf.Executor:
 
 
 _POLL = 0.5  # seconds between looks at points another sweep is computing
+SWEEP_CSV = "reports/sweep.csv"  # the default table of a grid of triggers
 
 
-def run_sweep(grid: SweepGrid, path: str | os.PathLike | None = "reports/sweep.csv",
+def default_table(grid: SweepGrid) -> str:
+    """Where `run_sweep` writes `grid`'s rows unless told: `workbench.atlas.ATLAS_CSV`
+    (reports/atlas.csv) for a grid of attacks (`SweepGrid(attacks=...)`, `atlas_grid`), SWEEP_CSV
+    (reports/sweep.csv) for a grid of triggers: the command line's defaults (`sweep --atlas`,
+    `sweep`) and the tables `paper_report` reads."""
+    if not isinstance(grid, SweepGrid):
+        raise TypeError(f"`grid` must be a SweepGrid; got {type(grid).__name__}.")
+    return ATLAS_CSV if grid.attacks is not None else SWEEP_CSV
+
+
+class _DefaultTable:
+    """`run_sweep`'s default `path`: `default_table(grid)`."""
+
+    def __repr__(self) -> str:
+        return "default_table(grid)"
+
+
+_DEFAULT_TABLE = _DefaultTable()
+
+
+def _complete(row: dict, point: dict) -> dict:
+    """A row of an older format of `_COMPLETABLE` (its key is `point`'s) as this format: the
+    columns it lacks take the point's values."""
+    return dict(row, row_format=ROW_FORMAT,
+                **{c: point[c] for c in _COMPLETABLE[row["row_format"]]})
+
+
+def run_sweep(grid: SweepGrid, path: str | os.PathLike | None = _DEFAULT_TABLE,
               executor: cf.Executor | None = None, max_workers: int | None = None,
               resume: bool = True, progress: bool = True) -> pd.DataFrame:
     """Run every grid point not already in `path`; return all rows of the grid as a DataFrame
     (as `read_table`'s, in the grid's order); `.attrs["computed"]` lists the keys this call
     computed itself (the others were read back from `path`).
+
+    path: the CSV (default `default_table(grid)`: reports/atlas.csv for a grid of attacks,
+    reports/sweep.csv otherwise), or None for no file. A row of row format 4 (before `max_train`)
+    whose key is a grid point's is completed from the point and appended, not computed again.
 
     executor: any concurrent.futures.Executor (None: a local process pool of `max_workers`,
     or in-process when max_workers == 1). Rows are appended to `path` as they finish.
@@ -980,6 +1093,8 @@ def run_sweep(grid: SweepGrid, path: str | os.PathLike | None = "reports/sweep.c
     """
     if not isinstance(grid, SweepGrid):
         raise TypeError(f"`grid` must be a SweepGrid; got {type(grid).__name__}.")
+    if path is _DEFAULT_TABLE:
+        path = default_table(grid)
     if path is not None and not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"`path` must be None, a str or an os.PathLike; got {path!r}.")
     if executor is not None and not isinstance(executor, cf.Executor):
@@ -1001,6 +1116,18 @@ def run_sweep(grid: SweepGrid, path: str | os.PathLike | None = "reports/sweep.c
         path.parent.mkdir(parents=True, exist_ok=True)
         store = _Store(path)
         done = store.finished()
+
+    def reuse(p: dict, row: dict) -> dict:
+        """A finished row of point `p`: completed (and appended) when of an older format."""
+        if row["row_format"] != ROW_FORMAT:
+            row = _complete(row, p)
+            store.append(row)
+        done[p["key"]] = row
+        return row
+
+    for p in points:
+        if p["key"] in done:
+            reuse(p, done[p["key"]])
     waiting = [p for p in points if p["key"] not in done]
     bar = tqdm(total=len(points), initial=len(points) - len(waiting), desc="sweep", unit="run",
                disable=not progress)
@@ -1028,7 +1155,7 @@ def run_sweep(grid: SweepGrid, path: str | os.PathLike | None = "reports/sweep.c
                 try:
                     row = store.finished().get(p["key"]) if store is not None else None
                     if row is not None:  # another sweep finished it since we looked
-                        done[p["key"]] = row
+                        reuse(p, row)
                         bar.update(1)
                         continue
                     try:
@@ -1127,6 +1254,7 @@ def __getattr__(name: str):
 
 
 __all__ = ["SweepGrid", "SweepError", "SweepFileError", "run_sweep", "read_table", "write_table",
-           "current_rows", "run_point", "point_key", "spearman_ci", "local_executor",
-           "dask_executor", "trigger_config", "COLUMNS", "COLUMN_TYPES", "ROW_FORMAT",
+           "current_rows", "latest_per_run", "run_identity", "default_table", "run_point",
+           "point_key", "spearman_ci", "local_executor", "dask_executor", "trigger_config",
+           "COLUMNS", "COLUMN_TYPES", "ROW_FORMAT", "KEY_FORMAT", "RUN_COLUMNS", "SWEEP_CSV",
            "ESTIMATOR_SETTINGS"]
