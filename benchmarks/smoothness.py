@@ -195,6 +195,9 @@ def _gap_run(model, pairs, sig, n, seed, design):
         finally:
             sampling.DESIGN_UNIT[design["noise_design"]] = old
     kw = {k: v for k, v in design.items() if k not in ("label", "allocation")}
+    if kw.get("noise_design", "iid") != "iid" and "target_se" not in kw:
+        # a gap under a dependent design needs the jackknife's bias correction (check_gap_design)
+        kw.setdefault("bias_correction", "jackknife")
     alloc = design.get("allocation", "equal")
     if alloc == "equal" and "target_se" not in kw:
         r_c, r_t = estimate_pair(model, pairs.clean, pairs.triggered, sig, n, seed=seed,
@@ -221,7 +224,9 @@ def design_variance(model, pairs, sig, n, reps, design, ref=None):
         mt.append(r_t.mean_entropy())
         cells.append(np.concatenate([r_c.entropy, r_t.entropy]))
         ses.append(np.concatenate([r_c.entropy_se, r_t.entropy_se]))
-        used.append(r_c.n_samples.sum() + r_t.n_samples.sum())
+        # the pilot's samples only allocate (estimate_pair), but they are paid for
+        used.append(sum(r.n_samples.sum() + r.settings.get("pilot", 0) * r.n_samples.size
+                        for r in (r_c, r_t)))
         if ref is not None:
             lo = np.concatenate([r_c.ci_low, r_t.ci_low])
             hi = np.concatenate([r_c.ci_high, r_t.ci_high])
@@ -269,6 +274,12 @@ DESIGNS = [
      "allocation": "neyman"},
     {"label": "antithetic + Neyman per cell (pilot 16)", "noise_design": "antithetic",
      "allocation": "neyman"},
+    {"label": "antithetic + jackknife bias correction", "noise_design": "antithetic",
+     "bias_correction": "jackknife"},
+    {"label": "antithetic + jackknife + Neyman per cell (pilot 16)", "noise_design": "antithetic",
+     "bias_correction": "jackknife", "allocation": "neyman"},
+    {"label": "iid + jackknife bias correction", "noise_design": "iid",
+     "bias_correction": "jackknife"},
     {"label": "antithetic LHS + Neyman per cell (pilot 16)", "noise_design": "antithetic-lhs",
      "allocation": "neyman"},
     {"label": "Latin hypercube + Neyman per cell (pilot 16)", "noise_design": "lhs",
@@ -479,7 +490,9 @@ def _independent_twins(model, pairs, sig, n, reps):
         d.append(r_c.mean_entropy() - r_t.mean_entropy())
         m.append(np.concatenate([r_c.mean_entropy(), r_t.mean_entropy()]))
         cells.append(np.concatenate([r_c.entropy, r_t.entropy]))
-        used.append(r_c.n_samples.sum() + r_t.n_samples.sum())
+        # the pilot's samples only allocate (estimate_pair), but they are paid for
+        used.append(sum(r.n_samples.sum() + r.settings.get("pilot", 0) * r.n_samples.size
+                        for r in (r_c, r_t)))
     return np.array(d), np.array(m), np.array(cells), float(np.mean(used))
 
 

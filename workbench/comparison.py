@@ -128,6 +128,8 @@ def compare_smoothness(model: nn.Module, clean: torch.Tensor, triggered: torch.T
         k = check_model_input(model, clean, "clean")
         check_float("threshold", threshold, 0.0, 1.0 if kwargs.get("normalize") else math.log(k),
                     low_open=True)
+    if summary != "certified":
+        _sm.check_gap_design(kwargs.get("noise_design", "iid"), kwargs.get("bias_correction"))
     seed = check_seed("seed", seed, generator=False)
     if not isinstance(paired_noise, bool):
         raise TypeError(f"`paired_noise` must be a bool; got {paired_noise!r}.")

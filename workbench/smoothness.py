@@ -16,6 +16,7 @@ estimator, `estimate_smoothness`, and its result, `SmoothnessResult`.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Sequence
@@ -40,7 +41,11 @@ from .stats import (cell_statistics, certified_radii, critical_value, paired_jac
 # n, adaptive sampling stops on the interval, certified radius from a separate selection sample.
 # 4: noise designs (`noise_design`, recorded in every result's settings; a change of its default
 # must bump this too), jackknife SEs over the non-empty groups only (soft mode with n < 10).
-ESTIMATOR_VERSION = 4
+# 5: estimate_pair's pilot only allocates (own draws; no longer kept in the estimate), Neyman
+# allocation for the mean summary only; hard-mode intervals with the second-order variance term,
+# the plug-in's bias allowance on the upper end and a floor under dependent designs' jackknife;
+# Miller–Madow refused under dependent designs.
+ESTIMATOR_VERSION = 5
 JACKKNIFE_GROUPS = GROUPS  # groups of the delete-a-group jackknife (soft mode, jackknife bias fix)
 # Refused above this many noisy forward passes in one call (N inputs × S scales × samples per
 # cell, at most): 10^9 forwards take about 6 hours on 2 CPU cores and 20 minutes on a fast GPU
@@ -50,12 +55,26 @@ SUMMARIES = ("mean", "radius", "certified")  # per-input summaries of a curve (S
 # how estimate_pair spreads the samples over the (input, σ) cells of the twins
 ALLOCATIONS = ("equal", "neyman", "neyman-sigma")
 ALLOCATION_STEP = 8  # allocated samples per cell are multiples of this (and of the design's unit)
-# estimate_pair's noise design for the gap's mean-W and radius summaries, from the measurements
-# (benchmarks/RESULTS.md, "Noise designs"): with Neyman allocation, antithetic pairs need 0.61 of
-# the samples of iid draws for the same gap variance at the same cost per sample; Latin hypercubes
-# need 0.59 of the samples but cost 1.25-1.33x as much per sample on a CPU (the normal quantile of
-# every draw), so more time. The certified summary keeps iid draws (all votes bound).
-GAP_NOISE_DESIGN = "antithetic"
+PILOT_STREAM = 0x50494C4F54  # mixed into the seed for estimate_pair's pilot draws ("PILOT")
+# estimate_pair's noise design for the gap. Iid draws: their plug-in biases cancel between the
+# twins to first order, so the gap is unbiased without a correction (exact-gap simulation in the
+# tests and benchmarks/RESULTS.md, "Allocation without bias"). The antithetic design of
+# ESTIMATOR_VERSION 4 moved the gap by +7 Monte-Carlo SEs; a dependent design now needs
+# bias_correction="jackknife" for a gap (check_gap_design).
+GAP_NOISE_DESIGN = "iid"
+
+
+def check_gap_design(noise_design: str, bias_correction) -> None:
+    """A gap under a dependent noise design needs the jackknife's bias correction: the design
+    changes each twin's vote variances, so the plug-in biases (−½ Σ_c Var(p̂_c)/p_c) no longer
+    cancel between the twins as they do for iid draws (measured on a linear model with an exact
+    gap: +7 Monte-Carlo SEs with antithetic pairs; −0.8 with the jackknife)."""
+    if noise_design != "iid" and bias_correction != "jackknife":
+        raise ValueError(f"`bias_correction` must be 'jackknife' for a smoothing gap with "
+                         f"noise_design={noise_design!r}; got {bias_correction!r}. Under a "
+                         "dependent design the twins' plug-in biases differ and do not cancel "
+                         "in the gap; the delete-a-group jackknife removes them (or use "
+                         "noise_design='iid').")
 
 
 @dataclass(frozen=True)
@@ -354,6 +373,11 @@ def _check_options(model, inputs, sigmas, n_samples, mode, noise, clip, normaliz
         raise ValueError(f"`noise_design` 'sobol' works up to {SOBOL_MAX_DIM} values per image "
                          f"(scipy's Sobol direction numbers); got images of shape "
                          f"{tuple(inputs.shape[1:])}. Use 'lhs' or 'antithetic'.")
+    if noise_design != "iid" and bias_correction == "miller-madow":
+        raise ValueError(f"`bias_correction` 'miller-madow' assumes independent votes, so it "
+                         f"over-corrects under noise_design={noise_design!r} (measured: +0.007 to "
+                         "+0.01 nats, 3-4 Monte-Carlo SEs); use 'jackknife' (over groups of whole "
+                         "units: valid under every design) or noise_design='iid'.")
     if noise_design != "iid" and n_samples < 2 * DESIGN_UNIT[noise_design]:
         raise ValueError(f"`n_samples` must be >= {2 * DESIGN_UNIT[noise_design]} (two units of "
                          f"{DESIGN_UNIT[noise_design]}, for a standard error) with "
@@ -443,7 +467,7 @@ def _statistics(engine: Engine, n_used: np.ndarray, mode, normalize, bias_correc
 
 
 def estimate_pair(model: nn.Module, clean: torch.Tensor, triggered: torch.Tensor,
-                  sigmas: Sequence[float], n_samples: int = 256, *, allocation: str = "neyman",
+                  sigmas: Sequence[float], n_samples: int = 256, *, allocation: str = "equal",
                   pilot: int | None = None, summary: str = "mean", seed: int = 0,
                   paired_noise: bool = True, progress: bool = False,
                   **kwargs) -> tuple[SmoothnessResult, SmoothnessResult]:
@@ -452,28 +476,40 @@ def estimate_pair(model: nn.Module, clean: torch.Tensor, triggered: torch.Tensor
 
     The mean-W gap is a weighted sum over cells of the pairs' differences D_js = W_clean − W_trig
     (trapezoid weights w_s of the σ grid); its Monte-Carlo variance Σ w_s² Var(D_js) / n_js is
-    smallest for a fixed total with n_js ∝ w_s·SD(D_js) (Neyman allocation). A pilot round of
-    `pilot` samples per cell on both twins (shared draws) estimates SD(D_js) by the jackknife over
-    groups of whole units; the budget N·S·n_samples per twin is then spread in proportion to
-    w_s·SD, no cell getting fewer than the pilot nor more than 16·n_samples. Both twins get the
-    same samples in every cell, so pair j keeps its shared draws; the pilot's votes are kept.
-    The certified radius of an allocated result picks its class on the pilot's votes and bounds
-    it on the votes drawn after the pilot (fresh draws; one per unit under a dependent design),
-    so the allocation, which looks at the pilot, cannot bias the bound.
-    allocation: "neyman" (per cell, each cell's variance shrunk half-way to its σ's mean over the
-        inputs, which steadies the pilot's noisy estimates), "neyman-sigma" (per σ: all inputs
-        get the same samples at a σ), "equal" (n_samples everywhere: two estimate_smoothness
-        calls, as compare_smoothness makes).
-    pilot: samples per cell in the first round (default n_samples // 4, at least two units of
-        the noise design and 10); summary: "mean" uses the trapezoid weights, "radius" and
-        "certified" (not weighted sums) equal weights. Results are reproducible by seed: the
-        allocation is a function of the pilot's votes, which are a function of the seed.
-    noise_design (a keyword for `estimate_smoothness`): default GAP_NOISE_DESIGN ("antithetic")
-    for the "mean" and "radius" summaries: the gap's interval is a t-interval over pairs, honest
-    under any design, and antithetic pairs with Neyman allocation measured the least time for a
-    given gap variance (0.61 of iid's samples at the same cost per sample; Latin hypercubes 0.59
-    of the samples at 1.3x the cost); "iid" for "certified" (the bound then uses every post-pilot
-    vote, not one per unit).
+    smallest for a fixed total with n_js ∝ w_s·SD(D_js) (Neyman allocation; Neyman 1934,
+    Cochran 1977 §5.5). Two phases: a pilot of `pilot` samples per cell on both twins (shared
+    draws) estimates SD(D_js) by the jackknife over groups of whole units, and *only* allocates;
+    the estimate then uses n_js fresh draws per cell (the main stream, the draws
+    `estimate_smoothness` with the same seed uses), never the pilot's votes. Given the pilot,
+    each cell is a fixed-n estimate on draws independent of the allocation, so the allocation
+    cannot bias the gap (keeping the pilot's votes, as the estimator did up to
+    ESTIMATOR_VERSION 4, is a data-dependent stopping rule: measured on a linear model with an
+    exact gap, −11 Monte-Carlo SEs and 91% coverage of the 95% interval; benchmarks/RESULTS.md,
+    "Allocation without bias"). The pilot counts in the budget: the N·S·n_samples forwards per
+    twin are the pilot's N·S·pilot plus N·S·(n_samples − pilot) allocated, each cell between
+    the design's minimum and 16·n_samples.
+    allocation: "equal" (default: n_samples everywhere, exactly the two `estimate_smoothness`
+        calls that `compare_smoothness` makes, no pilot), "neyman" (per cell, each cell's
+        variance shrunk half-way to its σ's mean over the inputs, which steadies the pilot's
+        noisy estimates) or "neyman-sigma" (per σ: all inputs get the same samples at a σ).
+        Measured on digits (60 pairs, 12 σ, n = 64, pilot 16; benchmarks/RESULTS.md), an honest
+        pilot costs more than the allocation saves: Neyman per cell needs 1.05 [0.995, 1.11] of
+        equal allocation's samples for the same gap variance, per σ 1.10, hence the default.
+        Neyman allocation needs
+        summary="mean": the radius summaries are not weighted sums of cells, and a certified
+        radius is a lower confidence bound whose value grows with the cell's n, so spreading n
+        unevenly changes what is measured (measured: +25% on the certified gap); they are
+        refused with an allocation other than "equal".
+    pilot: samples per cell of the pilot (default n_samples // 4, at least two units of the
+        noise design and 10; at most n_samples minus the minimum a cell is given).
+    summary: "mean", "radius" or "certified" (the summary the gap is for).
+    noise_design (a keyword for `estimate_smoothness`): default GAP_NOISE_DESIGN ("iid"). Under
+        a dependent design (antithetic, Latin hypercubes, ...) the twins' plug-in biases differ
+        (the design changes each vote frequency's variance, and the bias is −½ Σ_c Var(p̂_c)/p_c),
+        so they no longer cancel in the gap as they do for iid draws: such a design is refused
+        without bias_correction="jackknife" (`check_gap_design`; measured in RESULTS).
+    Results are reproducible by seed: the allocation is a function of the pilot, whose draws
+    come from their own stream (seed mixed with PILOT_STREAM).
     Other keyword arguments go to `estimate_smoothness` (adaptive sampling excluded: the
     allocation replaces it); `paired_noise=False` gives the twins independent draws.
     """
@@ -484,8 +520,14 @@ def estimate_pair(model: nn.Module, clean: torch.Tensor, triggered: torch.Tensor
     if clean.shape != triggered.shape:
         raise ValueError(f"`triggered` must have the shape of `clean` {tuple(clean.shape)}; got "
                          f"{tuple(triggered.shape)}.")
-    check_choice("allocation", allocation, ALLOCATIONS)
     check_choice("summary", summary, SUMMARIES)
+    check_choice("allocation", allocation, ALLOCATIONS)
+    if allocation != "equal" and summary != "mean":
+        raise ValueError(f"`allocation` must be 'equal' with summary={summary!r}; got "
+                         f"{allocation!r}. Neyman allocation is derived for the mean-W gap (a "
+                         "weighted sum of cells); a radius is not one, and a certified radius is "
+                         "a lower bound that grows with a cell's n, so uneven n changes the "
+                         "number itself.")
     seed = check_seed("seed", seed, generator=False)
     if not isinstance(paired_noise, bool):
         raise TypeError(f"`paired_noise` must be a bool; got {paired_noise!r}.")
@@ -507,51 +549,68 @@ def estimate_pair(model: nn.Module, clean: torch.Tensor, triggered: torch.Tensor
              "noise_design", "common_inputs")
     a["sigmas"] = sigmas
     opts = [_check_options(model, x, *(a[k] for k in names)) for x in (clean, triggered)]
+    if summary != "certified":
+        check_gap_design(a["noise_design"], a["bias_correction"])
     if allocation == "equal":
-        return (estimate_smoothness(model, clean, **{**a, "seed": seed}),
-                estimate_smoothness(model, triggered, **{**a, "seed": seed_t}))
+        if pilot is not None:
+            raise ValueError(f"`pilot` applies to Neyman allocation only; got pilot={pilot!r} "
+                             "with allocation='equal'.")
+        extra = {"allocation": "equal", "pilot": 0, "allocation_summary": summary}
+        return tuple(_with_settings(estimate_smoothness(model, x, **{**a, "seed": sd}), extra)
+                     for x, sd in ((clean, seed), (triggered, seed_t)))
     unit = DESIGN_UNIT[a["noise_design"]]
-    low = max(2 * unit, JACKKNIFE_GROUPS)
-    pilot = max(low, -(-(n_samples // 4) // unit) * unit) if pilot is None else check_int(
-        "pilot", pilot, low=low, high=n_samples)
-    if pilot > n_samples:
-        raise ValueError(f"`n_samples` must be >= the pilot ({pilot} samples per cell) with "
-                         f"allocation={allocation!r}; got {n_samples}.")
+    low = max(2 * unit, JACKKNIFE_GROUPS)  # the jackknife's groups, whole units
+    step = max(unit, ALLOCATION_STEP)
+    least = -(-low // step) * step  # the fewest samples a cell of the main phase gets
+    most_pilot = n_samples - least
+    if most_pilot < low:
+        raise ValueError(f"`n_samples` must be >= {low + least} with allocation={allocation!r} "
+                         f"and noise_design={a['noise_design']!r} (a pilot of {low} and at "
+                         f"least {least} fresh samples per cell); got {n_samples}.")
+    pilot = (min(most_pilot, max(low, -(-(n_samples // 4) // unit) * unit)) if pilot is None
+             else check_int("pilot", pilot, low=low, high=most_pilot))
+    # the pilot's own draws: a different stream, so the estimate's draws are those of
+    # estimate_smoothness with the same seed, and independent of the allocation
+    pilots = [_Run(model, x, o, pilot, a["mode"], a["noise"], a["normalize"], None,
+                   a["confidence"], None, a["common_noise"], a["noise_design"],
+                   a["common_inputs"], a["precision"], a["channels_last"], a["memory_budget"],
+                   groups=True, seed=mix_seed(sd, PILOT_STREAM))
+              for x, o, sd in ((clean, opts[0], seed), (triggered, opts[1], seed_t))]
     runs = [_Run(model, x, o, n_samples, a["mode"], a["noise"], a["normalize"],
                  a["bias_correction"], a["confidence"], None, a["common_noise"],
                  a["noise_design"], a["common_inputs"], a["precision"], a["channels_last"],
-                 a["memory_budget"], groups=True, seed=sd)
+                 a["memory_budget"], seed=sd)
             for x, o, sd in ((clean, opts[0], seed), (triggered, opts[1], seed_t))]
     sig = np.asarray(opts[0]["sigmas"], float)
     n_in, s_n = len(clean), len(sig)
+    every = np.ones((n_in, s_n), dtype=bool)
     with preserve_model(model), tqdm(total=2 * n_in * s_n * n_samples, desc="W_σ pair",
                                      unit="fwd", disable=not progress, leave=False) as bar:
         model.to(runs[0].dev)
-        engines = [r.engine(model, x) for r, x in ((runs[0], clean), (runs[1], triggered))]
-        every = np.ones((n_in, s_n), dtype=bool)
-        for e in engines:
+        pe = [r.engine(model, x) for r, x in ((pilots[0], clean), (pilots[1], triggered))]
+        for e in pe:
             e.run(every, 0, pilot, bar)
-        # the certified radius of an allocated cell: its class is chosen on the pilot's votes and
-        # bounded on the votes drawn after it (fresh draws, however many the pilot decided)
-        at_pilot = [(e.counts.clone(), None if e.certify_counts is None else e.certify_counts.clone())
-                    for e in engines]
         n_pilot = np.full((n_in, s_n), pilot, dtype=np.int64)
         var = paired_jackknife_variance(
-            *(t.cpu().double().numpy() for t in (engines[0].counts, engines[0].group_sums,
-                                                 engines[1].counts, engines[1].group_sums)),
+            *(t.cpu().double().numpy() for t in (pe[0].counts, pe[0].group_sums,
+                                                 pe[1].counts, pe[1].group_sums)),
             n_pilot, JACKKNIFE_GROUPS, unit) * pilot  # per-sample variance of D_js
-        weights = _summary_weights(sig) if summary == "mean" else np.full(s_n, 1.0 / s_n)
-        n_used = neyman_allocation(var, weights, n_samples, pilot, unit, allocation,
+        del pe
+        weights = _summary_weights(sig)
+        n_used = neyman_allocation(var, weights, n_samples - pilot, least, unit, allocation,
                                    16 * n_samples)
+        engines = [r.engine(model, x) for r, x in ((runs[0], clean), (runs[1], triggered))]
         for e in engines:
-            e.run(every, pilot, n_used, bar)
-    extra = {"allocation": allocation, "pilot": pilot, "allocation_summary": summary}
-    out = []
-    for r, e, (c0, f0) in zip(runs, engines, at_pilot):
-        cert = (e.counts - c0) if f0 is None else (e.certify_counts - f0)
-        out.append(r.result(e, n_used, selection=c0.cpu().numpy(), certify=cert.cpu().numpy(),
-                            **extra))
+            e.run(every, 0, n_used, bar)
+    extra = {"allocation": allocation, "pilot": pilot, "allocation_summary": summary,
+             "pilot_stream": PILOT_STREAM}
+    out = [r.result(e, n_used, **extra) for r, e in zip(runs, engines)]
     return out[0], out[1]
+
+
+def _with_settings(result: SmoothnessResult, extra: dict) -> SmoothnessResult:
+    """The result with `extra` added to its settings (a new object: results are frozen)."""
+    return dataclasses.replace(result, settings={**result.settings, **extra})
 
 
 def _summary_weights(sigmas: np.ndarray) -> np.ndarray:
@@ -604,6 +663,6 @@ def __getattr__(name):
 
 
 __all__ = ["SmoothnessResult", "estimate_smoothness", "estimate_pair", "neyman_allocation",
-           "ALLOCATIONS", "GAP_NOISE_DESIGN", "default_batch_size", "ESTIMATOR_VERSION",
+           "ALLOCATIONS", "GAP_NOISE_DESIGN", "check_gap_design", "default_batch_size", "ESTIMATOR_VERSION",
            "MAX_FORWARDS", "JACKKNIFE_GROUPS", "check_model_input", "mix_seed",
            "ComparisonResult", "compare_smoothness", "paired_gap"]
