@@ -248,6 +248,9 @@ def test_a_damaged_cache_entry_is_retrained(digits, tmp_path, monkeypatch):
     (dict(cache="yes"), TypeError, "`cache` must be a bool"),
     (dict(progress=None), TypeError, "`progress` must be a bool"),
     (dict(device="nonsense"), ValueError, "`device` must be a device of this machine"),
+    (dict(callbacks=[1]), TypeError, r"`callbacks` must be a list of callables cb\(epoch, model, "
+     r"entry\); got \[1\]\."),
+    (dict(callbacks=print), TypeError, "`callbacks` must be a list of callables"),
 ])
 def test_bad_input_is_refused_before_any_work(kwargs, exc, match, monkeypatch):
     monkeypatch.setattr(ia, "_train", lambda *a, **k: pytest.fail("training started"))
@@ -283,3 +286,58 @@ def test_the_workbench_rebuilds_it_from_its_config(ia_run, digits):
     assert isinstance(rebuilt, wb.triggers.InputAware) and rebuilt.to_config() == cfg
     x = digits.x_test[:8]
     torch.testing.assert_close(rebuilt(x), ia_run.trigger(x), atol=1e-4, rtol=0)
+
+
+# --- a per-epoch callback, and one thread for small batches (issue 22) ---------------------------
+
+def test_callbacks_see_every_joint_epoch_and_cached_runs_train_again(digits, tmp_path, monkeypatch):
+    """cb(epoch, model, entry) after each joint epoch, as train_backdoor's; with callbacks a
+    cached configuration trains again (so they see it happen) and is saved like any other."""
+    monkeypatch.setenv("WORKBENCH_DATA", str(tmp_path))
+    seen = []
+    kw = dict(TINY, epochs=2)
+    run = ia.train_input_aware(digits, progress=False,
+                               callbacks=[lambda e, m, entry: seen.append((e, m, dict(entry)))], **kw)
+    assert [e for e, _, _ in seen] == [1, 2] == [h["epoch"] for h in run.history]
+    assert all(m is run.model for _, m, _ in seen)
+    assert [entry for _, _, entry in seen] == run.history
+    assert {"clean_accuracy", "attack_success_rate", "cross_accuracy"} <= set(seen[0][2])
+    assert ia.is_input_aware_cached(digits, **kw)
+    seen.clear()
+    cached = ia.train_input_aware(digits, progress=False, **kw)  # no callbacks: the cache
+    assert not seen and cached.history == run.history
+    again = ia.train_input_aware(digits, progress=False, callbacks=[lambda *a: seen.append(a[0])],
+                                 **kw)
+    assert seen == [1, 2] and again.trigger.weights_sha256 == run.trigger.weights_sha256
+
+
+def test_small_batches_run_the_generators_on_one_thread(monkeypatch):
+    """On a loaded machine each parallel region of the generators' tiny layers waits for a
+    descheduled thread (3 digits: 0.7 s on 2 threads, 1.3 ms on 1; benchmarks/
+    input_aware_threads.py). Batches up to ONE_THREAD_MAX_PIXELS run on one thread, restored
+    after, even when the call fails; larger ones keep torch's threads."""
+    torch.manual_seed(0)
+    trig = InputAware(ia.TriggerNets(1, 4).state_dict(), (1, 16, 16), 4)
+    nets = trig._nets_on(torch.device("cpu"))
+    used = []
+    nets.pattern.register_forward_pre_hook(lambda _m, _i: used.append(torch.get_num_threads()))
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        small = torch.rand(3, 1, 16, 16)
+        big = torch.rand(ia.ONE_THREAD_MAX_PIXELS // 256 + 1, 1, 16, 16)
+        out = trig(small)
+        trig.pattern_and_mask(small)
+        trig.cross(small, small.flip(0))
+        trig.poison_apply(small, 0)
+        assert used == [1, 1, 1, 1] and torch.get_num_threads() == 2
+        assert torch.allclose(out, trig._stamp_own(small), atol=1e-6)  # on any thread count
+        used.clear()
+        trig(big)
+        assert used == [2] and torch.get_num_threads() == 2
+        monkeypatch.setattr(nets.pattern, "forward", lambda x: 1 / 0)
+        with pytest.raises(ZeroDivisionError):
+            trig(small)
+        assert torch.get_num_threads() == 2  # restored after a failure too
+    finally:
+        torch.set_num_threads(before)

@@ -59,7 +59,8 @@ Simplifications and changes, all deliberate (measured where it matters: benchmar
   partner. `BackdoorRun.poison_indices` holds the last epoch's backdoor draw.
 * Defaults: rate = cross_rate = 0.2 and 60 joint epochs on digits (the paper: 0.1 and 0.1 over 600
   epochs of MNIST; at 0.1 the attack had not converged in 60 epochs on digits' 1,347 images).
-* Training runs on one CPU thread (restored after): see `_train`.
+* Training runs on one CPU thread (restored after): see `_train`; so does applying the trigger to
+  a batch of up to ONE_THREAD_MAX_PIXELS pixels (see `_few_threads`).
 
 The trigger is a trained network, so its configuration (`to_config()`) names its weights by their
 SHA-256 (of names, dtypes, shapes and bytes) rather than holding them: `InputAware.save()` stores
@@ -70,6 +71,7 @@ refusing a folder whose weights do not hash to the digest the configuration name
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -77,7 +79,7 @@ import time
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -194,6 +196,33 @@ def _check_shape(name: str, shape: Any) -> tuple[int, int, int]:
 
 # --- the trigger --------------------------------------------------------------------------------
 
+# Batches of at most this many pixels (N·C·H·W: 1,024 digits, 334 Fashion-MNIST images) run the
+# generators on one CPU thread: each of their ~20 small layers is a parallel region whose threads
+# all wait for the slowest, and on a loaded machine a descheduled thread stalls every one of them
+# (issue 22: 3 digits took 0.7 s on 2 threads, 1.3 ms on 1). benchmarks/input_aware_threads.py
+# measures it: at load 8.7-9 on 2 cores one thread was 1.2-97x faster up to 1,024 digits (the
+# median of 9 calls; 3 images: 2.4x), 1.4-1.6x at 4,096. Larger batches keep torch's threads,
+# which an idle many-core machine can use.
+ONE_THREAD_MAX_PIXELS = 1024 * 16 * 16
+
+
+@contextlib.contextmanager
+def _few_threads(x: torch.Tensor):
+    """One torch thread (restored after) while a small CPU batch goes through the generators.
+
+    torch's thread count is process-wide: code on other Python threads that runs torch meanwhile
+    runs on one thread too, for the ~1 ms this takes."""
+    if x.device.type != "cpu" or x.numel() > ONE_THREAD_MAX_PIXELS or torch.get_num_threads() == 1:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 class InputAware(Trigger):
     """A per-image trigger made by trained generators (Nguyen & Tran, NeurIPS 2020):
     x' = x + (G(x) − x)·M(x), clamped to [0, 1].
@@ -260,13 +289,19 @@ class InputAware(Trigger):
         self._check("images", images)
         nets = self._nets_on(images.device)
         x = images.float()
-        return nets.pattern(x).to(images.dtype), nets.masks(x).to(images.dtype)
+        with _few_threads(x):
+            return nets.pattern(x).to(images.dtype), nets.masks(x).to(images.dtype)
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         self._check("images", images)
         return self._apply(images)
 
     def _apply(self, x: torch.Tensor) -> torch.Tensor:
+        with _few_threads(x):
+            return self._stamp_own(x)
+
+    def _stamp_own(self, x: torch.Tensor) -> torch.Tensor:
+        """Each image with its own trigger, on the threads set now (benchmarks time this)."""
         nets = self._nets_on(x.device)
         xf = x.float()
         return _stamp(xf, nets.pattern(xf), nets.masks(xf)).to(x.dtype)
@@ -281,7 +316,8 @@ class InputAware(Trigger):
                              f"got {tuple(others.shape)}.")
         nets = self._nets_on(images.device)
         o = others.to(images.device).float()
-        return _stamp(images.float(), nets.pattern(o), nets.masks(o)).to(images.dtype)
+        with _few_threads(o):
+            return _stamp(images.float(), nets.pattern(o), nets.masks(o)).to(images.dtype)
 
     # --- storage: content-addressed run folders -------------------------------------------------
 
@@ -520,7 +556,8 @@ def train_input_aware(data: Dataset | str = "digits", rate: float = ATTACK_DEFAU
                       mask_epochs: int = ATTACK_DEFAULTS["mask_epochs"],
                       width: int = ATTACK_DEFAULTS["width"], max_train: int | None = None,
                       cache: bool = True, progress: bool = True,
-                      device: str | torch.device | None = None) -> InputAwareRun:
+                      device: str | torch.device | None = None,
+                      callbacks: list[Callable] | None = None) -> InputAwareRun:
     """Train a classifier with the Input-Aware Dynamic Backdoor (Nguyen & Tran, NeurIPS 2020) and
     return the run; its `.trigger` is the trained per-image trigger.
 
@@ -534,6 +571,10 @@ def train_input_aware(data: Dataset | str = "digits", rate: float = ATTACK_DEFAU
         fails a check is reported with a warning and retrained.
     History entries per epoch: loss, clean_accuracy, attack_success_rate, cross_accuracy
     (see `cross_accuracy`), seconds; `train_seconds` includes the mask generator's epochs.
+    callbacks: functions called as cb(epoch, model, entry) after each joint epoch (epoch from 1,
+        the classifier, the epoch's history entry), as `workbench.train_backdoor`'s; with
+        callbacks the run is always trained (so they see it happen) and then saved to the cache
+        like any other. They run inside the training's one-thread section (see `_train`).
     """
     data, cfg = _prepare(data, rate, cross_rate, target, model, epochs, seed, batch_size, lr,
                          weight_decay, lr_generator, lambda_div, lambda_norm, mask_density,
@@ -542,19 +583,26 @@ def train_input_aware(data: Dataset | str = "digits", rate: float = ATTACK_DEFAU
         raise TypeError(f"`cache` must be a bool; got {cache!r}.")
     if not isinstance(progress, bool):
         raise TypeError(f"`progress` must be a bool; got {progress!r}.")
+    if callbacks is not None and (not isinstance(callbacks, (list, tuple))
+                                  or not all(callable(cb) for cb in callbacks)):
+        raise TypeError("`callbacks` must be a list of callables cb(epoch, model, entry); got "
+                        f"{callbacks!r}.")
+    callbacks = list(callbacks or [])
     device = check_device("device", device) if device is not None else default_device()
     if not cache:
-        return _train(data, cfg, device, progress)
+        return _train(data, cfg, device, progress, callbacks)
     path = data_dir() / "runs" / cfg.key()
-    run = _load_cached(path, cfg, data, device, warn=False)
-    if run is not None:
-        return run
-    with runstore.locked(path):  # one trainer per configuration; the others wait, then load
-        runstore.recover(path)
-        run = _load_cached(path, cfg, data, device, warn=True)
+    if not callbacks:  # callbacks must see the training happen: they always train (and save)
+        run = _load_cached(path, cfg, data, device, warn=False)
         if run is not None:
             return run
-        run = _train(data, cfg, device, progress)
+    with runstore.locked(path):  # one trainer per configuration; the others wait, then load
+        runstore.recover(path)
+        if not callbacks:
+            run = _load_cached(path, cfg, data, device, warn=True)
+            if run is not None:
+                return run
+        run = _train(data, cfg, device, progress, callbacks)
         run.input_aware.save()  # the trigger first: a run folder never names missing weights
         run._write(path, overwrite=True)
     return run
@@ -633,7 +681,8 @@ def _load_cached(path: Path, cfg: InputAwareConfig, data: Dataset, device,
         return None
 
 
-def _train(data: Dataset, cfg: InputAwareConfig, device, progress: bool) -> InputAwareRun:
+def _train(data: Dataset, cfg: InputAwareConfig, device, progress: bool,
+           callbacks: list[Callable] = ()) -> InputAwareRun:
     """Train on one CPU thread (restored after): the generators' many small operations run
     faster on one thread than on two, 10-50x faster on a loaded machine, where every parallel
     region of a tiny op waits for a descheduled thread (measured: benchmarks/RESULTS.md); and the
@@ -641,12 +690,13 @@ def _train(data: Dataset, cfg: InputAwareConfig, device, progress: bool) -> Inpu
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return _train_single(data, cfg, device, progress)
+        return _train_single(data, cfg, device, progress, callbacks)
     finally:
         torch.set_num_threads(threads)
 
 
-def _train_single(data: Dataset, cfg: InputAwareConfig, device, progress: bool) -> InputAwareRun:
+def _train_single(data: Dataset, cfg: InputAwareConfig, device, progress: bool,
+                  callbacks: list[Callable] = ()) -> InputAwareRun:
     x_all = data.x_train[:cfg.max_train].to(device)
     y_all = data.y_train[:cfg.max_train].to(device)
     n = len(y_all)
@@ -754,6 +804,8 @@ def _train_single(data: Dataset, cfg: InputAwareConfig, device, progress: bool) 
         bar.set_postfix(acc=f"{entry['clean_accuracy']:.3f}",
                         asr=f"{entry['attack_success_rate']:.3f}",
                         cross=f"{entry['cross_accuracy']:.3f}")
+        for cb in callbacks:
+            cb(epoch + 1, net, entry)
     seconds = time.perf_counter() - t0
     config = {**asdict(cfg), "trigger": trig.to_config(), "image_shape": list(data.image_shape),
               "num_classes": data.num_classes}
