@@ -6,6 +6,7 @@ import multiprocessing as mp
 import os
 import pickle
 import pickletools
+import struct
 import types
 from pathlib import Path
 
@@ -265,6 +266,86 @@ def test_cifar10_batches_built_with_python3_pickle_load(tmp_path, protocol):
     ds = wb.load_dataset("cifar10", root=tmp_path, download=False, verify_checksums=False)
     _check(ds, "cifar10", (3, 32, 32), 10)
     assert len(ds.y_train) == 25 and ds.classes[-1] == "truck"
+
+
+# --- CIFAR-10: memory a file may make the reader build (issue 22) ---------------------------------
+
+def _crafted_encode_copies(copies, size=1 << 20):
+    """A batch whose 'junk' list holds `copies` calls _codecs.encode(<one memoised 1 MiB str>,
+    'latin1'): 7 bytes of file for each new 1 MiB bytes object."""
+    out = bytearray(b"\x80\x02}q\x00(X\x04\x00\x00\x00junk]q\x01(c_codecs\nencode\nq\x02")
+    out += b"X" + struct.pack("<I", size) + b"a" * size + b"q\x03X\x06\x00\x00\x00latin1q\x04"
+    out += b"h\x02h\x03h\x04\x86R" * copies
+    return bytes(out + b"eX\x04\x00\x00\x00data]X\x06\x00\x00\x00labels]u.")
+
+
+def _crafted_array_copies(copies, size=1 << 20):
+    """A batch whose 'junk' list holds `copies` uint8 arrays, each built (as the official files
+    build theirs) from the same memoised 1 MiB string of raw bytes."""
+    head = (b"cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\nK\x00\x85U\x01b\x87R(K\x01J"
+            + struct.pack("<i", size) + b"\x85cnumpy\ndtype\nU\x02u1K\x00K\x01\x87R(K\x03U\x01|NNN"
+            b"J\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tb\x89")
+    out = bytearray(b"\x80\x02}(U\x04junk](")
+    out += head + b"T" + struct.pack("<i", size) + b"\x00" * size + b"q\x05tb"
+    out += (head + b"h\x05tb") * (copies - 1)
+    return bytes(out + b"eU\x04data]U\x06labels]u.")
+
+
+def _peak_reading(path):
+    """The error and the peak of traced allocations (numpy's arrays and Python objects) of
+    reading `path` as a CIFAR-10 batch."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError) as err:
+            wb_data._read_cifar_batch(path)
+        return str(err.value), tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.mark.parametrize("craft, what", [(_crafted_encode_copies, "`_codecs.encode`"),
+                                         (_crafted_array_copies, "an array's state")])
+def test_a_cifar_file_that_copies_one_object_many_times_is_refused_within_its_budget(
+        tmp_path, craft, what):
+    """Through the pickle memo, a few bytes of file can stamp out another copy of a large object:
+    64 copies of 1 MiB from a 1 MiB file took 65 MiB before the budget (traced peak, either way);
+    now reading stops at the budget, 2x the file + 16 MiB (peak 19 MiB), with a clear error."""
+    path = tmp_path / "data_batch_1"
+    path.write_bytes(craft(64))
+    size = path.stat().st_size
+    message, peak = _peak_reading(path)
+    assert re.search(rf"refuses to load CIFAR-10 file .*data_batch_1: {re.escape(what)} would take "
+                     rf"the arrays and bytes it builds past 2x the file's {size:,} bytes", message)
+    limit = wb_data.CIFAR_BUILT_PER_FILE_BYTE * size + wb_data.CIFAR_MEMORY_SLACK
+    assert peak < limit + 4 * size  # was 64 MiB and more
+
+
+def test_a_cifar_file_of_many_tiny_objects_is_refused_before_reading(tmp_path):
+    """300,000 one-byte EMPTY_LIST opcodes build 300,000 lists (72 bytes each: 21 MiB from 0.3 MB
+    before); the opcode estimate refuses the file before anything is built."""
+    path = tmp_path / "data_batch_1"
+    path.write_bytes(b"\x80\x02}(X\x04\x00\x00\x00junk(" + b"]" * 300_000
+                     + b"lX\x04\x00\x00\x00data]u.")
+    message, peak = _peak_reading(path)
+    assert "could build about" in message and "Nothing was read from it" in message
+    assert peak < 4 << 20  # the estimate reads one opcode at a time
+
+
+@pytest.mark.parametrize("protocol", [None, 2, 3, 5])
+def test_cifar_batches_of_every_format_fit_the_memory_budget_with_little_slack(
+        tmp_path, monkeypatch, protocol):
+    """The budget is 2x the file for what the allowed calls build, and the opcode estimate 2x:
+    batches of 40 images (120 KiB) fit both with 32 KiB of slack, which the tiny batches.meta
+    needs (protocol 2 rebuilds the image bytes with _codecs.encode, then copies them into the
+    array: 2x the images)."""
+    monkeypatch.setattr(wb_data, "CIFAR_MEMORY_SLACK", 32 << 10)
+    write_cifar(tmp_path, n_per_batch=40, protocol=protocol)
+    ds = wb.load_dataset("cifar10", root=tmp_path, download=False, verify_checksums=False)
+    assert len(ds.y_train) == 200 and ds.classes[0] == "airplane"
+    assert type(wb_data._read_cifar_batch(tmp_path / wb_data.CIFAR10_DIR / "test_batch")[0]) \
+        is np.ndarray  # a plain array out, not the reader's counting subclass
 
 
 def test_cifar10_checksums_match_torchvisions_published_ones():

@@ -8,12 +8,13 @@ else a clear error saying how to get them.
 
 No file in a data folder can run code. CIFAR-10's pickled batches are checked against their
 published MD5s and read by an unpickler that builds numpy arrays and plain values only (never by
-torchvision's `pickle.load`); MNIST and Fashion-MNIST come from the raw IDX files only (never from
+torchvision's `pickle.load`), within a memory budget of a small multiple of the file's size; MNIST and Fashion-MNIST come from the raw IDX files only (never from
 torchvision's old pickled `processed/*.pt` cache); GTSRB images are decoded as PPM only.
 """
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import gzip
 import hashlib
@@ -138,7 +139,8 @@ def load_dataset(name: str = "digits", root: str | os.PathLike | None = None, *,
     verify_checksums: for "cifar10", check each file against its published MD5 before reading it
         (the default). Pass False for batches you built yourself in the same pickle format: they
         are read all the same with an unpickler that builds numpy arrays and plain values only, so
-        no file can run code either way. Other datasets ignore it.
+        no file can run code either way, and a file that would make it build far more memory
+        than the file's own size (CIFAR_BUILT_PER_FILE_BYTE) is refused. Other datasets ignore it.
     """
     check_choice("name", name, DATASETS)
     if max_train is not None:
@@ -301,11 +303,75 @@ CIFAR10_TEST_FILES = (("test_batch", "40351d587109b95175f43aff81a1287e"),)
 CIFAR10_META_FILE = ("batches.meta", "5ff9c542aee3614f3951f8cda6e48888")
 
 
+# Memory a CIFAR-10 file may make the reader build, against its own size. Unpickling can build far
+# more than it reads: the pickle memo lets a 7-byte call stamp out another copy of a large object
+# (`_codecs.encode(<a 1 MiB string>, 'latin1')` or an array's state, again and again: a 1 MiB file
+# asked for 200 MiB in benchmarks/cifar_memory.py), and each one-byte opcode that makes an empty
+# list or dict builds 72 bytes or more (a 1 MiB file: 73 MiB). A batch holds each image once, so
+# its arrays and bytes built by the allowed calls never exceed twice the file (protocol 2 writes
+# bytes as a latin-1 string that `_codecs.encode` turns back, then the array copies them), and
+# everything else it builds is a few words per opcode. Files asking for more are refused.
+CIFAR_BUILT_PER_FILE_BYTE = 2  # arrays and bytes the allowed calls build, per byte of the file
+CIFAR_OBJECTS_PER_FILE_BYTE = 2  # the estimate of everything else, per byte of the file
+CIFAR_MEMORY_SLACK = 16 << 20  # on top of both: small files are never refused for their size
+_OPCODE_OBJECT_BYTES = 128  # the most one opcode builds besides its argument (a list, a dict
+# entry, a float, an int, a reference in a container), rounded up
+
+
+class _MemoryBudget:
+    """Bytes the allowed calls of one CIFAR-10 file may still build (see CIFAR_BUILT_PER_FILE_BYTE)."""
+
+    def __init__(self, file_bytes: int):
+        self.file_bytes = file_bytes
+        self.left = CIFAR_BUILT_PER_FILE_BYTE * file_bytes + CIFAR_MEMORY_SLACK
+        self.refused: str | None = None
+
+    def spend(self, nbytes: int, what: str) -> None:
+        if nbytes > self.left:
+            self.refused = (f"{what} would take the arrays and bytes it builds past "
+                            f"{CIFAR_BUILT_PER_FILE_BYTE}x the file's {self.file_bytes:,} bytes "
+                            f"(+{CIFAR_MEMORY_SLACK / 2**20:g} MiB)")
+            raise pickle.UnpicklingError(self.refused)
+        self.left -= nbytes
+
+
+_BUDGET: "contextvars.ContextVar[_MemoryBudget | None]" = contextvars.ContextVar(
+    "workbench_cifar_budget", default=None)
+
+
+def _spend(nbytes: int, what: str) -> None:
+    budget = _BUDGET.get()
+    if budget is not None:
+        budget.spend(nbytes, what)
+
+
+def _array_bytes(shape, dtype) -> int:
+    """Bytes of an array of `shape` and `dtype` (as a pickle names them), before building it."""
+    if isinstance(shape, (int, np.integer)):
+        shape = (shape,)
+    if not isinstance(shape, (tuple, list)) or not all(
+            isinstance(v, (int, np.integer)) and v >= 0 for v in shape):
+        raise pickle.UnpicklingError(f"an array's shape must be a tuple of ints >= 0; got "
+                                     f"{shape!r:.80}")
+    return int(np.prod([int(v) for v in shape], dtype=object)) * np.dtype(dtype).itemsize
+
+
+class _CifarArray(np.ndarray):
+    """`numpy.ndarray` as a CIFAR-10 pickle names it: the bytes an array's state (a BUILD) asks
+    for are counted against the file's budget before numpy copies them in."""
+
+    def __setstate__(self, state):
+        if isinstance(state, tuple) and len(state) in (4, 5):
+            _spend(_array_bytes(state[-4], state[-3]), "an array's state")
+        return super().__setstate__(state)
+
+
 def _latin1_encode(obj, encoding="utf-8", errors="strict"):
     """`_codecs.encode` as Python 3's pickle protocol 2 uses it for bytes, and nothing more."""
     if not isinstance(obj, str) or encoding not in ("latin1", "latin-1") or errors != "strict":
         raise pickle.UnpicklingError("`_codecs.encode` is allowed only to rebuild bytes from a "
                                      f"latin-1 string; got encoding {encoding!r}.")
+    _spend(len(obj), "`_codecs.encode`")
     return obj.encode("latin1")
 
 
@@ -316,17 +382,29 @@ def _cifar_pickle_globals() -> dict:
     The official files need three: `numpy.core.multiarray._reconstruct`, `numpy.ndarray` and
     `numpy.dtype` (the data array; labels and names are plain lists, ints and strings). Batches
     written by Python 3's pickle name `numpy._core.multiarray` under numpy 2, `_codecs.encode`
-    for bytes under protocol 2, and `numpy._core.numeric._frombuffer` under protocol 5.
+    for bytes under protocol 2, and `numpy._core.numeric._frombuffer` under protocol 5. Each
+    call that builds an array or bytes counts them against the file's memory budget first.
     """
     try:  # numpy >= 2 moved numpy.core to numpy._core
         from numpy._core import multiarray, numeric
     except ImportError:
         from numpy.core import multiarray, numeric
-    allowed = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype,
+
+    def reconstruct(subtype, shape, dtype):
+        if subtype is not _CifarArray:
+            raise pickle.UnpicklingError("`_reconstruct` is allowed for numpy.ndarray only")
+        _spend(_array_bytes(shape, dtype), "`_reconstruct`")
+        return multiarray._reconstruct(subtype, shape, dtype)
+
+    def frombuffer(buf, dtype, shape, order):
+        _spend(_array_bytes(shape, dtype), "`_frombuffer`")
+        return numeric._frombuffer(buf, dtype, shape, order)
+
+    allowed = {("numpy", "ndarray"): _CifarArray, ("numpy", "dtype"): np.dtype,
                ("_codecs", "encode"): _latin1_encode}
     for pkg in ("numpy.core", "numpy._core"):
-        allowed[(f"{pkg}.multiarray", "_reconstruct")] = multiarray._reconstruct
-        allowed[(f"{pkg}.numeric", "_frombuffer")] = numeric._frombuffer
+        allowed[(f"{pkg}.multiarray", "_reconstruct")] = reconstruct
+        allowed[(f"{pkg}.numeric", "_frombuffer")] = frombuffer
     return allowed
 
 
@@ -349,9 +427,47 @@ class _CifarUnpickler(pickle.Unpickler):
         return obj
 
 
-def _read_cifar_pickle(path: Path) -> dict:
-    """The dict pickled in CIFAR-10 file `path`, keys as str; ValueError naming the file if not."""
-    unpickler = None
+def _estimate_objects(path: Path) -> int:
+    """An upper bound of the bytes unpickling `path` builds besides what the allowed calls count:
+    each opcode's argument (strings and bytes at their size in memory) plus
+    _OPCODE_OBJECT_BYTES per opcode. Read opcode by opcode (pickletools), building nothing; a
+    file pickletools cannot parse is left to the unpickler's own error."""
+    import pickletools
+    import sys
+
+    total = 0
+    try:
+        with open(path, "rb") as f:
+            for _op, arg, _pos in pickletools.genops(f):
+                total += _OPCODE_OBJECT_BYTES
+                if isinstance(arg, (str, bytes, bytearray)):
+                    total += sys.getsizeof(arg)
+    except OSError:
+        raise
+    except Exception:  # malformed: the unpickler says what is wrong
+        pass
+    return total
+
+
+def _read_cifar_pickle(path: Path, prescan: bool = True) -> dict:
+    """The dict pickled in CIFAR-10 file `path`, keys as str; ValueError naming the file if not.
+
+    A file that would build much more memory than its size is refused (see
+    CIFAR_BUILT_PER_FILE_BYTE): before reading, by an estimate of its opcodes (`prescan`; the
+    loader skips it for files whose published MD5 it has checked: the official files are known),
+    and while reading, by counting the arrays and bytes the allowed calls build."""
+    size = path.stat().st_size
+    estimate = _estimate_objects(path) if prescan else 0
+    limit = CIFAR_OBJECTS_PER_FILE_BYTE * size + CIFAR_MEMORY_SLACK
+    if estimate > limit:
+        raise ValueError(
+            f"The workbench refuses to load CIFAR-10 file {path}: unpickling its {size:,} bytes "
+            f"could build about {estimate:,} bytes of objects, more than "
+            f"{CIFAR_OBJECTS_PER_FILE_BYTE}x its size (+{CIFAR_MEMORY_SLACK / 2**20:g} MiB); a "
+            "CIFAR-10 batch holds each image once. Nothing was read from it; delete it and get "
+            "the official files again.")
+    unpickler, budget = None, _MemoryBudget(size)
+    token = _BUDGET.set(budget)
     try:
         with open(path, "rb") as f:
             unpickler = _CifarUnpickler(f)
@@ -365,11 +481,20 @@ def _read_cifar_pickle(path: Path) -> dict:
                 f"The workbench refuses to load CIFAR-10 file {path}: it references "
                 f"`{unpickler.refused}`, which a CIFAR-10 batch never contains (nothing in it was "
                 "run). Delete it and get the official files again.") from None
+        if budget.refused:
+            raise ValueError(
+                f"The workbench refuses to load CIFAR-10 file {path}: {budget.refused}; a "
+                "CIFAR-10 batch holds each image once (reading stopped there). Delete it and get "
+                "the official files again.") from None
         raise ValueError(f"CIFAR-10 file {path} is not a readable pickle ({type(exc).__name__}: "
                          f"{exc}); delete it and get the official files again.") from exc
+    finally:
+        _BUDGET.reset(token)
+    del unpickler  # its memo holds every object it built
     if not isinstance(obj, dict):
         raise ValueError(f"CIFAR-10 file {path} must hold a dict; got {type(obj).__name__}.")
-    return {(k.decode("latin1") if isinstance(k, bytes) else k): v for k, v in obj.items()}
+    return {(k.decode("latin1") if isinstance(k, bytes) else k):
+            (v.view(np.ndarray) if isinstance(v, _CifarArray) else v) for k, v in obj.items()}
 
 
 def _describe(value) -> str:
@@ -378,9 +503,9 @@ def _describe(value) -> str:
     return "nothing" if value is None else type(value).__name__
 
 
-def _read_cifar_batch(path: Path) -> tuple[np.ndarray, list[int]]:
+def _read_cifar_batch(path: Path, prescan: bool = True) -> tuple[np.ndarray, list[int]]:
     """Images (N, 3072) uint8 and labels of one batch, checked against the format on the site."""
-    batch = _read_cifar_pickle(path)
+    batch = _read_cifar_pickle(path, prescan)
     data, labels = batch.get("data"), batch.get("labels")
     if not (isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim == 2
             and data.shape[0] >= 1 and data.shape[1] == CIFAR10_IMAGE_BYTES):
@@ -399,8 +524,8 @@ def _read_cifar_batch(path: Path) -> tuple[np.ndarray, list[int]]:
     return data, labels
 
 
-def _read_cifar_meta(path: Path) -> tuple[str, ...]:
-    names = _read_cifar_pickle(path).get("label_names")
+def _read_cifar_meta(path: Path, prescan: bool = True) -> tuple[str, ...]:
+    names = _read_cifar_pickle(path, prescan).get("label_names")
     if isinstance(names, list):
         names = [n.decode("latin1") if isinstance(n, bytes) else n for n in names]
     if (not isinstance(names, list) or len(names) != len(CIFAR10_CLASSES)
@@ -454,7 +579,7 @@ def _load_cifar10(root: Path, download: bool | None, verify_checksums: bool = Tr
         _check_cifar_checksums(base)
 
     def split(files):
-        parts = [_read_cifar_batch(base / f) for f, _ in files]
+        parts = [_read_cifar_batch(base / f, prescan=not verify_checksums) for f, _ in files]
         # row = 1024 red, 1024 green, 1024 blue values, each 32x32 in row-major order
         x = torch.from_numpy(np.concatenate([d for d, _ in parts]))
         x = x.reshape(-1, 3, 32, 32).float().div_(255.0)
@@ -462,7 +587,7 @@ def _load_cifar10(root: Path, download: bool | None, verify_checksums: bool = Tr
 
     x_train, y_train = split(CIFAR10_TRAIN_FILES)
     x_test, y_test = split(CIFAR10_TEST_FILES)
-    classes = _read_cifar_meta(base / CIFAR10_META_FILE[0])
+    classes = _read_cifar_meta(base / CIFAR10_META_FILE[0], prescan=not verify_checksums)
     return Dataset("cifar10", x_train, y_train, x_test, y_test, classes,
                    {"source": "CIFAR-10 python batches, https://www.cs.toronto.edu/~kriz/cifar.html",
                     "root": str(root), "checksums_verified": verify_checksums})
