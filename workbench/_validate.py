@@ -12,6 +12,12 @@ from numbers import Integral, Real
 from typing import Any, Iterable, Sequence
 
 
+# Refused above this many noisy forward passes in one W_σ estimate (N inputs × S scales × samples
+# per cell, at most): 10^9 forwards take about 6 hours on 2 CPU cores and 20 minutes on a fast GPU
+# for the small CNN. Split larger jobs, or pass max_forwards= explicitly (estimate_smoothness).
+# It lives here, in the ground floor, because the checks of every layer use it.
+MAX_FORWARDS = 10**9
+
 def _interval(low, high, low_open, high_open) -> str:
     lo = "(" if low_open else "["
     hi = ")" if high_open else "]"
@@ -171,10 +177,8 @@ def check_labels(name: str, y: Any, n: int) -> None:
 
 def check_forwards(total: int, detail: str) -> None:
     """Refuse, before any work, a call whose W_σ estimates would each run more noisy forward
-    passes than `smoothness.MAX_FORWARDS` (each estimate would refuse it, but only when its turn
-    comes, after the work before it). `detail`: how `total` was counted."""
-    from .smoothness import MAX_FORWARDS
-
+    passes than MAX_FORWARDS (each estimate would refuse it, but only when its turn comes,
+    after the work before it). `detail`: how `total` was counted."""
     if total > MAX_FORWARDS:
         raise ValueError(f"`n_samples` asks for up to {total:.3g} noisy forward passes per estimate "
                          f"({detail}): the work must stay within {MAX_FORWARDS:.3g} (see "

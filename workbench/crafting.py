@@ -27,8 +27,8 @@ from tqdm.auto import tqdm
 
 from ._validate import check_choice, check_float, check_int, check_seed
 from .data import Dataset, as_dataset
-from .models import MODELS, build_model, preserve_model
-from .sampling import check_model, check_model_input, model_device
+from .models import MODELS, build_model, check_model, check_model_input, model_device, preserve_model
+from .train import train_backdoor
 from .triggers import LowFrequency, Patch, TrojanNN
 
 # Version of the crafting code: bump when a change can move a crafted trigger for the same
@@ -75,8 +75,6 @@ def _clean_model(data: Dataset, model, architecture: str, epochs, seed: int, pro
     """The given model, or the workbench's cached clean model for `data` (trained on first use)."""
     if model is not None:
         return model
-    from .train import train_backdoor
-
     return train_backdoor(data, rate=0.0, model=architecture, epochs=epochs, seed=seed,
                           progress=progress is True).model
 

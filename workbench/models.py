@@ -211,3 +211,49 @@ def _restore(modes, slots, params, buffers) -> None:
         attempt(setattr, m, "training", mode)
     if errors:
         raise errors[0]
+
+
+# ---- checks of a model given by a user (every layer above uses them) ----
+
+def check_model(model) -> None:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"`model` must be a torch.nn.Module mapping (N, C, H, W) to logits; got "
+                        f"{type(model).__name__}.")
+
+
+def model_device(model: nn.Module) -> torch.device:
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+def _first_layer(model: nn.Module) -> str:
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            return f"its first layer, a Conv2d, takes {m.in_channels}-channel images"
+        if isinstance(m, nn.Linear):
+            return f"its first layer, a Linear, takes {m.in_features} values per image"
+    return "see the model's first layer"
+
+
+def check_model_input(model: nn.Module, x: torch.Tensor, name: str = "inputs") -> int:
+    """Run the model on one image of `x` and return its number of classes K; a shape the model
+    cannot take, or an output that is not (1, K) logits with K >= 2, raises ValueError naming
+    `name` and what the model expects (instead of torch's own message from deep inside)."""
+    check_model(model)
+    if not len(x):
+        raise ValueError(f"`{name}` must hold at least one image; got shape {tuple(x.shape)}.")
+    with preserve_model(model), torch.inference_mode():
+        try:
+            out = model(x[:1].to(model_device(model), torch.float32))
+        except RuntimeError as exc:
+            msg = str(exc).splitlines()[0][:200]
+            raise ValueError(f"`{name}` has images of shape {tuple(x.shape[1:])}, which the model "
+                             f"cannot take ({_first_layer(model)}; torch says: {msg}).") from None
+    if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[0] != 1 or out.shape[1] < 2:
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ValueError(f"`model` must map `{name}` (N, C, H, W) to logits of shape (N, K) with "
+                         f"K >= 2 classes; got output {shape} for one image.")
+    if not bool(torch.isfinite(out).all()):
+        raise FloatingPointError(f"The model returned NaN or infinite logits for `{name}`; "
+                                 "nothing it computes from them would be meaningful.")
+    return int(out.shape[1])

@@ -17,6 +17,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from ._validate import check_choice, check_float, check_int
+from .atlas import ATTACKS, FAMILIES
 from .stats import t_interval
 from .sweep import RUN_COLUMNS, SIZED, current_rows, latest_per_run
 
@@ -429,8 +430,6 @@ _FAMILY_COLOURS = OKABE_ITO[:6] + (OKABE_ITO[7], OKABE_ITO[6])
 
 def _display_order() -> tuple[tuple, tuple]:
     """(families, attacks) in the atlas's display order (workbench.atlas)."""
-    from .atlas import ATTACKS, FAMILIES
-
     return tuple(FAMILIES), tuple(ATTACKS)
 
 

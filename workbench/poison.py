@@ -49,6 +49,7 @@ import torch
 
 from ._validate import (check_choice, check_float, check_images, check_int, check_labels,
                         check_seed)
+from .models import check_model, check_model_input, model_device, preserve_model
 from .triggers import Trigger
 
 POISONING_MODES = ("dirty-label", "clean-label", "label-consistent")
@@ -220,9 +221,6 @@ def adversarial_perturbation(model, x: torch.Tensor, y: torch.Tensor, epsilon: f
     `step_size` on the cross-entropy of the true labels `y`, each projected back into
     {x' : |x' - x|∞ <= epsilon} ∩ [0, 1]. Returns the perturbed images (same shape and dtype as
     `x`, on the CPU). The model is given back unchanged (workbench.models.preserve_model)."""
-    from .models import preserve_model
-    from .sampling import check_model, check_model_input, model_device
-
     check_model(model)
     check_images("x", x)
     if not len(x):

@@ -26,8 +26,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ._validate import (check_choice, check_device, check_float, check_images, check_int,
-                        check_seed, check_sigmas)
+from ._validate import (MAX_FORWARDS, check_choice, check_device, check_float, check_images,
+                        check_int, check_seed, check_sigmas)
 from .models import preserve_model
 from .sampling import (DEFAULT_MEMORY_BUDGET, DESIGN_UNIT, GROUPS, NOISE_BLOCK, NOISE_DESIGNS,
                        SOBOL_MAX_DIM, Engine, check_model, check_model_input, default_batch_size,
@@ -47,10 +47,6 @@ from .stats import (cell_statistics, certified_radii, critical_value, paired_jac
 # Miller–Madow refused under dependent designs.
 ESTIMATOR_VERSION = 5
 JACKKNIFE_GROUPS = GROUPS  # groups of the delete-a-group jackknife (soft mode, jackknife bias fix)
-# Refused above this many noisy forward passes in one call (N inputs × S scales × samples per
-# cell, at most): 10^9 forwards take about 6 hours on 2 CPU cores and 20 minutes on a fast GPU
-# for the small CNN. Split larger jobs, or pass max_forwards= explicitly.
-MAX_FORWARDS = 10**9
 SUMMARIES = ("mean", "radius", "certified")  # per-input summaries of a curve (SmoothnessResult.summary)
 # how estimate_pair spreads the samples over the (input, σ) cells of the twins
 ALLOCATIONS = ("equal", "neyman", "neyman-sigma")
@@ -653,16 +649,6 @@ def neyman_allocation(variance: np.ndarray, weights: np.ndarray, n_samples: int,
     return np.maximum(pilot, np.round(n / step) * step).astype(np.int64)
 
 
-def __getattr__(name):
-    # the paired comparison lives in workbench.comparison; these names stay importable from here
-    if name in ("ComparisonResult", "compare_smoothness", "paired_gap"):
-        from . import comparison
-
-        return getattr(comparison, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 __all__ = ["SmoothnessResult", "estimate_smoothness", "estimate_pair", "neyman_allocation",
            "ALLOCATIONS", "GAP_NOISE_DESIGN", "check_gap_design", "default_batch_size", "ESTIMATOR_VERSION",
-           "MAX_FORWARDS", "JACKKNIFE_GROUPS", "check_model_input", "mix_seed",
-           "ComparisonResult", "compare_smoothness", "paired_gap"]
+           "MAX_FORWARDS", "JACKKNIFE_GROUPS", "check_model_input", "mix_seed"]
