@@ -63,9 +63,15 @@ def test_page_opens_cached_run_and_stays_busy_while_training(digits, digits_run)
                                  names="value")
     page.smoothness.sigma_max.value = 0.4
     assert max(max(tr.x) for tr in page.smoothness.curves.data if tr.x is not None) == 0.4
+    # step 4: σ for W does nothing while the map is coloured by class: disabled, and it stays
+    # so through a training's pause (the page restores each control as it was)
+    assert page.landscape.colour.value == "class" and page.landscape.sigma.disabled
     page.attack.train()
     assert seen and all(seen)  # every progress update came while the controls were disabled
     assert not page.attack.train_button.disabled and not page.designer.kind.disabled
+    assert page.landscape.sigma.disabled
+    page.landscape.colour.value = "entropy"
+    assert not page.landscape.sigma.disabled
 
 
 # ---------------------------------------------------------------------------------------------
@@ -88,8 +94,9 @@ def voila(tmp_path_factory, digits, digits_run):
         wb.train_backdoor(digits, trigger=wb.triggers.Patch(size=3), rate=0.05, target=t,
                           progress=False)
     for mode in ATLAS_MODES:  # the attack-atlas test's runs: a new trigger in two new modes
-        wb.train_backdoor(digits, trigger=wb.triggers.FTrojan(), rate=0.05, target=0, epochs=3,
-                          progress=False, **mode)
+        # (the designer's FTrojan: its default magnitude for 16x16 images, written out)
+        wb.train_backdoor(digits, trigger=wb.triggers.FTrojan().resolve(digits.image_shape),
+                          rate=0.05, target=0, epochs=3, progress=False, **mode)
     wb.train_backdoor(digits, rate=0.0, progress=False)  # the clean model crafting starts from
     work = tmp_path_factory.mktemp("voila")
     port = _free_port()

@@ -78,6 +78,64 @@ def test_landscape_explorer_reacts_to_controls(digits, digits_run):
     assert "different directions" in lx.message.value
 
 
+def test_landscape_sigma_is_disabled_while_the_map_is_coloured_by_class(digits, digits_run):
+    """σ for W only sets the local-W_σ colouring: by class, moving it would change nothing."""
+    lx = wbw.LandscapeExplorer(digits_run, digits, resolution=5, n_samples=4)
+    assert lx.colour.value == "class" and lx.sigma.disabled
+    assert "local W_σ" in lx.sigma.tooltip
+    lx.colour.value = "entropy"
+    assert not lx.sigma.disabled and lx.landscapes[0].entropy is not None
+    lx.sigma.value = 0.5  # live here: the map is recomputed at the new σ
+    assert any(k[-1] == 0.5 for k in lx._cache if k[0] != "curve")
+    lx.colour.value = "class"
+    assert lx.sigma.disabled
+
+
+def test_attack_panel_says_clean_label_needs_a_stronger_trigger(digits):
+    """Where the poisoning mode is chosen: a clean-label patch trains no backdoor (issue 22)."""
+    p = wbw.AttackPanel(digits)
+    box = next(b for b in p.children[0].children if p.poisoning in b.children)
+    assert box.children.index(p.mode_note) == box.children.index(p.poisoning) + 1  # beside it
+    assert p.mode_note.layout.display == "none"  # dirty-label: nothing to say
+    p.poisoning.value = "clean-label"
+    assert p.mode_note.layout.display is None
+    note = p.mode_note.value
+    assert "Clean-label needs a stronger trigger" in note and "label-consistent" in note
+    assert "ASR 0.005" in note
+    p.poisoning.value = "label-consistent"
+    assert p.mode_note.layout.display == "none"
+    p.poisoning.value = "clean-label"
+    d = wbw.TriggerDesigner(digits, n_preview=2)
+    q = wbw.AttackPanel(digits, d)
+    q.poisoning.value = "clean-label"
+    assert q.mode_note.layout.display is None
+    d.kind.value = "InputAware"  # refused in any mode but dirty-label: that message instead
+    assert q.mode_note.layout.display == "none" and "dirty-label" in q.result.value
+
+
+def test_trigger_designer_ftrojan_magnitude_starts_at_the_default_for_the_images(digits):
+    """FTrojan's 30/255 is not learnt on 16x16 digits; the designer starts at the default
+    for the image size (0.5 here) and says so (issue 22)."""
+    d = wbw.TriggerDesigner(digits, n_preview=2)
+    assert d.magnitude.value == 0.5
+    d.kind.value = "FTrojan"
+    assert d.trigger == wb.triggers.FTrojan(magnitude=0.5)
+    assert d.trigger == wb.triggers.FTrojan().resolve(digits.image_shape)
+    assert "default magnitude for 16×16 images: 0.5" in d.message.value
+    assert "not learnt on 16×16 digits" in d.message.value and "may not" not in d.message.value
+    d.magnitude.value = 0.12
+    assert "Below it the backdoor may not be learnt" in d.message.value
+    x = torch.zeros((20, 1, 28, 28))
+    y = torch.arange(20) % 10
+    big = wb.data.Dataset("stand-in", x, y, x[:4].clone(), y[:4].clone(),
+                          tuple(str(i) for i in range(10)))
+    d28 = wbw.TriggerDesigner(big, n_preview=2)
+    assert d28.magnitude.value == pytest.approx(30 / 255)
+    d28.kind.value = "FTrojan"
+    assert "default magnitude for 28×28 images: 0.118" in d28.message.value
+    assert "not learnt" not in d28.message.value
+
+
 def test_live_figure_replaces_itself_when_the_browser_stops_answering():
     """anywidget drops every message to a model whose JavaScript took over 2 s to load; the
     browser then never answers the edits. LiveFigure puts a fresh copy with the same data in its
@@ -305,8 +363,8 @@ def test_input_aware_in_the_designer_the_panel_and_the_explorers(digits):
 
 def test_input_aware_panel_trains_fresh_with_progress_then_opens_from_the_cache(
         digits, tmp_path, monkeypatch):
-    """Not cached: trained with the library's progress bar shown in the panel while it runs;
-    the same settings again open from the run cache (the same trigger)."""
+    """Not cached: trained with the panel's own epoch bar following it; the same settings
+    again open from the run cache (the same trigger)."""
     from workbench.input_aware import is_input_aware_cached
 
     monkeypatch.setenv("WORKBENCH_DATA", str(tmp_path))  # an empty cache: a fresh training
@@ -314,13 +372,17 @@ def test_input_aware_panel_trains_fresh_with_progress_then_opens_from_the_cache(
     d, p = _ia_panel(small, epochs=2, rate=0.2, cross_rate=0.2, mask_epochs=1)
     d.gen_width.value = 4
     assert not is_input_aware_cached(small, **p.settings())
-    seen = []
+    seen, bar = [], []
     p.result.observe(lambda c: seen.append(c["new"]), names="value")
-    p.train_log.layout.observe(lambda c: seen.append(("log", c["new"])), names="display")
+    p.progress.observe(lambda c: bar.append((c["new"], p.train_button.disabled)), names="value")
     run = p.train()
-    assert any("training InputAware" in str(v) for v in seen) and ("log", None) in seen
-    assert p.train_log.layout.display == "none" and not p.train_log.outputs
-    assert p.progress.layout.display is None  # the panel's bar back, the library's gone
+    assert any("training InputAware" in str(v) for v in seen)
+    # the panel's own epoch bar follows the joint epochs (train_input_aware's callbacks), with
+    # each epoch's figures, while Train is disabled
+    assert (1, True) in bar and (2, True) in bar
+    assert any("InputAware, epoch 1: clean accuracy" in str(v) and "cross accuracy" in str(v)
+               for v in seen)
+    assert p.progress.layout.display is None and not p.train_button.disabled
     assert run.config["epochs"] == 2 and run.config["width"] == 4 and p.progress.value == 2
     assert is_input_aware_cached(small, **p.settings()) and d.trigger is run.trigger
     seen.clear()

@@ -41,7 +41,8 @@ right); <b>label-consistent</b> first makes those images hard to learn (a small 
 change, size epsilon). <b>Target mode</b> <b>all-to-all</b>: every class y is sent to y + 1.</p>
 <h4>Try next</h4>
 <ul><li>Halve the poisoning rate and train again: does the ASR halve?</li>
-<li>Switch to clean-label: how much higher must the rate be?</li>
+<li>Switch to clean-label (read the note beside it), then to label-consistent: which one
+learns the patch?</li>
 <li>Change the target class: does anything else change?</li></ul>""",
     "smoothness": """
 <h4>What to look at</h4>
@@ -62,7 +63,8 @@ Around the triggered twin the target class fills a wide region: the backdoor is 
 flat basin.</p>
 <h4>Try next</h4>
 <ul><li>Pick other inputs with the <b>input</b> slider.</li>
-<li>Colour by <b>local W<sub>σ</sub></b>: dark means stable.</li>
+<li>Colour by <b>local W<sub>σ</sub></b>: dark means stable (the <b>σ for W</b> slider, off
+while colouring by class, sets its noise).</li>
 <li>Use the <b>gradient</b> direction: the adversarial way out.</li></ul>""",
 }
 
