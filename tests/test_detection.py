@@ -573,7 +573,8 @@ def test_an_interval_at_the_boundary_is_not_zero_wide():
     0) gives the same value in every resample: the percentile interval was [1, 1] or [0, 0],
     certainty where 200 inputs leave room. Here the truths are AUC 0.99 and TPR at 5% FPR 0.01
     (rare outliers that 13% of samples of 200 miss): the zero-wide intervals made the coverage
-    0.86; the exact bounds at the boundary bring it above 0.93."""
+    0.84 (AUC) and 0.91 (TPR); the exact bounds at the boundary bring it to 0.99 and 0.96–0.97
+    (benchmarks/detection_intervals.py: 0.996 and 0.939 at full size)."""
     rng = np.random.default_rng(5)
     hits, bounds = np.zeros(2), set()
     reps = 300
@@ -589,7 +590,7 @@ def test_an_interval_at_the_boundary_is_not_zero_wide():
         r2 = roc_analysis("x", c, t, n_boot=200, seed=i)
         hits[1] += r2.tpr_at_5_fpr_ci[0] <= 0.01 <= r2.tpr_at_5_fpr_ci[1]
         bounds.update(r.settings["exact_bounds"] + r2.settings["exact_bounds"])
-    assert (hits / reps >= 0.93).all(), hits / reps
+    assert hits[0] / reps >= 0.95 and hits[1] / reps >= 0.92, hits / reps  # SE ≈ 0.01
     assert bounds == {"auc", "tpr_at_5_fpr", "tpr_at_1_fpr"}
     # the exact bounds: Clopper–Pearson's for a TPR of 0 or 1 out of M; for an AUC of 1, 1 − ε_N
     # − ε_M, with (1 − ε_k)^k = α/4: the clean mass above the largest clean score and the

@@ -858,8 +858,10 @@ def compare_detectors(model: nn.Module, clean: torch.Tensor, triggered: torch.Te
         threshold. n_boot, confidence: the bootstrap intervals (`roc_analysis`: pairs
         (clean[i], triggered[i]) are resampled together where the two sets have the same length,
         as twins do; each set on its own otherwise: then the W_σ estimates and TeCo's corruptions,
-        which draw the same noise for the i-th input of both sets, still tie clean[i] to
-        triggered[i] a little, which that resampling leaves out). seed: every random choice.
+        seeded alike for both sets, may still tie clean[i] to triggered[i] through shared noise
+        draws, which that resampling leaves out). The intervals are conditional
+        on the clean pool: they cover the draw of the test inputs, not of STRIP's blend partners,
+        IBD-PSC's layers or w-knee's σ and w-class's calibration. seed: every random choice.
 
     seconds_per_input is each score's wall time over clean and triggered inputs divided by their
     number (the W_σ estimate is counted in full for each w-* score, as it would be alone);
