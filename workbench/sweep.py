@@ -459,7 +459,7 @@ def run_point(point: dict) -> dict:
     from . import __version__
     from .experiments import smoothing_analysis
     from .atlas import trigger_norms
-    from .smoothness import paired_gap
+    from .comparison import paired_gap
 
     data = _dataset(point["dataset"])
     if "data" in point and data.fingerprint != point["data"]:
