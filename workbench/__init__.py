@@ -7,7 +7,7 @@ decision function around triggered inputs (Grosse et al., Computers & Security 2
     res = wb.estimate_smoothness(run.model, inputs, sigmas=[0.05, 0.1, 0.2], n_samples=256)
 """
 
-__version__ = "0.1.0"
+from ._version import __version__  # noqa: E402, F401
 
 from . import triggers  # noqa: E402
 from .data import DATASETS, Dataset, data_dir, load_dataset  # noqa: E402

@@ -212,7 +212,7 @@ def train_attack(data, name: str, rate: float | None = None, seed: int = 0, targ
                                  epochs=epochs, seed=seed, progress=progress, **extra)
     if a.kind in ("LowFrequency", "TrojanNN"):
         # every argument is checked before the clean model is trained and the trigger crafted
-        from .train import _prepare
+        from .train import prepare_run as _prepare
         from .triggers import Patch
 
         _prepare(data, Patch(), rate, target, model, epochs, seed, None, None, 0.0,

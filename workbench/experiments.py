@@ -83,14 +83,14 @@ def smoothing_dynamics(data: Dataset, trigger=None, rate: float = 0.05, target: 
     Returns one row per epoch: epoch, loss, clean_accuracy, attack_success_rate, gap, gap_ci,
     p_value, and the mean W_σ curves of clean and triggered inputs (on the same fixed pairs).
     """
-    from .train import _prepare, train_backdoor
+    from .train import prepare_run, train_backdoor
     from .triggers import Patch
 
     # everything is checked here, before training: the measurements run in a callback after the
     # first epoch, which is too late to find out that one of their settings is wrong
     _check_dataset(data)
     trigger = Patch(size=3) if trigger is None else trigger
-    _prepare(data, trigger, rate, target, model, epochs, seed, None, None, 0.0, None)
+    prepare_run(data, trigger, rate, target, model, epochs, seed, None, None, 0.0, None)
     sig = check_sigmas("sigmas", default_sigmas(data.name) if sigmas is None else sigmas)
     check_int("n_pairs", n_pairs, low=2)
     check_int("n_samples", n_samples, low=1)

@@ -87,12 +87,13 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import runstore
+from ._version import __version__
 from ._validate import (check_choice, check_device, check_float, check_images, check_int,
                         check_labels, check_seed)
 from .data import Dataset, as_dataset, data_dir, load_dataset
 from .models import MODELS, build_model, default_device
 from .poison import make_generator
-from .train import (DEFAULTS, BackdoorRun, _check_cached, attack_success_rate, clean_accuracy,
+from .train import (DEFAULTS, BackdoorRun, attack_success_rate, check_cached, clean_accuracy,
                     environment)
 from .triggers import Trigger
 
@@ -484,10 +485,12 @@ def _partners(n: int, g: torch.Generator) -> torch.Tensor:
     return (torch.arange(n) + torch.randint(1, n, (n,), generator=g)) % n
 
 
-def _prepare(data, rate, cross_rate, target, model, epochs, seed, batch_size, lr, weight_decay,
-             lr_generator, lambda_div, lambda_norm, mask_density, mask_epochs, width,
-             max_train) -> tuple[Dataset, InputAwareConfig]:
-    """Validate everything and build the configuration (before any work)."""
+def prepare_input_aware_run(data, rate, cross_rate, target, model, epochs, seed, batch_size, lr,
+                            weight_decay, lr_generator, lambda_div, lambda_norm, mask_density,
+                            mask_epochs, width, max_train) -> tuple[Dataset, InputAwareConfig]:
+    """Validate everything and build the configuration (before any work): `train_input_aware`'s
+    arguments (None for a dataset default) -> (data, InputAwareConfig, whose `key()` names the run
+    in the cache). A sweep's grid calls it to check its points before any run starts."""
     data = as_dataset(data)
     rate = check_float("rate", rate, 0.0, 1.0, low_open=True)
     cross_rate = check_float("cross_rate", cross_rate, 0.0, 1.0)
@@ -535,8 +538,6 @@ def _prepare(data, rate, cross_rate, target, model, epochs, seed, batch_size, lr
     name = data.name
     if data.info.get("max_train") or data.info.get("max_test"):
         name = f"{data.name}[{data.info.get('max_train')},{data.info.get('max_test')}]"
-    from . import __version__
-
     cfg = InputAwareConfig(name, rate, cross_rate, target, model, epochs, batch_size, lr,
                            weight_decay, lr_generator, lambda_div, lambda_norm, mask_density,
                            mask_epochs, width, seed, max_train, data.fingerprint,
@@ -576,9 +577,9 @@ def train_input_aware(data: Dataset | str = "digits", rate: float = ATTACK_DEFAU
         callbacks the run is always trained (so they see it happen) and then saved to the cache
         like any other. They run inside the training's one-thread section (see `_train`).
     """
-    data, cfg = _prepare(data, rate, cross_rate, target, model, epochs, seed, batch_size, lr,
-                         weight_decay, lr_generator, lambda_div, lambda_norm, mask_density,
-                         mask_epochs, width, max_train)
+    data, cfg = prepare_input_aware_run(data, rate, cross_rate, target, model, epochs, seed,
+                                        batch_size, lr, weight_decay, lr_generator, lambda_div,
+                                        lambda_norm, mask_density, mask_epochs, width, max_train)
     if not isinstance(cache, bool):
         raise TypeError(f"`cache` must be a bool; got {cache!r}.")
     if not isinstance(progress, bool):
@@ -621,9 +622,9 @@ def is_input_aware_cached(data: Dataset | str = "digits", rate: float = ATTACK_D
                           width: int = ATTACK_DEFAULTS["width"],
                           max_train: int | None = None) -> bool:
     """Whether `train_input_aware` with these arguments would load a cached run."""
-    data, cfg = _prepare(data, rate, cross_rate, target, model, epochs, seed, batch_size, lr,
-                         weight_decay, lr_generator, lambda_div, lambda_norm, mask_density,
-                         mask_epochs, width, max_train)
+    data, cfg = prepare_input_aware_run(data, rate, cross_rate, target, model, epochs, seed,
+                                        batch_size, lr, weight_decay, lr_generator, lambda_div,
+                                        lambda_norm, mask_density, mask_epochs, width, max_train)
     return _load_cached(data_dir() / "runs" / cfg.key(), cfg, data, torch.device("cpu"),
                         warn=False) is not None
 
@@ -672,7 +673,7 @@ def _load_cached(path: Path, cfg: InputAwareConfig, data: Dataset, device,
         return None
     try:
         run = load_input_aware_run(path, device)
-        _check_cached(run, cfg, data)  # exactly the run asked for, as train_backdoor's cache
+        check_cached(run, cfg, data)  # exactly the run asked for, as train_backdoor's cache
         return run
     except (OSError, ValueError) as exc:
         if warn:

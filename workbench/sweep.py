@@ -273,8 +273,8 @@ class SweepGrid:
 
         from .atlas import ATTACKS, training_args
         from .input_aware import ATTACK_DEFAULTS
-        from .input_aware import _prepare as prepare_input_aware
-        from .train import _prepare
+        from .input_aware import prepare_input_aware_run as prepare_input_aware
+        from .train import prepare_run as _prepare
         from .triggers import Patch, trigger_from_config
 
         ia_defaults = [ATTACK_DEFAULTS[k] for k in ("lr_generator", "lambda_div", "lambda_norm",
