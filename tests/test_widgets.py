@@ -101,7 +101,7 @@ def test_attack_panel_says_clean_label_needs_a_stronger_trigger(digits):
     assert p.mode_note.layout.display is None
     note = p.mode_note.value
     assert "Clean-label needs a stronger trigger" in note and "label-consistent" in note
-    assert "ASR 0.005" in note
+    assert "ASR ≤ 0.005" in note
     p.poisoning.value = "label-consistent"
     assert p.mode_note.layout.display == "none"
     p.poisoning.value = "clean-label"
