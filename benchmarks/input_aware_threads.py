@@ -4,7 +4,9 @@ thread count against one thread, by batch size, and what `InputAware.__call__` d
 A small op run in parallel waits for every worker thread at each of the generators' ~20 layers; on
 a loaded machine a descheduled worker stalls them all (issue 22: 0.7 s for 3 images with 2 threads,
 1.3 ms with 1). `InputAware` runs batches of up to `input_aware.ONE_THREAD_MAX_PIXELS` pixels on one
-thread (restored after); this script measures the side-by-side times that threshold rests on.
+thread (restored after); this script measures the side-by-side times that threshold rests on. Run
+it on a quiet and on a loaded machine: one thread wins everywhere under load, and loses on a quiet
+machine as batches grow.
 
     python benchmarks/input_aware_threads.py [--sizes 1 3 16 64 256 1024 4096] [--reps 15]
 

@@ -197,14 +197,15 @@ def _check_shape(name: str, shape: Any) -> tuple[int, int, int]:
 
 # --- the trigger --------------------------------------------------------------------------------
 
-# Batches of at most this many pixels (N·C·H·W: 1,024 digits, 334 Fashion-MNIST images) run the
+# Batches of at most this many pixels (N·C·H·W: 64 digits, 20 Fashion-MNIST images) run the
 # generators on one CPU thread: each of their ~20 small layers is a parallel region whose threads
 # all wait for the slowest, and on a loaded machine a descheduled thread stalls every one of them
-# (issue 22: 3 digits took 0.7 s on 2 threads, 1.3 ms on 1). benchmarks/input_aware_threads.py
-# measures it: at load 8.7-9 on 2 cores one thread was 1.2-97x faster up to 1,024 digits (the
-# median of 9 calls; 3 images: 2.4x), 1.4-1.6x at 4,096. Larger batches keep torch's threads,
-# which an idle many-core machine can use.
-ONE_THREAD_MAX_PIXELS = 1024 * 16 * 16
+# (issue 22: 3 digits took 0.7 s on 2 threads, 1.3 ms on 1). benchmarks/input_aware_threads.py,
+# 2 cores, median of 9 calls, 1 / 3 / 16 / 64 / 256 / 1,024 digits: at load 9 one thread was
+# 28 / 2.4 / 2.1 / 2.1 / 3.8 / 4.4x faster; at load 1.2 it was 1.1 / 1.0 / 0.8 / 0.9 / 0.6 /
+# 0.7x as fast. Up to 64 images a quiet machine loses at most a millisecond; larger batches keep
+# torch's threads, which a quiet machine uses (as every other op of the workbench does).
+ONE_THREAD_MAX_PIXELS = 64 * 16 * 16
 
 
 @contextlib.contextmanager
