@@ -7,7 +7,7 @@ DEV    := $(VENV)/.installed-dev
 # Progress bars off in tests (headless notebook runs would store every bar in the notebook).
 export TQDM_DISABLE ?= 1
 
-.PHONY: help demo test test-fast lab app bench clean-runs clean
+.PHONY: help demo test test-fast lab app bench screenshots clean-runs clean
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
 
@@ -51,6 +51,9 @@ bench: $(DEV)  ## run the benchmarks (prints ratios; see benchmarks/RESULTS.md)
 	$(PY) benchmarks/widgets.py
 	$(PY) benchmarks/sweep.py
 	$(PY) benchmarks/cache.py
+
+screenshots: $(DEV)  ## remake docs/img from the current app (headless Chromium)
+	$(PY) docs/make_screenshots.py
 
 clean-runs:  ## delete cached runs (they retrain on next use)
 	rm -rf data/runs

@@ -45,7 +45,7 @@ def main(argv=None):
            "criterion": f"ASR >= {ASR_MIN}, clean accuracy >= clean - {DROP_MAX}", "triggers": {}}
     print(f"clean {args.data}: acc {clean.clean_accuracy:.4f} (epochs {clean.config['epochs']})",
           flush=True)
-    triggers = {"BPP": lambda: BPP(), "FTrojan": lambda: FTrojan(),
+    triggers = {"BPP": lambda: BPP(), "FTrojan": lambda: FTrojan(magnitude=30 / 255),
                 "AdaptiveBlend": lambda: AdaptiveBlend()}
     crafted = {"LowFrequency": lambda: craft_low_frequency(data, 0, model=clean.model,
                                                            seed=args.seed),

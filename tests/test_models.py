@@ -140,3 +140,12 @@ def test_preserve_model_gives_the_model_back_on_every_error_path():
             odd.head[1].weight = nn.Parameter(torch.zeros(1))  # a parameter replaced
             raise KeyError("inside")
     _same_state(before, _state(odd))
+
+
+def test_a_wrong_image_size_names_the_expected_size():
+    """Issue 22.5: the message said which layer refused, not which H×W the model expects."""
+    from workbench.models import build_model, check_model_input
+
+    net = build_model("small-cnn", 1, 10, (16, 16))
+    with pytest.raises(ValueError, match=r"it was built for 16x16 images with 1 channel\(s\)"):
+        check_model_input(net, torch.rand(2, 1, 28, 28), "x")

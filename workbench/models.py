@@ -118,14 +118,18 @@ def build_model(name: str, in_channels: int, num_classes: int, image_size: tuple
         raise ValueError(f"`image_size` must be {allowed}; got {tuple(image_size)!r}.")
     h, w = int(image_size[0]), int(image_size[1])
     if name == "small-cnn":
-        return SmallCNN(in_channels, num_classes, (h, w))
-    if name == "mlp":
-        return MLP(in_channels * h * w, num_classes)
-    if name == "lenet5":
-        return LeNet5(in_channels, num_classes)
-    if name == "small-cnn-bn":
-        return SmallCNNBN(in_channels, num_classes, (h, w))
-    return resnet18_small(in_channels, num_classes)
+        net = SmallCNN(in_channels, num_classes, (h, w))
+    elif name == "mlp":
+        net = MLP(in_channels * h * w, num_classes)
+    elif name == "lenet5":
+        net = LeNet5(in_channels, num_classes)
+    elif name == "small-cnn-bn":
+        net = SmallCNNBN(in_channels, num_classes, (h, w))
+    else:
+        net = resnet18_small(in_channels, num_classes)
+    # the image shape it was built for (not state: messages name it when inputs do not fit)
+    net.image_shape = (in_channels, h, w)
+    return net
 
 
 def default_device() -> torch.device:
@@ -227,12 +231,15 @@ def model_device(model: nn.Module) -> torch.device:
 
 
 def _first_layer(model: nn.Module) -> str:
+    shape = getattr(model, "image_shape", None)
+    built = (f"; it was built for {shape[1]}x{shape[2]} images with {shape[0]} channel(s)"
+             if isinstance(shape, tuple) and len(shape) == 3 else "")
     for m in model.modules():
         if isinstance(m, nn.Conv2d):
-            return f"its first layer, a Conv2d, takes {m.in_channels}-channel images"
+            return f"its first layer, a Conv2d, takes {m.in_channels}-channel images{built}"
         if isinstance(m, nn.Linear):
-            return f"its first layer, a Linear, takes {m.in_features} values per image"
-    return "see the model's first layer"
+            return f"its first layer, a Linear, takes {m.in_features} values per image{built}"
+    return "see the model's first layer" + built
 
 
 def check_model_input(model: nn.Module, x: torch.Tensor, name: str = "inputs") -> int:
