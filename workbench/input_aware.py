@@ -95,7 +95,7 @@ from .models import MODELS, build_model, default_device
 from .poison import make_generator
 from .train import (DEFAULTS, BackdoorRun, attack_success_rate, check_cached, clean_accuracy,
                     environment)
-from .triggers import Trigger
+from .triggers import Trigger, register_trigger
 
 # Bump when the training code changes results, so old cached runs are not reused.
 CACHE_FORMAT = 1
@@ -855,6 +855,9 @@ def wb_train_clean(data: Dataset, epochs: int | None):
 
     return train_backdoor(data, rate=0.0, epochs=epochs, progress=False)  # the cached clean run
 
+
+# trigger_from_config (attacks layer) rebuilds InputAware configs through its registry
+register_trigger(InputAware, input_aware_from_config)
 
 __all__ = ["InputAware", "InputAwareConfig", "InputAwareRun", "TriggerNets", "Generator",
            "ATTACK_DEFAULTS", "train_input_aware", "is_input_aware_cached",

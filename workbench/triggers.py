@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import math
 from numbers import Integral, Real
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -821,14 +821,29 @@ TRIGGERS = {cls.__name__: cls for cls in (Patch, Checkerboard, Pixel, Blend, Sin
                                           TrojanNN)}
 
 
+# trigger kinds defined above this layer (InputAware trains its generator with the classifier:
+# workbench.input_aware), registered by their module when it is imported (the package's
+# __init__ imports them all): name -> (class, from_config)
+REGISTERED: dict[str, tuple[type, Callable[[dict], Trigger]]] = {}
+
+
+def register_trigger(cls: type, from_config: Callable[[dict], Trigger]) -> None:
+    """Let `trigger_from_config` rebuild `cls` (a Trigger subclass defined in a higher layer)
+    with `from_config`, and `triggers.<name>` find it."""
+    if not (isinstance(cls, type) and issubclass(cls, Trigger)):
+        raise TypeError(f"`cls` must be a Trigger subclass; got {cls!r}.")
+    if cls.__name__ in TRIGGERS:
+        raise ValueError(f"`cls` must not shadow a built-in trigger; got {cls.__name__!r}.")
+    REGISTERED[cls.__name__] = (cls, from_config)
+
+
 def trigger_from_config(config: dict) -> Trigger:
     """Rebuild a trigger from `Trigger.to_config()`."""
     if not isinstance(config, dict) or "type" not in config:
         raise TypeError(f"`config` must be a dict with a 'type' key; got {config!r}.")
-    if config["type"] == "InputAware":  # trained generators, stored by digest (see input_aware)
-        from .input_aware import input_aware_from_config
-        return input_aware_from_config(config)
-    kind = check_choice("config['type']", config["type"], tuple(TRIGGERS) + ("InputAware",))
+    if config["type"] in REGISTERED:  # e.g. InputAware: trained generators, stored by digest
+        return REGISTERED[config["type"]][1](config)
+    kind = check_choice("config['type']", config["type"], tuple(TRIGGERS) + tuple(REGISTERED))
     unknown = [k for k in config if k != "type" and k not in TRIGGERS[kind]._params]
     if unknown:
         raise ValueError(f"`config` must hold only the parameters of {kind} "
@@ -850,9 +865,8 @@ def trigger_from_config(config: dict) -> Trigger:
 
 
 def __getattr__(name: str):
-    """`triggers.InputAware` lives in `workbench.input_aware` (it trains a generator with the
-    classifier; importing it here at once would be circular)."""
-    if name == "InputAware":
-        from .input_aware import InputAware
-        return InputAware
+    """`triggers.InputAware` and other registered kinds (`register_trigger`): they live in the
+    layer that defines them (workbench.input_aware)."""
+    if name in REGISTERED:
+        return REGISTERED[name][0]
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
