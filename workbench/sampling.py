@@ -131,6 +131,9 @@ def model_batch_size(model: nn.Module, image_shape: Sequence[int], device: torch
     rule = default_batch_size(image_shape, memory_budget, device)
     if device.type != "cpu":
         return rule
+    if any(isinstance(m, torch.jit.ScriptModule) for m in model.modules()):
+        # TorchScript modules take no forward hooks: the structural rule cannot look inside
+        return rule
     numel = int(np.prod(image_shape))
     cap = int(max(32, memory_budget // (2 * 4 * numel * ACTIVATION_FACTOR)))
     rows = CACHE_TARGET_BYTES / (4 * activation_footprint(model, image_shape, device))
