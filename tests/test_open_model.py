@@ -539,3 +539,27 @@ def test_explorers_take_an_opened_run(digits, digits_run):
 def test_smoothing_analysis_takes_an_opened_run(digits, digits_run):
     run = open_model(digits_run.model, digits, trigger=Patch(size=3), target=0)
     smoothing_analysis(run, digits, n_pairs=4, n_samples=16)
+
+
+def test_plain_functions_are_triggers_for_pairs_and_landscapes(digits, digits_run):
+    """Issue 21: landscape_2d and triggered_pairs took only a workbench Trigger (TypeError); a
+    function on image batches now gives the same pairs and map as the Trigger it computes."""
+    import workbench as wb
+
+    patch = Patch(size=3)
+
+    def stamp(x):
+        return patch(x)
+
+    a = wb.triggered_pairs(digits.x_test, digits.y_test, stamp, 0, n=8, seed=1)
+    b = wb.triggered_pairs(digits.x_test, digits.y_test, patch, 0, n=8, seed=1)
+    assert torch.equal(a.triggered, b.triggered) and torch.equal(a.clean, b.clean)
+    x = digits.x_test[1]
+    m1 = landscape.landscape_2d(digits_run.model, x, trigger=stamp, resolution=5, sigma=0.2,
+                                n_samples=16)
+    m2 = landscape.landscape_2d(digits_run.model, x, trigger=patch, resolution=5, sigma=0.2,
+                                n_samples=16)
+    assert np.array_equal(m1.entropy, m2.entropy)
+    with pytest.raises(TypeError, match="`trigger` must be a workbench.triggers.Trigger .* or a "
+                                        "function"):
+        wb.triggered_pairs(digits.x_test, digits.y_test, "patch", 0, n=8)

@@ -44,7 +44,7 @@ from ._validate import (check_choice, check_float, check_forwards, check_images,
 from .models import preserve_model
 from .sampling import check_model as _check_model, check_model_input, model_device as _model_device
 from .smoothness import estimate_smoothness
-from .triggers import Trigger
+from .triggers import Trigger, as_trigger
 
 DIRECTIONS = ("trigger", "random", "gradient")
 CONFIDENCE = 0.95  # level of the local W_σ's intervals (estimate_smoothness's default)
@@ -74,12 +74,12 @@ def _unit(v: torch.Tensor) -> torch.Tensor:
     return v / n if n > 0 else v
 
 
-def _check_trigger(trigger, needed: bool) -> None:
-    if trigger is not None and not isinstance(trigger, Trigger):
-        raise TypeError(f"`trigger` must be a workbench.triggers.Trigger or None; got "
-                        f"{type(trigger).__name__}.")
+def _check_trigger(trigger, needed: bool) -> Trigger | None:
+    """The trigger as a Trigger (a workbench Trigger, or any function on image batches), or
+    None."""
     if needed and trigger is None:
         raise ValueError("`trigger` must be given for the 'trigger' direction.")
+    return None if trigger is None else as_trigger(trigger)
 
 
 def _check_clean(clean, x: torch.Tensor) -> None:
@@ -116,7 +116,7 @@ def direction(model: nn.Module, x: torch.Tensor, kind: str, trigger: Trigger | N
     _check_model(model)
     x = _check_image(x, four_d=False)
     seed = check_seed("seed", seed, generator=False)
-    _check_trigger(trigger, kind == "trigger")
+    trigger = _check_trigger(trigger, kind == "trigger")
     _check_clean(clean, x)
     if clean is not None:
         clean = clean.reshape(x.shape).float()
@@ -172,7 +172,7 @@ def landscape_2d(model: nn.Module, x: torch.Tensor, directions=("trigger", "rand
     seed = check_seed("seed", seed, generator=False)
     if not isinstance(common_noise, bool):
         raise TypeError(f"`common_noise` must be a bool; got {common_noise!r}.")
-    _check_trigger(trigger, "trigger" in directions)
+    trigger = _check_trigger(trigger, "trigger" in directions)
     _check_clean(clean, x)
     if sigma is not None:
         check_forwards(resolution**2 * n_samples, f"{resolution}² grid points × n_samples "

@@ -50,7 +50,7 @@ import torch
 from ._validate import (check_choice, check_float, check_images, check_int, check_labels,
                         check_seed)
 from .models import check_model, check_model_input, model_device, preserve_model
-from .triggers import Trigger
+from .triggers import Trigger, as_trigger
 
 POISONING_MODES = ("dirty-label", "clean-label", "label-consistent")
 TARGET_MODES = ("all-to-one", "all-to-all")
@@ -342,8 +342,10 @@ def triggered_pairs(x_test: torch.Tensor, y_test: torch.Tensor, trigger: Trigger
                     target_mode: str = "all-to-one", num_classes: int | None = None) -> TriggeredPairs:
     """Up to `n` random test inputs the attack applies to (all if n is None) and their triggered
     twins: inputs of classes other than `target` (all-to-one), or inputs of every class
-    (all-to-all: `target` None and `num_classes` given; each pair's target is (y + 1) mod K)."""
-    _check_trigger(trigger)
+    (all-to-all: `target` None and `num_classes` given; each pair's target is (y + 1) mod K).
+    trigger: a workbench Trigger, or any function on (N, C, H, W) batches in [0, 1] (a model
+    opened from elsewhere: `triggers.as_trigger`)."""
+    trigger = as_trigger(trigger)
     check_images("x_test", x_test)
     if not len(x_test):
         raise ValueError(f"`x_test` must hold at least one image; got shape {tuple(x_test.shape)}.")

@@ -88,7 +88,7 @@ from ..data import DATASETS, Dataset, load_dataset
 from ..models import check_model_input, default_device, model_device
 from ..poison import TriggeredPairs, attack_targets, make_generator, triggered_pairs
 from ..train import attack_success_rate, clean_accuracy, environment
-from ..triggers import Trigger
+from ..triggers import FunctionTrigger, PairedTrigger, Trigger  # noqa: F401 (their home: attacks)
 
 # Decoders a folder's images may reach (Pillow goes by content, not by the file's name), and the
 # file names read as images.
@@ -175,92 +175,6 @@ def as_preprocess(preprocess) -> nn.Module:
     raise TypeError("`preprocess` must be None, a (mean, std) pair of per-channel sequences, or an "
                     "nn.Module or function on (N, C, H, W) batches; got "
                     f"{type(preprocess).__name__}.")
-
-
-# --- triggers that are not workbench triggers ---------------------------------------------------
-
-class FunctionTrigger(Trigger):
-    """A trigger from any function on image batches: fn((N, C, H, W) in [0, 1]) must return a
-    tensor of the same shape with finite values in [0, 1] (checked on every call). The function
-    gets a copy of the images, so it may change them in place."""
-
-    def __init__(self, fn: Callable, name: str | None = None):
-        if not callable(fn) or isinstance(fn, (torch.Tensor, np.ndarray, Trigger)):
-            raise TypeError(f"`fn` must be a function on (N, C, H, W) image batches; got "
-                            f"{type(fn).__name__}.")
-        self.fn = fn
-        self.name = name if name is not None else getattr(fn, "__qualname__", type(fn).__name__)
-
-    def _apply(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.fn(x.clone())
-        if not isinstance(out, torch.Tensor):
-            raise TypeError(f"The trigger function {self.name} must return a torch.Tensor; got "
-                            f"{type(out).__name__}.")
-        if tuple(out.shape) != tuple(x.shape):
-            raise ValueError(f"The trigger function {self.name} must return images of the shape it "
-                             f"is given, {tuple(x.shape)}; got {tuple(out.shape)}.")
-        check_images(f"the output of trigger function {self.name}", out)
-        return out.to(device=x.device, dtype=x.dtype)
-
-    def to_config(self) -> dict:
-        return {"type": "FunctionTrigger", "function": self.name}
-
-    def __repr__(self) -> str:
-        return f"FunctionTrigger({self.name})"
-
-    # its identity is its function, which its config only names: equal only to itself
-    __eq__ = object.__eq__
-    __hash__ = object.__hash__
-
-
-def _row_digest(row: np.ndarray) -> bytes:
-    return hashlib.blake2b(row.tobytes(), digest_size=16).digest()
-
-
-class PairedTrigger(Trigger):
-    """Triggered images given as images: `triggered[i]` is `clean[i]` with the trigger. Applied
-    to a batch, it returns the twin of each image, found by its exact pixel values (float32);
-    an image that is not among `clean` is refused (the trigger is known on these images only)."""
-
-    def __init__(self, clean: torch.Tensor, triggered: torch.Tensor, source: str = "paired images"):
-        check_images("clean", clean)
-        check_images("triggered", triggered)
-        if tuple(clean.shape) != tuple(triggered.shape) or not len(clean):
-            raise ValueError(f"`triggered` must hold one image per clean image, of its shape "
-                             f"{tuple(clean.shape)}; got {tuple(triggered.shape)}.")
-        # only the clean images' digests are kept (BLAKE2b, 128 bits), not the images
-        self.n = len(clean)
-        self.triggered = triggered.detach().cpu().float().contiguous()
-        self.source = source
-        self._index: dict[bytes, int] = {}
-        for i, row in enumerate(clean.detach().cpu().float().contiguous().numpy()):
-            self._index.setdefault(_row_digest(row), i)  # an exact duplicate keeps its first twin
-
-    def index_of(self, images: torch.Tensor) -> torch.Tensor:
-        """(N,) the index into `clean` of each image, −1 where it is not there."""
-        rows = images.detach().cpu().float().contiguous().numpy()
-        return torch.tensor([self._index.get(_row_digest(r), -1) for r in rows], dtype=torch.int64)
-
-    def _apply(self, x: torch.Tensor) -> torch.Tensor:
-        idx = self.index_of(x)
-        missing = int((idx < 0).sum())
-        if missing:
-            first = int(torch.nonzero(idx < 0)[0])
-            raise ValueError(f"This trigger is {self.n} triggered images given as images "
-                             f"({self.source}): it can trigger only their clean twins; {missing} of "
-                             f"the {len(x)} images given are not among them (the first at row "
-                             f"{first}).")
-        return self.triggered[idx].to(device=x.device, dtype=x.dtype)
-
-    def to_config(self) -> dict:
-        return {"type": "PairedTrigger", "n": self.n, "source": self.source}
-
-    def __repr__(self) -> str:
-        return f"PairedTrigger({self.n} images, {self.source})"
-
-    # its identity is its images, which its config does not hold: equal only to itself
-    __eq__ = object.__eq__
-    __hash__ = object.__hash__
 
 
 # --- data ---------------------------------------------------------------------------------------
