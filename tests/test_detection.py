@@ -97,16 +97,80 @@ def test_strip_is_the_mean_per_copy_entropy():
     model = LinearK(torch.randn(3, 4), torch.zeros(3))
     x = torch.rand(2, 1, 2, 2)
     pool = torch.rand(10, 1, 2, 2)
-    h = strip_entropy(model, x, pool, n_blend=5, seed=3)
+    # the earlier design: one shared draw of partners, 50/50 blends
+    h = strip_entropy(model, x, pool, n_blend=5, seed=3, superimpose="mean", partners="shared")
     idx = torch.randint(0, 10, (5,), generator=torch.Generator().manual_seed(3))
     for j in range(2):
         with torch.no_grad():
             p = model(0.5 * x[j] + 0.5 * pool[idx]).softmax(-1)
         ref = float((-(p * p.log()).sum(-1)).mean())
         assert h[j] == pytest.approx(ref, rel=1e-6)
+    # the authors' (default): a row of partners per input, plain sums
+    h = strip_entropy(model, x, pool, n_blend=5, seed=3)
+    rows = torch.randint(0, 10, (2, 5), generator=torch.Generator().manual_seed(3))
+    for j in range(2):
+        with torch.no_grad():
+            p = model(x[j] + pool[rows[j]]).softmax(-1)
+        assert h[j] == pytest.approx(float((-(p * p.log()).sum(-1)).mean()), rel=1e-6)
     assert np.allclose(strip_entropy(Constant([0.0, 0.0]), x, pool, 4), np.log(2))
     with pytest.raises(ValueError, match="`clean_pool` images must have the shape"):
         strip_entropy(model, x, torch.rand(3, 1, 3, 3))
+    with pytest.raises(ValueError, match="`superimpose` must be one of 'sum', 'mean'; got 'max'"):
+        strip_entropy(model, x, pool, superimpose="max")
+
+
+class MeanLogit(nn.Module):
+    """Two classes, logits (m, 0) with m the mean pixel value: p = sigmoid(m)."""
+
+    def forward(self, x):
+        m = x.flatten(1).mean(1)
+        return torch.stack([m, torch.zeros_like(m)], 1)
+
+
+def _bits(p):
+    return -(p * math.log2(p) + (1 - p) * math.log2(1 - p))
+
+
+def test_strip_superimposes_as_the_authors_notebook():
+    """Notes section 8.1: x ≡ 0.6 on a partner ≡ 0.7. The notebook's cv2.addWeighted(x, 1, x_c,
+    1, 0) on float32 is the unclipped sum: m = 1.3 (H = 0.749369 bits); a clipped sum would give
+    m = 1.0 (0.839942 bits), the 50/50 blend m = 0.65 (0.927651 bits)."""
+    x = torch.full((1, 1, 4, 4), 0.6)
+    one = torch.full((1, 1, 4, 4), 0.7)
+    sig = lambda m: 1 / (1 + math.exp(-m))  # noqa: E731
+    h = strip_entropy(MeanLogit(), x, one, n_blend=3) / math.log(2)  # nats to bits
+    assert _bits(sig(1.3)) == pytest.approx(0.749369, abs=1e-6)
+    assert h[0] == pytest.approx(0.749369, abs=1e-5)  # not 0.839942 (clipped), not 0.927651
+    hm = strip_entropy(MeanLogit(), x, one, n_blend=3, superimpose="mean") / math.log(2)
+    assert hm[0] == pytest.approx(0.927651, abs=1e-5)
+    # partners ≡ 0.7 and ≡ 0.1 drawn with replacement: the mean of the per-copy entropies,
+    # (0.749369 + 0.916767) / 2 = 0.833068 bits in expectation (SE 0.0013 with 4,000 copies)
+    two = torch.cat([one, torch.full((1, 1, 4, 4), 0.1)])
+    assert (_bits(sig(1.3)) + _bits(sig(0.7))) / 2 == pytest.approx(0.833068, abs=1e-6)
+    h2 = strip_entropy(MeanLogit(), x, two, n_blend=4000, seed=1) / math.log(2)
+    assert h2[0] == pytest.approx(0.833068, abs=0.006)
+    # a fresh draw per input (the same rows for twins): identical inputs get different partners;
+    # "shared" gives every input the same ones
+    xs = x.expand(6, -1, -1, -1)
+    per_input = strip_entropy(MeanLogit(), xs, two, n_blend=5, seed=2)
+    shared = strip_entropy(MeanLogit(), xs, two, n_blend=5, seed=2, partners="shared")
+    assert np.ptp(per_input) > 0.01 and np.ptp(shared) == 0
+    assert np.array_equal(per_input, strip_entropy(MeanLogit(), xs, two, n_blend=5, seed=2))
+
+
+def test_scale_up_uses_backdoorbox_scales():
+    """Notes section 8.2: class 1 iff mean pixel > 0.5; x ≡ 0.12 scaled by 3, 5, 7, 9, 11 gives
+    0.36, 0.60, 0.84, 1.0, 1.0 → classes 0, 1, 1, 1, 1: SPC = 1/5 (the study's 2…11: 0.3)."""
+
+    class Half(nn.Module):
+        def forward(self, x):
+            m = x.flatten(1).mean(1) - 0.5
+            return torch.stack([-m, m], 1)
+
+    assert D.DEFAULT_SCALES == (3, 5, 7, 9, 11)
+    x = torch.cat([torch.full((1, 1, 2, 2), 0.12), torch.full((1, 1, 2, 2), 0.6)])
+    assert np.allclose(D.scale_up_score(Half(), x), [0.2, 1.0])
+    assert np.allclose(D.scale_up_score(Half(), x, scales=D.STUDY_SCALES), [0.3, 1.0])
 
 
 def test_a_model_that_ignores_its_input_gives_every_detector_auc_one_half():
@@ -131,8 +195,13 @@ def test_a_model_that_answers_the_target_on_triggered_inputs():
     clean, triggered, pool = _gate_data()
     res = {r.method: r for r in compare_detectors(model, clean, triggered, pool, SIGMAS, 32, 16,
                                                   methods=D.METHODS, n_boot=100)}
-    # STRIP: blends of a triggered input keep the target (entropy ≈ 0); clean blends do not
-    assert (res["strip"].triggered_scores > -1e-12).all() and res["strip"].auc == 1.0
+    # STRIP: copies of a triggered input keep the target (entropy ≈ 0); 50/50 blends of clean
+    # inputs do not; plain sums of a clean input (mean ≈ 0.25) and a partner (≈ 0.25) sometimes
+    # open the gate too (mean > 0.5), so the authors' STRIP separates less well on this model
+    for m in ("strip", "strip-mean"):
+        assert (res[m].triggered_scores > -1e-12).all(), m
+    assert res["strip-mean"].auc == 1.0 and 0.5 < res["strip"].auc <= 1.0
+    assert np.allclose(res["strip"].clean_scores, -strip_entropy(model, clean, pool, 16, 0))
     # SCALE-UP: every scaled copy of a triggered input keeps the target: SPC = 1
     su = res["scale-up"]
     assert (su.triggered_scores == 1).all()
@@ -282,7 +351,7 @@ def test_bad_arguments_fail_before_any_work():
 
     clean, triggered, pool = _gate_data(4)
     call = lambda **kw: compare_detectors(Boom(), clean, triggered, pool, SIGMAS, 8, 4, **kw)  # noqa: E731
-    with pytest.raises(ValueError, match="`methods` must be one of 'strip', 'scale-up'.*got 'neural-cleanse'"):
+    with pytest.raises(ValueError, match="`methods` must be one of 'strip', 'strip-mean', 'scale-up'.*got 'neural-cleanse'"):
         call(methods=("strip", "neural-cleanse"))
     with pytest.raises(TypeError, match="`methods` must be a tuple"):
         call(methods="strip")

@@ -44,22 +44,28 @@ from .sampling import (check_model as _check_model, check_model_input, mix_seed,
                        model_device as _model_device)
 from .smoothness import estimate_smoothness
 
-METHODS = ("strip", "scale-up", "teco", "ibd-psc", "w-mean", "w-radius", "w-consistency",
+METHODS = ("strip", "strip-mean", "scale-up", "teco", "ibd-psc", "w-mean", "w-radius", "w-consistency",
            "w-knee", "w-class")
 DEFAULT_METHODS = ("strip", "w-mean", "w-radius")  # compare_detectors' methods before `methods=`
-LABELS = {"strip": "STRIP (Gao et al. 2019)", "scale-up": "SCALE-UP (Guo et al. 2023)",
+LABELS = {"strip": "STRIP (Gao et al. 2019)",
+          "strip-mean": "STRIP with 50/50 blends (the study's earlier variant)", "scale-up": "SCALE-UP (Guo et al. 2023)",
           "teco": "TeCo (Liu et al. 2023)", "ibd-psc": "IBD-PSC (Hou et al. 2024)",
           "w-mean": "W_σ mean over σ grid", "w-radius": "W_σ smoothness radius",
           "w-consistency": "W_σ votes kept (consistency)",
           "w-knee": "W_σ at the clean curve's half-rise σ",
           "w-class": "W_σ mean, per-class calibrated"}
 W_METHODS = ("w-mean", "w-radius", "w-consistency", "w-knee", "w-class")
-POOL_METHODS = ("strip", "ibd-psc", "w-knee", "w-class")  # those that use the held-out clean pool
+POOL_METHODS = ("strip", "strip-mean", "ibd-psc", "w-knee", "w-class")  # those that use the held-out clean pool
 KNEE_FRACTION = 0.5  # w-knee's σ: where the clean pool's mean W first reaches this share of its max
 
-# SCALE-UP's amplification factors: integers 2…11 (the issue's "factors 2…n"; the authors' code
-# defaults to the odd factors 3, 5, 7, 9, 11, which can be passed as `scales`).
-DEFAULT_SCALES = tuple(range(2, 12))
+# SCALE-UP's amplification factors: BackdoorBox's `scale_set` default (core/defenses/SCALE_UP.py).
+# The study's earlier factors, 2…11, are STUDY_SCALES (pass them as `scales`).
+DEFAULT_SCALES = (3, 5, 7, 9, 11)
+STUDY_SCALES = tuple(range(2, 12))
+
+# STRIP's superimposition: "sum" (the authors': x + x_c unclipped) or "mean" (0.5·x + 0.5·x_c)
+STRIP_SUPERIMPOSE = ("sum", "mean")
+STRIP_PARTNERS = ("per-input", "shared")
 
 # TeCo: the ImageNet-C corruption family (Hendrycks & Dietterich 2019) at 5 severities, with the
 # parameters of its CIFAR-10-C version (32x32 images; sizes scaled up for larger images). Snow, frost
@@ -188,22 +194,44 @@ def _logits(model, x, dev, batch_size):
 
 @torch.inference_mode()
 def strip_entropy(model: nn.Module, inputs: torch.Tensor, clean_pool: torch.Tensor,
-                  n_blend: int = 64, seed: int = 0, batch_size: int = 2048) -> np.ndarray:
-    """(N,) STRIP score: mean per-copy softmax entropy (nats) over `n_blend` 50/50 blends.
+                  n_blend: int = 100, seed: int = 0, batch_size: int = 2048, *,
+                  superimpose: str = "sum", partners: str = "per-input") -> np.ndarray:
+    """(N,) STRIP score: the mean over `n_blend` superimposed copies of the Shannon entropy
+    (nats) of the model's softmax on each copy. Low entropy = flagged (the ROC score is −H).
 
     STRIP (Gao, Xu, Wang, Chen, Ranasinghe, Nepal: "STRIP: a defence against trojan attacks on
-    deep neural networks", ACSAC 2019): each input x is superimposed on N random held-out clean
-    images by a 50/50 blend, x' = 0.5·x + 0.5·x_clean (pixel values stay in [0, 1]); the score is
-    the mean over the N copies of the Shannon entropy (nats) of the model's softmax for each copy.
-    A trojaned input keeps its target prediction under blending, so its entropy is low. Existing
-    toolboxes disagree (additive α = 1 without averaging, entropy taken over the wrong axis); this
-    one follows the paper's per-copy entropy, averaged. Low entropy = flagged.
+    deep neural networks", ACSAC 2019): each input x is superimposed on N clean images drawn with
+    replacement; a trojaned input keeps its target prediction on every copy, so its entropy is
+    low. H = (1/N) Σ_n H_n with H_n = −Σ_i p_i log p_i (the paper's Eq. 2–4).
+
+    superimpose: "sum" (default, the authors' computation): x + x_c, not clipped. The paper's
+        footnote names `cv2.addWeighted`, and the authors' notebook (garrisongys/STRIP,
+        `STRIP_CIFAR10DeepArchit_Tb.ipynb`, `superimpose`) calls it with weights 1 and 1 on
+        float32 images in [0, 1]; OpenCV saturates integer types only, so the copies are the plain
+        sum with pixels up to 2. "mean": 0.5·x + 0.5·x_c, pixels in [0, 1] (the workbench's
+        earlier STRIP, kept as the detector "strip-mean"; not the paper's: the model is
+        nonlinear, so it is another detector, not a rescaling).
+    partners: "per-input" (default, as the notebook's `entropyCal`): every input gets its own
+        `n_blend` partners, drawn uniformly with replacement from `clean_pool`; the draw is an
+        (N, n_blend) index array seeded by `seed`, so inputs[i] of two calls with the same seed
+        and N (a clean input and its triggered twin) get the same partners. "shared": one draw of
+        `n_blend` partners for every input (the workbench's earlier design).
+
+    Remaining differences from the notebook: the partners come from the caller's held-out
+    `clean_pool` (the notebook draws from training images 40000–49998 of the model's own
+    training set) with a seeded draw (the notebook's is unseeded); the entropy is in nats (the
+    notebook: bits; the base multiplies every score by one positive constant: ROC-invariant);
+    no decision threshold (the notebook flags entropies below the 1% quantile of a normal fit
+    to clean entropies: the workbench reports the whole ROC instead); 0·log 0 counts 0, as
+    NumPy's `nansum` there.
     """
     _check_model(model)
     check_images("inputs", inputs)
     check_images("clean_pool", clean_pool)
     check_int("n_blend", n_blend, low=1)
     check_int("batch_size", batch_size, low=1)
+    check_choice("superimpose", superimpose, STRIP_SUPERIMPOSE)
+    check_choice("partners", partners, STRIP_PARTNERS)
     if not len(clean_pool):
         raise ValueError("`clean_pool` must hold at least one image to blend with; got none.")
     if inputs.shape[1:] != clean_pool.shape[1:]:
@@ -213,15 +241,18 @@ def strip_entropy(model: nn.Module, inputs: torch.Tensor, clean_pool: torch.Tens
     check_model_input(model, inputs, "inputs")
     inputs, clean_pool = inputs.float(), clean_pool.float()  # float64 too (the models are float32)
     g = make_generator(seed)
-    # the same blend partners for every input: a paired design, and reproducible
-    idx = torch.randint(0, len(clean_pool), (n_blend,), generator=g)
-    partners = clean_pool[idx].to(dev)  # (B, C, H, W)
+    if partners == "shared":  # one draw for every input (the earlier design; same draws as then)
+        idx = torch.randint(0, len(clean_pool), (n_blend,), generator=g).expand(len(inputs), -1)
+    else:  # a row of partners per input, the same rows for twins
+        idx = torch.randint(0, len(clean_pool), (len(inputs), n_blend), generator=g)
+    w = 1.0 if superimpose == "sum" else 0.5
     out = []
     with preserve_model(model):
         per_chunk = max(1, batch_size // n_blend)
         for i in range(0, len(inputs), per_chunk):
             x = inputs[i:i + per_chunk].to(dev)  # (n, C, H, W)
-            blends = 0.5 * x[:, None] + 0.5 * partners[None]  # (n, B, C, H, W)
+            partners_x = clean_pool[idx[i:i + per_chunk]].to(dev)  # (n, B, C, H, W)
+            blends = w * x[:, None] + w * partners_x  # not clipped
             p = model(blends.flatten(0, 1)).softmax(-1).double()  # (n·B, K)
             h = torch.special.entr(p).sum(-1).view(len(x), n_blend)
             out.append(h.mean(1).cpu())
@@ -234,12 +265,20 @@ def strip_entropy(model: nn.Module, inputs: torch.Tensor, clean_pool: torch.Tens
 def scale_up_score(model: nn.Module, inputs: torch.Tensor, scales=DEFAULT_SCALES,
                    batch_size: int = 2048) -> np.ndarray:
     """(N,) scaled prediction consistency (SPC): the share of the copies clip(n·x, 0, 1), n in
-    `scales`, that keep the model's prediction on x. Higher = flagged.
+    `scales`, that keep the model's prediction on x (the original not counted). Higher = flagged.
 
     SCALE-UP (Guo, Li, Chen, Jia, Xia: "SCALE-UP: an efficient black-box input-level backdoor
     detection via analyzing scaled prediction consistency", ICLR 2023), data-free version: a
     backdoored model's answer on a triggered input survives amplifying every pixel value, a
-    clean input's answer does not. Pixels are scaled in [0, 1] image space and clipped.
+    clean input's answer does not. As BackdoorBox's `SCALE_UP` (THUYimingLi/BackdoorBox,
+    core/defenses/SCALE_UP.py): scales 3, 5, 7, 9, 11 by default, pixels scaled in [0, 1] image
+    space and clipped, SPC = (1/|S|) Σ_n 1[argmax f(clip(n·x)) = argmax f(x)].
+
+    Remaining differences: no data-limited standardisation (BackdoorBox's optional `valset`
+    divides every SPC minus the val set's mean SPC by its std: a positive affine map, the same
+    ROC) and no threshold T = 0.5 (the workbench reports the ROC). The authors' own scorer
+    (JunfengGo/SCALE-UP, test.py) counts the original too, (1 + kept)/(1 + |S|): an increasing
+    affine map of SPC, the same ROC. The study's earlier factors 2…11 are STUDY_SCALES.
     """
     _check_model(model)
     check_images("inputs", inputs)
@@ -837,7 +876,7 @@ def roc_analysis(method: str, clean_scores, triggered_scores, *, paired: bool | 
 # --- everything side by side -------------------------------------------------------------------
 
 def compare_detectors(model: nn.Module, clean: torch.Tensor, triggered: torch.Tensor,
-                      clean_pool: torch.Tensor, sigmas, n_samples: int = 64, n_blend: int = 64,
+                      clean_pool: torch.Tensor, sigmas, n_samples: int = 64, n_blend: int = 100,
                       seed: int = 0, *, methods=DEFAULT_METHODS, scales=DEFAULT_SCALES,
                       corruptions=TECO_CORRUPTIONS, severities=TECO_SEVERITIES,
                       amplification: float = 1.5, n_models: int = 5, agreement: float = 0.6,
@@ -925,10 +964,12 @@ def compare_detectors(model: nn.Module, clean: torch.Tensor, triggered: torch.Te
     for m in methods:
         setup, settings = 0.0, {}
         t0 = time.perf_counter()
-        if m == "strip":
-            sc = -strip_entropy(model, clean, clean_pool, n_blend, seed, batch_size)
-            st = -strip_entropy(model, triggered, clean_pool, n_blend, seed, batch_size)
-            settings = {"n_blend": n_blend}
+        if m in ("strip", "strip-mean"):
+            how = "sum" if m == "strip" else "mean"
+            sc = -strip_entropy(model, clean, clean_pool, n_blend, seed, batch_size, superimpose=how)
+            st = -strip_entropy(model, triggered, clean_pool, n_blend, seed, batch_size,
+                                superimpose=how)
+            settings = {"n_blend": n_blend, "superimpose": how, "partners": "per-input"}
         elif m == "scale-up":
             sc = scale_up_score(model, clean, scales, batch_size)
             st = scale_up_score(model, triggered, scales, batch_size)
