@@ -11,7 +11,7 @@ import torch
 import pytest
 
 import workbench as wb
-from workbench import atlas
+from workbench import atlas, sweepstore
 from workbench import sweep as sw
 
 TINY = dict(attacks=tuple(atlas.ATTACKS), rates="strong", epochs=2, n_pairs=10, n_samples=8)
@@ -129,7 +129,7 @@ def test_format_3_tables_are_read_with_empty_atlas_columns(tmp_path, tiny_atlas)
         fields = dict(zip(sw.COLUMNS, next(csv.reader([ln.decode()]))))
         if ln is not lines[0]:
             fields["row_format"] = "3"
-        out.append(sw._csv_record([fields[c] for c in sw._FORMAT3_COLUMNS]))
+        out.append(sweepstore._csv_record([fields[c] for c in sweepstore.FORMAT3_COLUMNS]))
     old = tmp_path / "old.csv"
     old.write_bytes(b"".join(out))
     read = sw.read_table(old)

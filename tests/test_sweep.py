@@ -1,5 +1,6 @@
 import csv
 import math
+import sqlite3
 
 import numpy as np
 import pandas as pd
@@ -8,6 +9,7 @@ from scipy import stats
 
 import workbench as wb
 from workbench import sweep as sw
+from workbench import sweepstore
 
 
 def test_spearman_matches_scipy_and_has_a_fisher_interval():
@@ -112,20 +114,22 @@ def test_sweep_runs_resumes_and_filters(tmp_path, digits_run):
     grid = sw.SweepGrid(**SMALL)
     table = sw.run_sweep(grid, path, max_workers=1, progress=False)
     assert isinstance(table, pd.DataFrame) and len(table) == 2 and path.exists()
+    assert (tmp_path / "sweep.sqlite").exists()  # the store; the CSV is its export
     assert table.attrs["computed"] == table["key"].tolist()
     control = table[table.rate == 0.0].iloc[0]
     attacked = table[table.rate == 0.05].iloc[0]
     assert attacked["attack_success_rate"] >= 0.95 > control["attack_success_rate"]
     assert attacked["clean_accuracy"] == pytest.approx(digits_run.clean_accuracy)
-    # an interrupted sweep: drop one finished row and tear the last line, then resume
-    lines = path.read_text().splitlines()
-    path.write_text("\n".join(lines[:2]) + "\n" + lines[2][: len(lines[2]) // 2])
-    with pytest.warns(UserWarning, match="an interrupted write was repaired"):
-        again = sw.run_sweep(grid, path, max_workers=1, progress=False)
+    # an interrupted sweep: the second row never committed (a killed writer loses that row only)
+    with sqlite3.connect(tmp_path / "sweep.sqlite") as con:
+        con.execute('DELETE FROM rows WHERE "key" = ?', (table["key"][1],))
+    con.close()
+    assert sw.read_table(path)["key"].tolist() == [table["key"][0]]
+    again = sw.run_sweep(grid, path, max_workers=1, progress=False)
     assert len(again) == 2 and again.attrs["computed"] == [table["key"][1]]
-    assert (tmp_path / "sweep.csv.torn").read_text() == lines[2][: len(lines[2]) // 2] + "\n"
     assert sorted(sw.read_table(path)["rate"].tolist()) == [0.0, 0.05]
     assert sw.read_table(path)["key"][0] == table["key"][0]
+    assert sorted(r["rate"] for r in csv.DictReader(open(path))) == ["0.0", "0.05"]  # exported
     with pytest.raises(FileExistsError, match="nothing was overwritten"):
         sw.run_sweep(grid, path, resume=False, progress=False)
     out = sw.write_table(table, tmp_path / "copy.csv")
@@ -257,6 +261,18 @@ def test_a_file_that_is_not_a_sweep_table_is_refused(tmp_path):
     with pytest.raises(sw.SweepFileError, match="nothing was changed"):
         sw.run_sweep(sw.SweepGrid(**SMALL), path, max_workers=1, progress=False)
     assert path.read_text() == "name,value\nx,1\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["other.csv"]  # no store was made
+    # nor is a SQLite file of something else taken for a store
+    other = tmp_path / "other.sqlite"
+    with sqlite3.connect(other) as con:
+        con.execute("CREATE TABLE notes (text TEXT)")
+    con.close()
+    before = other.read_bytes()
+    with pytest.raises(sw.SweepFileError, match="is not a sweep store"):
+        sw.run_sweep(sw.SweepGrid(**SMALL), other, max_workers=1, progress=False)
+    with pytest.raises(sw.SweepFileError, match="is not a sweep store"):
+        sw.read_table(other)
+    assert other.read_bytes() == before
 
 
 def test_write_table_is_atomic_and_reads_back(tmp_path, four_runs):
@@ -270,6 +286,11 @@ def test_write_table_is_atomic_and_reads_back(tmp_path, four_runs):
         sw.write_table(table.drop(columns="gap"), tmp_path / "x.csv")
     with pytest.raises(TypeError, match="`table` must be a pandas DataFrame"):
         sw.write_table(table.to_dict("records"), tmp_path / "x.csv")
+    # the CSV beside a store is its export: writing it would not change the table
+    with pytest.raises(ValueError, match="`path` must not be the CSV export of a sweep store"):
+        sw.write_table(subset, src)
+    with pytest.raises(ValueError, match="`path` must name a CSV file"):
+        sw.write_table(subset, tmp_path / "x.sqlite")
 
 
 def test_read_table_gives_typed_columns(tmp_path, four_runs):
@@ -300,7 +321,7 @@ def test_read_table_gives_typed_columns(tmp_path, four_runs):
     fields = next(csv.reader([lines[1].decode()]))
     fields[sw.COLUMNS.index("seed")] = "1.5"
     bad = tmp_path / "bad.csv"
-    bad.write_bytes(lines[0] + sw._csv_record(fields) + b"".join(lines[2:]))
+    bad.write_bytes(lines[0] + sweepstore._csv_record(fields) + b"".join(lines[2:]))
     assert sw.read_table(bad)["rate"].tolist() == [0.05, 0.1, 0.2]
 
 
@@ -310,7 +331,7 @@ def _legacy(src, dst, rows=None):
     out = []
     for ln in [lines[0], *(lines[1:] if rows is None else [lines[1 + i] for i in rows])]:
         fields = dict(zip(sw.COLUMNS, next(csv.reader([ln.decode()]))))
-        out.append(sw._csv_record([fields[c] for c in sw._LEGACY_COLUMNS]))
+        out.append(sweepstore._csv_record([fields[c] for c in sweepstore.LEGACY_COLUMNS]))
     dst.write_bytes(b"".join(out))
     return dst
 
@@ -330,15 +351,18 @@ def test_rows_of_older_row_formats_are_read_never_reused(tmp_path, four_runs):
                                           r"or an empty row_format"):
         new = sw.run_sweep(grid, path, max_workers=1, progress=False)
     assert len(new.attrs["computed"]) == 2 and (new["row_format"] == sw.ROW_FORMAT).all()
-    lines = path.read_bytes().splitlines()
-    assert lines[0] + b"\r\n" == sw._HEADER and len(lines) == 1 + 2 + 2
+    lines = path.read_bytes().splitlines()  # the store's export: every row, the current header
+    assert lines[0] + b"\r\n" == sweepstore.CSV_HEADER and len(lines) == 1 + 2 + 2
     assert lines[1].split(b",")[1] == b""  # the old rows, with an empty row_format
     assert sw.current_rows(sw.read_table(path))[1] == 0  # one row per key: the new ones
-    # a row of another row format in a current table is read and set apart too
+    # a row of another row format in a current table is read and set apart too (here: written
+    # into the CSV by hand, which the store takes in as that key's latest row)
     fields = next(csv.reader([lines[3].decode()]))
     fields[1] = str(sw.ROW_FORMAT + 1)
-    path.write_bytes(b"\n".join(lines[:3]) + b"\n" + sw._csv_record(fields) + lines[4] + b"\n")
-    current, stale = sw.current_rows(sw.read_table(path))
+    path.write_bytes(b"\n".join(lines[:3]) + b"\n" + sweepstore._csv_record(fields) + lines[4]
+                     + b"\n")
+    with pytest.warns(UserWarning, match=r"changed since .* its 1 rows that the store does not"):
+        current, stale = sw.current_rows(sw.read_table(path))
     assert len(current) == 1 and stale == 1
 
 

@@ -24,7 +24,7 @@ from .patterns import measure_patterns, pattern_table, random_patches, universal
 from .poison import triggered_pairs
 from .report import Raw, ci, percent, pval, table_html, write_report
 from .stats import spearman_ci
-from .sweep import (ROW_FORMAT, RUN_COLUMNS, _check_table, current_rows,  # noqa: F401
+from .sweep import (ROW_FORMAT, RUN_COLUMNS, check_table, current_rows,  # noqa: F401
                     latest_per_run, read_table)
 from .train import environment, train_backdoor
 from .triggers import TRIGGERS, Patch
@@ -51,7 +51,7 @@ def report_rows(table: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
 def headline(table: pd.DataFrame) -> dict:
     """Spearman correlations of ASR with the mean-W gap and with the radius gap, per dataset,
     over distinct runs (`latest_per_run`): "runs" is the n of the intervals."""
-    _check_table("table", table)
+    check_table("table", table)
     table, _ = latest_per_run(table)
     out = {}
     for ds, rows in table.groupby("dataset", sort=True):
@@ -532,7 +532,7 @@ def attack_strength_table(rows: pd.DataFrame) -> pd.DataFrame:
     decimals, each gap with its 95% interval in one column, p-values to 2 digits; target, seed,
     model and epochs only where they vary (else `run_settings` says). The radius gap's p-value
     stays in the CSV (its interval is shown)."""
-    _check_table("rows", rows)
+    check_table("rows", rows)
     vary = [c for c in ("model", "epochs", "target", "seed") if rows[c].nunique() > 1]
     out = []
     for r in rows.to_dict("records"):
@@ -767,7 +767,7 @@ def atlas_rows(table: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
     Patch from Patch/clean-label), sorted by family and attack (display order), dataset, rate and
     seed. Returns (rows, {"read": n, "used": m}); rows is empty (never an error) when `table`
     holds no atlas rows of this row format."""
-    _check_table("table", table)
+    check_table("table", table)
     missing = [c for c in plots.ATLAS_COLUMNS if c not in table.columns]
     if missing:
         return table.iloc[:0], {"read": len(table), "used": 0}
@@ -986,7 +986,7 @@ def write_paper(table: pd.DataFrame, out: str | Path = "reports/paper.html", *,
     (`attack_atlas_section`), its findings and summary["atlas"]; None leaves the section out. An
     `atlas` without rows of at least two attacks of this row format is refused. Returns the
     summary."""
-    _check_table("table", table)
+    check_table("table", table)
     if not isinstance(out, (str, Path)):
         raise TypeError(f"`out` must be a str or a Path; got {out!r}.")
     for name, v, kind in (("dynamics", dynamics, list), ("patterns", patterns, dict),
@@ -994,7 +994,7 @@ def write_paper(table: pd.DataFrame, out: str | Path = "reports/paper.html", *,
         if v is not None and not isinstance(v, kind):
             raise TypeError(f"`{name}` must be None or a {kind.__name__}; got {type(v).__name__}.")
     if atlas is not None:
-        _check_table("atlas", atlas)
+        check_table("atlas", atlas)
         atlas_used, atlas_counts = atlas_rows(atlas)
         if not _has_atlas(atlas_used):
             raise ValueError(f"`atlas` must hold rows of at least two attacks (column `attack`) of "
@@ -1150,7 +1150,7 @@ def paper_report(sweep_csv: str | Path = "reports/sweep.csv", out: str | Path = 
     elif atlas is not None:
         atlas_source = "a DataFrame"
     if atlas is not None:  # refused now, not after the studies
-        _check_table("atlas", atlas)
+        check_table("atlas", atlas)
         if not _has_atlas(atlas_rows(atlas)[0]):
             raise ValueError(f"`atlas` ({atlas_source}) must hold rows of at least two attacks "
                              f"(column `attack`) of this version's row format ({ROW_FORMAT}); it "

@@ -1,43 +1,38 @@
-"""Grids of runs: dataset × trigger (type, size) × poisoning rate × target × seed.
+"""Grids of runs: dataset × trigger (type, size) or attack × poisoning rate × target × seed.
 
-Each grid point trains (through the run cache) and measures clean accuracy, ASR and the smoothing
-gap, giving one row. Rows are appended to a CSV file as they finish, so an interrupted sweep
-continues where it stopped (`resume=True`). Points run on any `concurrent.futures.Executor`:
-local processes by default, a Dask cluster with `distributed.Client(...).get_executor()`.
+Each grid point trains (through the run cache, by the one training path of every attack:
+`attack_registry.train_from_config`) and measures clean accuracy, ASR and the smoothing gap,
+giving one row. Rows go into a sweep table (`workbench.sweepstore`: a SQLite store beside the CSV
+path users give, `reports/sweep.csv` -> `reports/sweep.sqlite`, whose CSV export the sweep
+rewrites after each row) as they finish, one transaction per row, so an interrupted sweep
+continues where it stopped (`resume=True`). Points run on any `concurrent.futures.Executor`: local processes
+by default, a Dask cluster with `distributed.Client(...).get_executor()`.
 
 A row is reused only when its key matches: the key covers everything its numbers depend on (the
 run's settings with the dataset's defaults resolved, the resolved σ grid, the estimator's settings,
 ESTIMATOR_VERSION, the training cache format and KEY_FORMAT), so rows made under other settings or
-by older code never match and are computed again. Several sweeps may share one CSV: appends hold an
-flock on `.NAME.lock` next to it, and a sweep holds a claim (`.NAME.claims/KEY.lock`, flocked) on
-each point it computes, so the others skip it and read its row when it is done; a claim dies with
-its process. A torn last line (a write interrupted by a crash) is moved to `NAME.torn` before the
-next append.
+by older code never match and are computed again. Several sweeps may share one table: a sweep
+claims each point it computes (a row of the store's claims, which dies with its process), so the
+others skip it and read its row when it is done.
 
 The table comes back as a pandas DataFrame (`read_table`, `run_sweep`): one row per key, columns
 `COLUMNS` typed (`COLUMN_TYPES`). Every row says which `row_format` made it; `current_rows` keeps
-those of this version. Tables written before row format 3 (no `row_format` column) are read with
-`row_format` missing (<NA>), and the first sweep that appends to one rewrites its header, keeping
-their rows (unused: their keys never match). Rows of row format 4 lack only `max_train`: their
-keys are those of this version, and a sweep that reuses one completes it from its grid point.
+those of this version. Rows of row format 4 lack only `max_train`: their keys are those of this
+version, and a sweep that reuses one completes it from its grid point. `RUN_COLUMNS`,
+`run_identity` and `latest_per_run` name a trained run. These names live in
+`workbench.sweepstore` and are re-exported here, where users have always found them.
 
-A trained run is named by `RUN_COLUMNS` (its identity: dataset, attack, trigger, poisoning, target
-mode, rate, target, seed, model, epochs, training subset); one run measured under several keys
-(other pairs, samples, σ grid, estimator) is counted once by `latest_per_run`. Every module that
-tells runs apart (the paper report, the atlas's figures) uses these two.
-
-An atlas grid (`SweepGrid(attacks=...)`) writes to `workbench.atlas.ATLAS_CSV` (reports/atlas.csv)
-by default, any other grid to reports/sweep.csv (`default_table`), as the command line does.
+An atlas grid (`SweepGrid(attacks=...)`) writes to `ATLAS_CSV` (reports/atlas.csv) by default, any
+other grid to `SWEEP_CSV` (reports/sweep.csv) (`default_table`), as the command line does.
 """
 
 from __future__ import annotations
 
 import concurrent.futures as cf
-import csv
 import ctypes
 import dataclasses
 import hashlib
-import io
+import inspect
 import itertools
 import json
 import math
@@ -47,45 +42,47 @@ import signal
 import sys
 import threading
 import time
-import warnings
-from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Iterable
 
 import pandas as pd
+import torch
+from tqdm import tqdm as tqdm_std
 from tqdm.auto import tqdm
 
+from . import smoothness
 from ._validate import check_choice, check_float, check_int, check_seed, check_sigmas
-from .atlas import ATLAS_CSV
-from .data import DATASET_SHAPES, DATASETS
-from .fileio import atomic_write
+from ._version import __version__
+from .attack_registry import ATTACKS, attack_rates, train_from_config, training_args, trigger_norms
+from .comparison import paired_gap
+from .crafting import CRAFT_VERSION, CRAFTERS
+from .data import DATASET_SHAPES, DATASETS, load_dataset
+from .experiments import default_sigmas, smoothing_analysis
+from .input_aware import ATTACK_DEFAULTS as IA_DEFAULTS
+from .input_aware import CACHE_FORMAT as IA_CACHE_FORMAT
+from .input_aware import EPOCHS as IA_EPOCHS
+from .input_aware import prepare_input_aware_run
 from .models import MODELS
+from .poison import check_pgd
 from .stats import spearman_ci  # noqa: F401 - re-exported: it used to live here
-from .triggers import CRAFTED, TRIGGERS
+# re-exported: users have always found the table's names here
+from .sweepstore import (COLUMN_TYPES, COLUMNS, COMPLETABLE, CSV_HEADER,  # noqa: F401
+                         FORMAT3_COLUMNS, FORMAT4_COLUMNS, ROW_FORMAT, RUN_COLUMNS, SweepFileError,
+                         SweepStore, check_table, csv_line, current_rows, export_csv,
+                         latest_per_run, normalise_row, read_table, rows_frame, run_identity,
+                         table_exists, write_table)
+from .train import CACHE_FORMAT as TRAIN_CACHE_FORMAT
+from .train import DEFAULTS as TRAIN_DEFAULTS
+from .train import prepare_run
+from .triggers import CRAFTED, TRIGGERS, Patch, trigger_from_config
 
-try:  # Linux and macOS; elsewhere sweeps sharing one CSV are not coordinated
-    import fcntl
-except ImportError:  # pragma: no cover - Windows
-    fcntl = None
-
-# Version of the rows' content and of what their keys cover: bump whenever a change in this module
-# can move a number in a row or changes the key, so that rows made by older code never match.
-# 2: keys cover the resolved σ grid and training defaults, the estimator's settings and versions.
-# 3: rows carry their row format (a `row_format` column), so readers can tell stale rows apart,
-#    and the radius gap's interval (radius_gap_ci_low, radius_gap_ci_high).
-# 4: attacks (the atlas, `workbench.atlas`): attack, family, poisoning, target_mode columns, the
-#    trigger's size (trigger_l2, trigger_linf) and the mean W_σ curves (sigmas, clean_curve,
-#    triggered_curve); pairs drawn by the run's `triggered_pairs` (every target mode).
-# 5: the training subset (`max_train`: None = the whole training set), a column of the run's
-#    identity (RUN_COLUMNS). Its numbers are computed as format 4's and its keys are format 4's
-#    (KEY_FORMAT): a row of format 4 whose key matches a grid point is completed from the point
-#    (`_COMPLETABLE`), not computed again.
-ROW_FORMAT = 5
-# The version of what keys cover and of how a row's numbers are computed: bump it (and ROW_FORMAT)
-# whenever a change in this module can move a number in a row or changes the key; bump ROW_FORMAT
-# alone for a column whose value a grid point gives (then list it in _COMPLETABLE).
+# The version of what keys cover and of how a row's numbers are computed: bump it (and
+# sweepstore.ROW_FORMAT) whenever a change in this module can move a number in a row or changes
+# the key; bump ROW_FORMAT alone for a column whose value a grid point gives (then list it in
+# sweepstore.COMPLETABLE). 2: keys cover the resolved σ grid and training defaults, the estimator's
+# settings and versions; 3: row formats 3; 4: attacks (row format 4 and 5; see sweepstore).
 KEY_FORMAT = 4
 
 # The estimator settings every row is measured with: passed explicitly to the estimator by
@@ -96,57 +93,13 @@ ESTIMATOR_SETTINGS = {
     "summary": "mean", "confidence": 0.95,
     "radius_threshold": 0.1,  # the radius gap's threshold, as a fraction of log K
 }
-# Each column and its type in `read_table`'s DataFrame: "str" ("" where empty or missing), "int"
-# (int64; a row without one is damaged), "float" (float64, NaN where empty), "Int64" (nullable int:
-# rows of older tables have no row format; max_train is <NA> for the whole training set), "floats"
-# (a tuple of floats, stored as ";"-joined numbers; () where empty).
-COLUMN_TYPES = {
-    "key": "str", "row_format": "Int64", "dataset": "str", "attack": "str", "family": "str",
-    "trigger": "str", "trigger_type": "str", "trigger_size": "int", "trigger_l2": "float",
-    "trigger_linf": "float", "poisoning": "str", "target_mode": "str",
-    "rate": "float", "target": "int", "seed": "int", "model": "str",
-    "epochs": "int", "max_train": "Int64", "clean_accuracy": "float",
-    "attack_success_rate": "float", "gap": "float",
-    "gap_ci_low": "float", "gap_ci_high": "float", "p_value": "float", "radius_gap": "float",
-    "radius_gap_ci_low": "float", "radius_gap_ci_high": "float", "radius_p_value": "float",
-    "clean_mean_W": "float", "triggered_mean_W": "float", "n_pairs": "int", "n_samples": "int", "sigma_min": "float", "sigma_max": "float",
-    "sigmas": "floats", "clean_curve": "floats", "triggered_curve": "floats",
-    "train_seconds": "float", "torch": "str", "workbench": "str"}
-COLUMNS = list(COLUMN_TYPES)
-# The header of row formats 1 and 2. Tables with an older header are read (the columns it lacks are
-# missing values: NaN, <NA>, or "" for text) and upgraded to `COLUMNS` by the next sweep into them.
-# When COLUMNS changes, add the header it had to _OLDER_COLUMNS (and bump ROW_FORMAT).
-_LEGACY_COLUMNS = ["key", "dataset", "trigger", "trigger_type", "trigger_size", "rate", "target",
-                   "seed", "model", "epochs", "clean_accuracy", "attack_success_rate", "gap",
-                   "gap_ci_low", "gap_ci_high", "p_value", "radius_gap", "radius_p_value",
-                   "clean_mean_W", "triggered_mean_W", "n_pairs", "n_samples", "sigma_min",
-                   "sigma_max", "train_seconds", "torch", "workbench"]
-_FORMAT3_COLUMNS = (_LEGACY_COLUMNS[:17] + ["radius_gap_ci_low", "radius_gap_ci_high"]
-                    + _LEGACY_COLUMNS[17:])
-_FORMAT3_COLUMNS.insert(1, "row_format")
-_FORMAT4_COLUMNS = [c for c in COLUMNS if c != "max_train"]
-_OLDER_COLUMNS = [_FORMAT4_COLUMNS, _FORMAT3_COLUMNS, _LEGACY_COLUMNS]
-# Older row formats whose rows are completed when a sweep reuses them (their keys are this
-# version's: KEY_FORMAT): format -> the columns they lack, each the grid point's value.
-_COMPLETABLE = {4: ("max_train",)}
-# a column an older table lacks must have a "missing" value: not an int
-assert all(COLUMN_TYPES[c] != "int" for old in _OLDER_COLUMNS for c in COLUMNS if c not in old)
-# A grid names triggers by type and size: those whose content must be given (a crafted pattern)
-# cannot be swept.
 # Triggers a sweep builds from parameters: not PatternPatch (a user's array) nor the crafted ones
-# (LowFrequency, TrojanNN: optimised on a clean model; craft them, then train_backdoor).
+# (LowFrequency, TrojanNN: optimised on a clean model; sweep them as attacks of the atlas).
 SWEEPABLE = tuple(k for k in TRIGGERS if k != "PatternPatch" and k not in CRAFTED)
 SIZED = tuple(k for k in SWEEPABLE if "size" in TRIGGERS[k]._params)
 
-# The identity of a trained run: the columns that name it. Rows equal on these measure the same
-# model (measured again under another key: other pairs, samples, σ grid, estimator or versions);
-# rows that differ on any of them are different models: the attack (Patch and Patch/all-to-all
-# share trigger, rate and seed), its poisoning and target mode, the training subset (the atlas
-# trains Fashion-MNIST on its first 20,000 images). The one definition: `latest_per_run`, the
-# paper report and the atlas's figures use it.
-RUN_COLUMNS = ("dataset", "attack", "trigger", "trigger_type", "trigger_size", "poisoning",
-               "target_mode", "rate", "target", "seed", "model", "epochs", "max_train")
-assert set(RUN_COLUMNS) <= set(COLUMN_TYPES)
+SWEEP_CSV = "reports/sweep.csv"  # the default table of a grid of triggers
+ATLAS_CSV = "reports/atlas.csv"  # the default table of a grid of attacks (`workbench.atlas`)
 
 
 def trigger_config(kind: str, size: int) -> dict:
@@ -193,8 +146,6 @@ class SweepGrid:
         put("trigger_sizes", _check_values("trigger_sizes", self.trigger_sizes, "ints >= 1",
                                            lambda s: check_int("trigger_sizes", s, low=1)))
         if self.attacks is not None:
-            from .atlas import ATTACKS
-
             defaults = {f.name: f.default for f in dataclasses.fields(self)}
             for name in ("trigger_types", "trigger_sizes"):
                 if getattr(self, name) != defaults[name]:
@@ -234,10 +185,6 @@ class SweepGrid:
     def _check_fit(self) -> None:
         """Every trigger fits every dataset's images and every target is one of its classes:
         checked here, before any run starts, rather than in a worker minutes later."""
-        import torch
-
-        from .triggers import trigger_from_config
-
         for d in self.datasets:
             shape, n_classes = DATASET_SHAPES[d]
             for t in self.targets:
@@ -255,8 +202,6 @@ class SweepGrid:
 
     def _attack_rates(self, attack, dataset: str) -> tuple:
         if self.rates is None or isinstance(self.rates, str):
-            from .atlas import attack_rates
-
             attack_rates(attack.name, dataset)  # refuses a dataset without measured rates
         if self.rates is None:
             return tuple(dict.fromkeys(attack.rates[dataset]))
@@ -269,15 +214,7 @@ class SweepGrid:
         `train_backdoor` (or `train_input_aware`) checks them, before any run starts: a trigger
         that does not fit, a clean-label rate beyond the target class's share, an all-to-all
         attack on one class, ..."""
-        import torch
-
-        from .atlas import ATTACKS, training_args
-        from .input_aware import ATTACK_DEFAULTS
-        from .input_aware import prepare_input_aware_run as prepare_input_aware
-        from .train import prepare_run as _prepare
-        from .triggers import Patch, trigger_from_config
-
-        ia_defaults = [ATTACK_DEFAULTS[k] for k in ("lr_generator", "lambda_div", "lambda_norm",
+        ia_defaults = [IA_DEFAULTS[k] for k in ("lr_generator", "lambda_div", "lambda_norm",
                                                     "mask_density", "mask_epochs", "width")]
         for d in self.datasets:
             for name in self.attacks:  # rates measured for this dataset, before loading it
@@ -308,11 +245,11 @@ class SweepGrid:
                                                       self.targets):
                     try:
                         if a.kind == "InputAware":
-                            prepare_input_aware(data, rate, rate, target, self.model, self.epochs,
+                            prepare_input_aware_run(data, rate, rate, target, self.model, self.epochs,
                                                 seed, None, None, 0.0, *ia_defaults,
                                                 extra.get("max_train"))
                         else:
-                            _prepare(data, trig, rate, target, self.model, self.epochs, seed,
+                            prepare_run(data, trig, rate, target, self.model, self.epochs, seed,
                                      None, None, 0.0, extra.get("max_train"),
                                      poisoning=a.poisoning, target_mode=a.target_mode,
                                      epsilon=a.epsilon)
@@ -329,20 +266,6 @@ class SweepGrid:
         """One dict per run, with every default resolved (a dataset's σ grid, epochs, batch size,
         learning rate) and its `key`: a later change of a default gives other keys, never a stale
         row."""
-        from . import __version__
-        from .experiments import default_sigmas
-        from .smoothness import ESTIMATOR_VERSION
-        from .train import CACHE_FORMAT, DEFAULTS
-
-        from .triggers import trigger_from_config
-
-        from .atlas import ATTACKS, training_args
-        from .crafting import CRAFT_VERSION
-        from .input_aware import ATTACK_DEFAULTS as IA_DEFAULTS
-        from .poison import check_pgd
-        from .input_aware import CACHE_FORMAT as IA_CACHE_FORMAT
-        from .input_aware import EPOCHS as IA_EPOCHS
-
         pts, seen = [], set()
         # the data's content, not only its name: other files under one name are another
         # experiment (each dataset loaded once per process, hashed once here: 0.1 s for Fashion)
@@ -356,7 +279,7 @@ class SweepGrid:
                     for rate in self._attack_rates(ATTACKS[a], d)]
         for (d, attack, trig, rate), target, seed in itertools.product(runs, self.targets,
                                                                        self.seeds):
-            train = DEFAULTS.get(d, DEFAULTS["digits"])
+            train = TRAIN_DEFAULTS.get(d, TRAIN_DEFAULTS["digits"])
             sig = self.sigmas if self.sigmas is not None else default_sigmas(d)
             epochs = self.epochs if self.epochs is not None else train["epochs"]
             if attack is None or attack.kind not in CRAFTED + ("InputAware",):
@@ -369,7 +292,7 @@ class SweepGrid:
                 trig["cross_rate"] = float(rate)  # the paper's cross samples, at the same rate
                 epochs = self.epochs if self.epochs is not None else IA_EPOCHS.get(
                     d, 2 * train["epochs"])
-            else:  # crafted on the clean model of the same settings and seed (see _train_point),
+            else:  # crafted on the clean model of the same settings and seed (train_from_config),
                 # with every crafting argument resolved: a changed default is another trigger
                 trig = dict(_craft_defaults(attack.kind), **trig,
                             crafted_on="clean model of this point's training settings")
@@ -390,8 +313,10 @@ class SweepGrid:
                  "max_train": extra.get("max_train"),
                  "n_pairs": self.n_pairs, "n_samples": self.n_samples,
                  "sigmas": [float(x) for x in sig], "estimator": dict(ESTIMATOR_SETTINGS),
-                 "versions": {"row_format": KEY_FORMAT, "estimator": ESTIMATOR_VERSION,
-                              "train_cache": CACHE_FORMAT, "craft": CRAFT_VERSION,
+                 "versions": {"row_format": KEY_FORMAT,
+                              # read when the grid is made: a test may change it
+                              "estimator": smoothness.ESTIMATOR_VERSION,
+                              "train_cache": TRAIN_CACHE_FORMAT, "craft": CRAFT_VERSION,
                               "workbench": __version__},
                  "data": fingerprints[d]}
             p["key"] = point_key(p)
@@ -404,10 +329,6 @@ class SweepGrid:
 def _craft_defaults(kind: str) -> dict:
     """The crafting function's own arguments with their defaults (not the data, model, seed,
     target or progress, which the point gives)."""
-    import inspect
-
-    from .crafting import CRAFTERS
-
     skip = {"data", "model", "seed", "target", "progress", "architecture", "epochs"}
     out = {}
     for name, p in inspect.signature(CRAFTERS[kind]).parameters.items():
@@ -420,8 +341,6 @@ def _craft_defaults(kind: str) -> dict:
 
 def _family(trigger_type: str) -> str:
     """The atlas family of a trigger type swept on its own (dirty-label, all-to-one)."""
-    from .atlas import ATTACKS
-
     a = ATTACKS.get(trigger_type)
     return a.family if a is not None and a.poisoning == "dirty-label" else ""
 
@@ -444,8 +363,6 @@ def point_key(point: dict) -> str:
 
 @lru_cache(maxsize=4)
 def _dataset(name: str):
-    from .data import load_dataset
-
     return load_dataset(name)
 
 
@@ -454,13 +371,6 @@ def run_point(point: dict) -> dict:
 
     point: one of `SweepGrid.points()` (its settings are used as they are: nothing is defaulted).
     """
-    import torch
-
-    from . import __version__
-    from .experiments import smoothing_analysis
-    from .atlas import trigger_norms
-    from .comparison import paired_gap
-
     data = _dataset(point["dataset"])
     if "data" in point and data.fingerprint != point["data"]:
         raise ValueError(f"The {point['dataset']!r} files this worker loaded differ from the ones "
@@ -503,458 +413,25 @@ def run_point(point: dict) -> dict:
 
 
 def _train_point(point: dict, data):
-    """The run of a grid point (run cache): a trigger (crafted on the clean model of the same
-    training settings and seed for LowFrequency and TrojanNN) poisoned with the point's poisoning
-    and target mode, or the input-aware backdoor trained with its generator."""
-    from .crafting import craft
-    from .train import train_backdoor
-    from .triggers import trigger_from_config
-
-    common = dict(target=point["target"], model=point["model"], epochs=point["epochs"],
-                  seed=point["seed"], batch_size=point["batch_size"], lr=point["lr"],
-                  weight_decay=point["weight_decay"], max_train=point["max_train"], progress=False)
-    cfg = dict(point["trigger"])
-    kind = cfg.pop("type")
-    if kind == "InputAware":
-        from .input_aware import train_input_aware
-
-        cfg.pop("cache_format", None)
-        return train_input_aware(data, rate=point["rate"], **cfg, **common)
-    if kind in CRAFTED:
-        cfg.pop("crafted_on")
-        cfg = {k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()}
-        clean = train_backdoor(data, rate=0.0, **dict(common, target=0))
-        trig = craft(kind, data, target=point["target"], model=clean.model, seed=point["seed"],
-                     **cfg)
-    else:
-        trig = trigger_from_config(point["trigger"])
-    return train_backdoor(data, trigger=trig, rate=point["rate"], poisoning=point["poisoning"],
-                          target_mode=point["target_mode"], epsilon=point["epsilon"],
-                          pgd_steps=point.get("pgd_steps"), pgd_step_size=point.get("pgd_step_size"),
-                          **common)
-
-
-def _missing(v) -> bool:
-    """A cell's missing value: None, pd.NA, NaN (not a tuple of a "floats" column)."""
-    return v is None or v is pd.NA or (isinstance(v, float) and v != v)
-
-
-def _frame(rows: list[dict]) -> pd.DataFrame:
-    """Rows (dicts of `COLUMNS`) as a DataFrame with `COLUMN_TYPES` (also when there are none)."""
-    df = pd.DataFrame([[r.get(c) for c in COLUMNS] for r in rows], columns=COLUMNS)
-    for c, kind in COLUMN_TYPES.items():
-        if kind == "float":
-            df[c] = pd.to_numeric(df[c]).astype("float64")
-        elif kind == "int":
-            df[c] = df[c].astype("int64")
-        elif kind == "Int64":
-            df[c] = pd.array([None if _missing(v) else int(v) for v in df[c]], dtype="Int64")
-        elif kind == "floats":
-            df[c] = pd.Series([_floats(c, v) for v in df[c]], index=df.index, dtype=object)
-        else:  # a missing text value is "", as a CSV's empty field reads (never "nan")
-            df[c] = pd.Series(["" if _missing(v) else v for v in df[c]], index=df.index,
-                              dtype=object).astype(str)
-    return df
-
-
-def _floats(column: str, value) -> tuple:
-    """A "floats" cell as a tuple of floats: a tuple, list or 1-d array of numbers; None or a
-    lone NaN (a cell pandas filled in) or "" (the CSV's missing value) is empty."""
-    import numbers
-
-    import numpy as np
-
-    if value is None or (isinstance(value, float) and value != value) or (
-            isinstance(value, str) and value == ""):
-        return ()
-    items = value.tolist() if isinstance(value, np.ndarray) and value.ndim == 1 else value
-    if not isinstance(items, (tuple, list)) or not all(
-            isinstance(x, numbers.Real) and not isinstance(x, (bool, np.bool_)) for x in items):
-        raise TypeError(f"`{column}` must hold tuples of floats (one per σ); got {value!r}.")
-    return tuple(float(x) for x in items)
-
-
-def _records(table: pd.DataFrame) -> list[dict]:
-    """The rows of a table as dicts of plain Python values (None where missing: NaN in a text or
-    integer column, e.g. one pandas filled in when concatenating tables, is missing, not "nan")."""
-    out = []
-    for r in table[COLUMNS].to_dict("records"):
-        out.append({k: (_floats(k, v) if COLUMN_TYPES.get(k) == "floats" else
-                        None if _missing(v) else
-                        v.item() if hasattr(v, "item") else v)
-                    for k, v in r.items()})
-    return out
-
-
-def run_identity(table: pd.DataFrame) -> pd.DataFrame:
-    """The `RUN_COLUMNS` of `table`'s rows (same index), each missing value made one value: "" in
-    a text column, <NA> in a number column (Float64). A column the table lacks (a table built by
-    hand, or of an older layout) is missing in every row: rows of older row formats have a
-    well-defined identity, and one without an attack never equals one with."""
-    if not isinstance(table, pd.DataFrame):
-        raise TypeError("`table` must be a pandas DataFrame of sweep rows (as `read_table` "
-                        f"returns); got {type(table).__name__}.")
-    out = {}
-    for c in RUN_COLUMNS:
-        values = table[c].tolist() if c in table.columns else [None] * len(table)
-        if COLUMN_TYPES[c] == "str":
-            out[c] = pd.Series(["" if _missing(v) else str(v) for v in values], index=table.index,
-                               dtype=object)
-        else:
-            out[c] = pd.Series([pd.NA if _missing(v) else float(v) for v in values],
-                               index=table.index, dtype="Float64")
-    return pd.DataFrame(out, index=table.index)
-
-
-def latest_per_run(table: pd.DataFrame) -> tuple[pd.DataFrame, int]:
-    """One row per trained run (`run_identity`): the last one in the table, and how many rows were
-    left out.
-
-    A CSV can hold a run twice under different keys (measured again after a change of settings
-    or of the estimator); both rows come from one model, so a correlation over runs counts it
-    once. Rows of different attacks, poisoning or target modes, or training subsets are different
-    runs, whatever else they share.
-    """
-    later = run_identity(table).duplicated(keep="last").to_numpy()
-    return table[~later], int(later.sum())
-
-
-def current_rows(table: pd.DataFrame) -> tuple[pd.DataFrame, int]:
-    """The rows of `table` made by this version's row format, and how many others it held (rows of
-    older tables, or of another version of the workbench): those are never mixed into a result."""
-    _check_table("table", table)
-    keep = (table["row_format"] == ROW_FORMAT).fillna(False).astype(bool)
-    return table[keep], int((~keep).sum())
-
-
-def write_table(table: pd.DataFrame, path: str | os.PathLike) -> Path:
-    """Write a sweep table (a DataFrame with `COLUMNS`, e.g. a filtered `read_table`) to `path` as
-    a sweep CSV, atomically; `read_table` reads it back equal."""
-    _check_table("table", table)
-    if not isinstance(path, (str, os.PathLike)):
-        raise TypeError(f"`path` must be a str or an os.PathLike; got {path!r}.")
-    return atomic_write(path, (_HEADER + b"".join(_csv_line(r) for r in _records(table))).decode())
-
-
-def _check_table(name: str, table) -> None:
-    if not isinstance(table, pd.DataFrame):
-        raise TypeError(f"`{name}` must be a pandas DataFrame of sweep rows (as `read_table` returns); "
-                        f"got {type(table).__name__}.")
-    missing = [c for c in COLUMNS if c not in table.columns]
-    if missing:
-        raise ValueError(f"`{name}` must have every sweep column; it lacks {', '.join(missing)}.")
-
-
-class SweepFileError(ValueError):
-    """A sweep CSV that cannot be appended to safely: not a sweep table, or rows written to it
-    could not be read back."""
-
-
-def _csv_line(row: dict) -> bytes:
-    """One CSV record, on one physical line: the torn-tail repair relies on it."""
-    values = ["" if row.get(c) is None else
-              ";".join(repr(x) for x in _floats(c, row[c])) if COLUMN_TYPES[c] == "floats" else
-              row.get(c) for c in COLUMNS]
-    for c, v in zip(COLUMNS, values):
-        if isinstance(v, str) and ("\n" in v or "\r" in v):
-            raise ValueError(f"`row[{c!r}]` must be one line of text; got {v!r}.")
-    buf = io.StringIO()
-    csv.writer(buf).writerow(values)
-    return buf.getvalue().encode("utf-8")
-
-
-def _fields(line: bytes) -> list[str] | None:
-    """The fields of one physical line, or None when it is not one whole record (a torn quote)."""
-    text = line.decode("utf-8", errors="replace").rstrip("\r")
-    try:
-        return next(csv.reader([text], strict=True))
-    except (csv.Error, StopIteration):
-        return None
-
-
-def _csv_record(fields: list[str]) -> bytes:
-    """One CSV record as the csv module writes it (quoted where needed, CRLF)."""
-    buf = io.StringIO()
-    csv.writer(buf).writerow(fields)
-    return buf.getvalue().encode("utf-8")
-
-
-_HEADER = _csv_record(COLUMNS)
-
-
-def _layout(line: bytes) -> list[str] | None:
-    """The columns of a table whose first line (without its newline) is `line`: `COLUMNS` for this
-    version's header or a proper beginning of it (a crash while the file was created, after which
-    older versions appended rows), an older header's columns for that header (or a beginning of
-    it only), None when it is not a sweep table."""
-    text = line.rstrip(b"\r")
-    fields = _fields(line)
-    if fields == COLUMNS or _HEADER.startswith(text):
-        return COLUMNS
-    for old in _OLDER_COLUMNS:
-        if fields == old or _csv_record(old).startswith(text):
-            return old
-    return None
-
-
-def _not_a_table(path: Path) -> SweepFileError:
-    return SweepFileError(f"`path` {path} is not a sweep table of this workbench (its first line is "
-                          f"not the header {','.join(COLUMNS[:3])},...): choose another path "
-                          "(nothing was changed).")
-
-
-def _parse_value(kind: str, text: str):
-    """One field's value; ValueError when it cannot be one of `kind`."""
-    if kind == "str":
-        return text
-    if kind == "floats":  # repr of each float: read back exactly
-        return tuple(float(x) for x in text.split(";")) if text else ()
-    if text == "":
-        if kind in ("float", "Int64"):
-            return None
-        raise ValueError("missing")
-    if kind == "float":
-        return float(text)
-    try:  # "int", "Int64"
-        return int(text)
-    except ValueError:
-        v = float(text)  # "3.0" is accepted, "3.5" is not
-        if not v.is_integer():
-            raise
-        return int(v)
-
-
-def _parse(data: bytes, path: Path) -> list[dict]:
-    """Every complete row of a sweep CSV's bytes, in file order, duplicates included, each value
-    of its column's type (`COLUMN_TYPES`); rows of a legacy table have row_format None.
-
-    Each physical line is parsed on its own, so a line torn inside a quoted field (by older
-    versions, which appended after it) cannot swallow the rows after it; the text after the last
-    newline is a torn write and is left out, and so is a line with a value its column cannot hold.
-    """
-    lines = data.split(b"\n")[:-1]
-    if not lines:
-        return []
-    columns = _layout(lines[0])
-    if columns is None:
-        raise _not_a_table(path)
-    rows = []
-    for line in lines[1:]:
-        vals = _fields(line)
-        if vals is None or len(vals) != len(columns) or not vals[0]:
-            continue  # torn by an interrupted write
-        try:
-            r = {k: _parse_value(COLUMN_TYPES[k], v) for k, v in zip(columns, vals)}
-        except ValueError:
-            continue
-        # a row of an older table lacks the newer columns: missing values
-        rows.append({c: r.get(c, _MISSING.get(COLUMN_TYPES[c])) for c in COLUMNS})
-    return rows
-
-
-_MISSING = {"str": "", "floats": ()}  # a column an older table lacks; None for the others
-
-
-def _latest_by_key(rows: list[dict]) -> dict[str, dict]:
-    """One row per key: the last complete one (two sweeps, or older versions, may have written a
-    key twice; counting both would weigh that point twice)."""
-    out: dict[str, dict] = {}
-    for r in rows:
-        out.pop(r["key"], None)
-        out[r["key"]] = r
-    return out
-
-
-def read_table(path: str | os.PathLike) -> pd.DataFrame:
-    """The rows of a sweep CSV as a pandas DataFrame: one row per key (the last complete one), the
-    columns `COLUMNS` with their types (`COLUMN_TYPES`), in file order. Damaged lines (interrupted
-    writes) are skipped; a missing file gives an empty table. Rows of every row format are read:
-    `current_rows` keeps this version's. Raises SweepFileError when the file is not a sweep table."""
-    if not isinstance(path, (str, os.PathLike)):
-        raise TypeError(f"`path` must be a str or an os.PathLike; got {path!r}.")
-    path = Path(path)
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        return _frame([])
-    return _frame(list(_latest_by_key(_parse(data, path)).values()))
-
-
-class _Store:
-    """The CSV of a sweep with its lock and claims (see the module's docstring)."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self.lock_path = path.with_name(f".{path.name}.lock")
-        self.claims = path.with_name(f".{path.name}.claims")
-        self.torn_path = path.with_name(f"{path.name}.torn")
-        self._seen: tuple | None = None  # (inode, size, mtime) of the last parse
-        self._rows: list[dict] = []
-        self._written: dict[str, bytes] = {}  # key -> the line this sweep appended
-
-    @contextmanager
-    def locked(self):
-        if fcntl is None:  # pragma: no cover - Windows
-            yield
-            return
-        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)  # closing releases the lock
-
-    def _read(self) -> list[dict]:
-        try:
-            st = self.path.stat()
-        except FileNotFoundError:
-            self._seen, self._rows = None, []
-            return self._rows
-        seen = (st.st_ino, st.st_size, st.st_mtime_ns)
-        if seen != self._seen:
-            self._rows, self._seen = _parse(self.path.read_bytes(), self.path), seen
-        return self._rows
-
-    def finished(self) -> dict[str, dict]:
-        """key -> row of every point finished so far, after repairing a torn tail: rows of this
-        row format, and of the older formats a sweep completes (`_COMPLETABLE`, where no row of
-        this format has the key)."""
-        with self.locked():
-            self._repair()
-            rows = self._read()
-            older = _latest_by_key([r for r in rows if r["row_format"] in _COMPLETABLE])
-            return {**older, **_latest_by_key([r for r in rows if r["row_format"] == ROW_FORMAT])}
-
-    def _repair(self) -> None:
-        """Make the file end with a complete record, the lock held. A torn tail (a write cut by a
-        crash) would otherwise glue the next row onto it, or, torn inside a quoted field, swallow
-        it; a torn header would hide every row. Fragments go to NAME.torn, never deleted."""
-        try:
-            with open(self.path, "rb") as f:  # the usual case, a sound file, without reading it all
-                head = f.read(len(_HEADER))
-                size = f.seek(0, os.SEEK_END)
-                f.seek(max(0, size - 1))
-                if not size or (head == _HEADER and f.read(1) == b"\n"):
-                    return
-        except FileNotFoundError:
-            return
-        data = self.path.read_bytes()
-        first = data.find(b"\n") + 1  # 0: no complete line
-        line = data[:first - 1] if first else data  # one line without newline: all of the file
-        columns = _layout(line)
-        if columns is None:
-            raise _not_a_table(self.path)
-        if columns is not COLUMNS:
-            self._upgrade(data, first, columns)
-            return
-        header_ok = first > 0 and _fields(line) == COLUMNS
-        end = data.rfind(b"\n") + 1
-        if header_ok and end == len(data):
-            return
-        fragments = [data[end:]] if end < len(data) else []
-        if header_ok:
-            self._set_aside(fragments)
-            os.truncate(self.path, end)
-        else:  # the header was torn: no complete row can precede it, so rewrite it in place
-            body = _HEADER + (data[first:end] if first else b"")
-            self._set_aside(([data[:first]] if first else []) + fragments)
-            atomic_write(self.path, body)
-        warnings.warn(f"{self.path}: an interrupted write was repaired (the torn text is kept in "
-                      f"{self.torn_path}); its row will be computed again.", stacklevel=4)
-
-    def _upgrade(self, data: bytes, first: int, columns: list[str]) -> None:
-        """Rewrite a table with an older header, `columns` (the lock held), with this version's
-        header: its complete rows keep their values, the columns they lack left empty (their row
-        format is older or empty: they are read, never reused), every other line is kept as it was;
-        a torn header or tail goes to NAME.torn."""
-        end = data.rfind(b"\n") + 1
-        torn = [] if first and _fields(data[:first - 1]) == columns else [data[:first or None]]
-        if end < len(data) and first:
-            torn.append(data[end:])
-        out, n = [], 0
-        for ln in (data[first:end].split(b"\n")[:-1] if first else []):
-            vals = _fields(ln)
-            if vals is not None and len(vals) == len(columns) and vals[0]:
-                old = dict(zip(columns, vals))
-                ln, n = _csv_record([old.get(c, "") for c in COLUMNS]).rstrip(b"\r\n"), n + 1
-            out.append(ln.rstrip(b"\r") + b"\r\n")
-        if torn:
-            self._set_aside(torn)
-        atomic_write(self.path, _HEADER + b"".join(out))
-        completable = ", ".join(map(str, sorted(_COMPLETABLE)))
-        warnings.warn(f"{self.path} is a sweep table of an older workbench (row format before "
-                      f"{ROW_FORMAT}): its header was upgraded to row format {ROW_FORMAT}; its {n} "
-                      "rows are kept with their older or an empty row_format (rows of row format "
-                      f"{completable} are completed from the sweep's grid points where their keys "
-                      "match, with no training or measuring; older ones are never reused: they "
-                      "are computed again)"
-                      + (f", and torn text was moved to {self.torn_path}" if torn else "") + ".",
-                      stacklevel=4)
-
-    def _set_aside(self, fragments: list[bytes]) -> None:
-        with open(self.torn_path, "ab") as f:
-            for frag in fragments:
-                f.write(frag if frag.endswith(b"\n") else frag + b"\n")
-            f.flush()
-            os.fsync(f.fileno())
-
-    def append(self, row: dict) -> None:
-        """Append one row, then check that every row this sweep wrote reads back."""
-        line = _csv_line(row)
-        with self.locked():
-            self._repair()
-            new = not self.path.exists() or self.path.stat().st_size == 0
-            with open(self.path, "ab") as f:  # one write per row: earlier rows are never rewritten
-                f.write((_HEADER if new else b"") + line)
-                f.flush()
-                os.fsync(f.fileno())
-            self._written[row["key"]] = line.rstrip(b"\r\n")
-            data = self.path.read_bytes()
-            lines = {ln.rstrip(b"\r") for ln in data.split(b"\n")[:-1]}
-            keys = {r["key"] for r in _parse(data, self.path)}
-            lost = [k for k, ln in self._written.items() if ln not in lines or k not in keys]
-            if lost:
-                raise SweepFileError(
-                    f"{self.path}: {len(lost)} of the {len(self._written)} rows this sweep wrote "
-                    f"do not read back (first: key {lost[0]}); something else changed the file. "
-                    "Run the sweep again to recompute the missing rows.")
-
-    def claim(self, key: str) -> int | None:
-        """An flocked claim file for `key`'s point, or None when another sweep holds it."""
-        if fcntl is None:  # pragma: no cover - Windows
-            return -1
-        self.claims.mkdir(exist_ok=True)
-        p = self.claims / f"{key}.lock"
-        while True:
-            fd = os.open(p, os.O_RDWR | os.O_CREAT, 0o644)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(fd)
-                return None
-            try:  # its last holder may have removed it between our open and our lock
-                current = os.stat(p).st_ino == os.fstat(fd).st_ino
-            except FileNotFoundError:
-                current = False
-            if current:
-                os.write(fd, f"{os.getpid()}\n".encode())  # for a person looking: who computes it
-                return fd
-            os.close(fd)
-
-    def release(self, key: str, fd: int | None) -> None:
-        if fd is None or fd < 0:
-            return
-        try:
-            (self.claims / f"{key}.lock").unlink(missing_ok=True)  # while still held: see claim
-        finally:
-            os.close(fd)
+    """The run of a grid point (run cache), through the one training path of every attack
+    (`attack_registry.train_from_config`): the point's trigger config less what only its key
+    holds (`crafted_on`, InputAware's `cache_format`), JSON's lists as the crafting functions'
+    tuples, with every training setting of the point given as resolved."""
+    trig = {k: v for k, v in point["trigger"].items() if k not in ("crafted_on", "cache_format")}
+    if trig["type"] in CRAFTED:
+        trig = {k: tuple(v) if isinstance(v, list) else v for k, v in trig.items()}
+    poison = {} if trig["type"] == "InputAware" else dict(
+        poisoning=point["poisoning"], target_mode=point["target_mode"], epsilon=point["epsilon"],
+        pgd_steps=point.get("pgd_steps"), pgd_step_size=point.get("pgd_step_size"))
+    return train_from_config(data, trig, point["rate"], point["target"], point["model"],
+                             point["epochs"], point["seed"], batch_size=point["batch_size"],
+                             lr=point["lr"], weight_decay=point["weight_decay"],
+                             max_train=point["max_train"], progress=False, **poison)
 
 
 def _init_worker(threads: int, parent: int | None = None) -> None:
     """Set up a worker: torch's threads; with `parent` (the sweep's process id), ignore Ctrl-C
     (the sweep stops its workers itself) and exit when the parent dies."""
-    import torch
-
     torch.set_num_threads(threads)
     os.environ.setdefault("TQDM_DISABLE", "1")
     if parent is not None:
@@ -962,9 +439,7 @@ def _init_worker(threads: int, parent: int | None = None) -> None:
         _exit_with_parent(parent)
         # tqdm's default lock is a multiprocessing semaphore, which a worker stopped by Ctrl-C
         # cannot release: the resource tracker would then warn of a leak. Workers draw no bars.
-        from tqdm import tqdm as _tqdm
-
-        _tqdm.set_lock(threading.RLock())
+        tqdm_std.set_lock(threading.RLock())
 
 
 def _exit_with_parent(parent: int) -> None:
@@ -1017,7 +492,7 @@ class _Inline(cf.Executor):
         f = cf.Future()
         try:
             f.set_result(fn(*args, **kwargs))
-        except Exception as exc:  # noqa: BLE001 - reported with its point by SweepError
+        except Exception as exc:
             f.set_exception(exc)
         return f
 
@@ -1043,14 +518,13 @@ def dask_executor(client, threads_per_worker: int | None = None) -> cf.Executor:
 
 
 _POLL = 0.5  # seconds between looks at points another sweep is computing
-SWEEP_CSV = "reports/sweep.csv"  # the default table of a grid of triggers
 
 
 def default_table(grid: SweepGrid) -> str:
-    """Where `run_sweep` writes `grid`'s rows unless told: `workbench.atlas.ATLAS_CSV`
-    (reports/atlas.csv) for a grid of attacks (`SweepGrid(attacks=...)`, `atlas_grid`), SWEEP_CSV
-    (reports/sweep.csv) for a grid of triggers: the command line's defaults (`sweep --atlas`,
-    `sweep`) and the tables `paper_report` reads."""
+    """Where `run_sweep` writes `grid`'s rows unless told: ATLAS_CSV (reports/atlas.csv) for a
+    grid of attacks (`SweepGrid(attacks=...)`, `atlas.atlas_grid`), SWEEP_CSV (reports/sweep.csv)
+    for a grid of triggers: the command line's defaults (`sweep --atlas`, `sweep`) and the tables
+    `paper_report` reads."""
     if not isinstance(grid, SweepGrid):
         raise TypeError(f"`grid` must be a SweepGrid; got {type(grid).__name__}.")
     return ATLAS_CSV if grid.attacks is not None else SWEEP_CSV
@@ -1067,29 +541,35 @@ _DEFAULT_TABLE = _DefaultTable()
 
 
 def _complete(row: dict, point: dict) -> dict:
-    """A row of an older format of `_COMPLETABLE` (its key is `point`'s) as this format: the
+    """A row of an older format of `COMPLETABLE` (its key is `point`'s) as this format: the
     columns it lacks take the point's values."""
     return dict(row, row_format=ROW_FORMAT,
-                **{c: point[c] for c in _COMPLETABLE[row["row_format"]]})
+                **{c: point[c] for c in COMPLETABLE[row["row_format"]]})
 
 
 def run_sweep(grid: SweepGrid, path: str | os.PathLike | None = _DEFAULT_TABLE,
               executor: cf.Executor | None = None, max_workers: int | None = None,
               resume: bool = True, progress: bool = True) -> pd.DataFrame:
-    """Run every grid point not already in `path`; return all rows of the grid as a DataFrame
-    (as `read_table`'s, in the grid's order); `.attrs["computed"]` lists the keys this call
-    computed itself (the others were read back from `path`).
+    """Run every grid point not already in table `path`; return all rows of the grid as a
+    DataFrame (as `read_table`'s, in the grid's order); `.attrs["computed"]` lists the keys this
+    call computed itself (the others were read back from the table).
 
-    path: the CSV (default `default_table(grid)`: reports/atlas.csv for a grid of attacks,
-    reports/sweep.csv otherwise), or None for no file. A row of row format 4 (before `max_train`)
-    whose key is a grid point's is completed from the point and appended, not computed again.
+    path: the table (default `default_table(grid)`: reports/atlas.csv for a grid of attacks,
+    reports/sweep.csv otherwise), or None for no file. A path `NAME.csv` keeps its rows in the
+    store `NAME.sqlite` (made on first use, importing `NAME.csv` if it exists, which is kept) and
+    rewrites `NAME.csv` from the store after each row and when the sweep ends (finished, failed
+    or interrupted): the CSV always holds the rows finished so far; a path `NAME.sqlite` is the
+    store alone (see `workbench.sweepstore`). A row of row format 4
+    (before `max_train`) whose key is a grid point's is completed from the point and appended,
+    not computed again.
 
     executor: any concurrent.futures.Executor (None: a local process pool of `max_workers`,
-    or in-process when max_workers == 1). Rows are appended to `path` as they finish.
-    Other sweeps may use `path` at the same time: a point one of them is computing is not
-    computed again here; its row is read back when it is done. Ctrl-C (KeyboardInterrupt) stops
-    the local workers at once; finished rows stay in `path`. Raises SweepFileError when `path` is
-    not a sweep table or a row written to it does not read back, SweepError when runs failed.
+    or in-process when max_workers == 1). Rows are appended to the store as they finish, one
+    transaction each. Other sweeps may use the table at the same time: a point one of them is
+    computing is not computed again here; its row is read back when it is done. Ctrl-C
+    (KeyboardInterrupt) stops the local workers at once; finished rows stay in the table. Raises
+    SweepFileError when `path` is not a sweep table or a row written to it does not read back,
+    SweepError when runs failed.
     """
     if not isinstance(grid, SweepGrid):
         raise TypeError(f"`grid` must be a SweepGrid; got {type(grid).__name__}.")
@@ -1107,21 +587,36 @@ def run_sweep(grid: SweepGrid, path: str | os.PathLike | None = _DEFAULT_TABLE,
             raise TypeError(f"`{name}` must be a bool; got {flag!r}.")
     points = grid.points()
     store = None
-    done: dict[str, dict] = {}
     if path is not None:
         path = Path(path)
-        if not resume and path.exists():
-            raise FileExistsError(f"`path` {path} exists; pass resume=True to continue it or "
-                                  "choose another path (nothing was overwritten).")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        store = _Store(path)
-        done = store.finished()
+        if not resume and table_exists(path):
+            raise FileExistsError(f"`path` {path} exists (or its store); pass resume=True to "
+                                  "continue it or choose another path (nothing was overwritten).")
+        store = SweepStore(path)
+    try:
+        table, computed, failures = _run(points, store, executor, max_workers, progress)
+    finally:
+        if store is not None:
+            try:
+                store.export()  # the CSV beside the store, for people: every row so far
+            finally:
+                store.close()
+    table.attrs["computed"] = computed
+    if failures:
+        raise SweepError(failures, table, path)
+    return table
+
+
+def _run(points: list[dict], store: SweepStore | None, executor, max_workers, progress):
+    """The sweep's loop: (the grid's rows as a DataFrame, keys computed here, failures)."""
+    done = store.finished() if store is not None else {}
 
     def reuse(p: dict, row: dict) -> dict:
         """A finished row of point `p`: completed (and appended) when of an older format."""
         if row["row_format"] != ROW_FORMAT:
             row = _complete(row, p)
             store.append(row)
+            store.export()
         done[p["key"]] = row
         return row
 
@@ -1140,7 +635,7 @@ def run_sweep(grid: SweepGrid, path: str | os.PathLike | None = _DEFAULT_TABLE,
         limit = max_workers or getattr(ex, "_max_workers", None) or max(1, len(waiting))
     failures: list[tuple[dict, BaseException]] = []
     computed: list[str] = []
-    running: dict[cf.Future, tuple[dict, int | None]] = {}
+    running: dict[cf.Future, tuple[dict, str | None]] = {}
     finished_ok = False
     try:
         while waiting or running:
@@ -1153,7 +648,7 @@ def run_sweep(grid: SweepGrid, path: str | os.PathLike | None = _DEFAULT_TABLE,
                 waiting.remove(p)
                 submitted = False
                 try:
-                    row = store.finished().get(p["key"]) if store is not None else None
+                    row = store.finished_row(p["key"]) if store is not None else None
                     if row is not None:  # another sweep finished it since we looked
                         reuse(p, row)
                         bar.update(1)
@@ -1161,7 +656,7 @@ def run_sweep(grid: SweepGrid, path: str | os.PathLike | None = _DEFAULT_TABLE,
                     try:
                         running[ex.submit(run_point, p)] = (p, claim)
                         submitted = True
-                    except Exception as exc:  # noqa: BLE001 - e.g. a pool broken by a lost worker
+                    except Exception as exc:
                         failures.append((p, exc))
                         bar.update(1)
                 finally:
@@ -1179,12 +674,13 @@ def run_sweep(grid: SweepGrid, path: str | os.PathLike | None = _DEFAULT_TABLE,
                 try:
                     try:
                         row = f.result()
-                    except Exception as exc:  # noqa: BLE001 - a run's error, or a lost worker
+                    except Exception as exc:
                         failures.append((point, exc))  # one failed run does not stop the others
                         bar.set_postfix(failed=len(failures))
                         row = None
                     if row is not None and store is not None:
                         store.append(row)
+                        store.export()  # the CSV beside the store follows it, row by row
                 finally:
                     if store is not None:
                         store.release(point["key"], claim)
@@ -1203,17 +699,14 @@ def run_sweep(grid: SweepGrid, path: str | os.PathLike | None = _DEFAULT_TABLE,
                 ex.shutdown(wait=True, cancel_futures=True)
             else:
                 _stop_workers(ex)
-    table = _frame([_normalise(done[p["key"]]) for p in points if p["key"] in done])
-    table.attrs["computed"] = computed
-    if failures:
-        raise SweepError(failures, table, path)
-    return table
+    table = rows_frame([normalise_row(done[p["key"]]) for p in points if p["key"] in done])
+    return table, computed, failures
 
 
 class SweepError(RuntimeError):
     """Some runs of a sweep failed. The others finished and were saved; `table` holds them and
     `failures` the (grid point, exception) pairs. Running the sweep again retries only the
-    failed points (the finished ones are read back from the CSV)."""
+    failed points (the finished ones are read back from the table)."""
 
     def __init__(self, failures: list[tuple[dict, BaseException]], table: pd.DataFrame,
                  path: Path | None):
@@ -1234,16 +727,14 @@ def _describe(point: dict) -> str:
             f"{point['target']} seed {point['seed']}")
 
 
-def _normalise(row: dict) -> dict:
-    return {k: row.get(k) for k in COLUMNS}
-
-
 _MOVED = {
     "SweepTable": "SweepTable was replaced by a pandas DataFrame: `read_table` and `run_sweep` return "
                   "one. table.rows -> df.to_dict('records'); table.column(c) -> df[c].to_numpy(); "
                   "table.filter(rate=0) -> df[df.rate == 0]; table.sort(c) -> df.sort_values(c); "
                   "table.computed -> df.attrs['computed']; table.to_csv(p) -> "
                   "workbench.sweep.write_table(df, p); current rows only -> current_rows(df).",
+    "_Store": "The sweep's CSV store with its lock and claim files was replaced by a SQLite store: "
+              "workbench.sweepstore.SweepStore(path) (one transaction per row, claims as rows).",
 }
 
 
@@ -1253,8 +744,13 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'workbench.sweep' has no attribute {name!r}")
 
 
+# The names tests of other modules still use for what moved to workbench.sweepstore (made public
+# there): tests/test_bad_input.py, test_run_identity.py, test_report.py.
+_HEADER, _csv_line, _frame = CSV_HEADER, csv_line, rows_frame
+_FORMAT3_COLUMNS, _FORMAT4_COLUMNS = FORMAT3_COLUMNS, FORMAT4_COLUMNS
+
 __all__ = ["SweepGrid", "SweepError", "SweepFileError", "run_sweep", "read_table", "write_table",
-           "current_rows", "latest_per_run", "run_identity", "default_table", "run_point",
-           "point_key", "spearman_ci", "local_executor", "dask_executor", "trigger_config",
-           "COLUMNS", "COLUMN_TYPES", "ROW_FORMAT", "KEY_FORMAT", "RUN_COLUMNS", "SWEEP_CSV",
-           "ESTIMATOR_SETTINGS"]
+           "export_csv", "current_rows", "latest_per_run", "run_identity", "default_table",
+           "run_point", "point_key", "spearman_ci", "local_executor", "dask_executor",
+           "trigger_config", "COLUMNS", "COLUMN_TYPES", "ROW_FORMAT", "KEY_FORMAT", "RUN_COLUMNS",
+           "SWEEP_CSV", "ATLAS_CSV", "ESTIMATOR_SETTINGS"]
