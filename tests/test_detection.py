@@ -312,8 +312,122 @@ def test_ibd_psc_against_a_hand_amplified_model():
             ref.append(m(x).softmax(1)[torch.arange(20), p0])
     model.train()
     assert np.allclose(got, torch.stack(ref).mean(0).numpy(), atol=1e-6)
-    layers = D.ibd_psc_layers(model, x, n_models=5)
-    assert layers == list(range(layers[0], 4)) and 1 <= layers[0] <= 3
+    with torch.no_grad():
+        labels = model.eval()(x).argmax(1)
+    model.train()
+    sel = D.ibd_psc_selection(model, x, labels, n_models=5)
+    assert model.training
+    if sel.fallback:
+        assert sel.layers == (3,) * 5
+    else:
+        assert sel.layers == tuple(min(sel.xi + i, 3) for i in range(1, 6))
+    assert D.ibd_psc_layers(model, x, labels) == list(sel.layers)
+    old = D.ibd_psc_layers(model, x, selection="agreement")
+    assert old == list(range(old[0], 4)) and 1 <= old[0] <= 3
+
+
+class BNChain(nn.Module):
+    """Notes section 8.3: BatchNorm2d(1, eps=0) layers with γ = 1, β = betas[i], running mean 0,
+    running var 1 (each adds β), then logits (h, −h): class 0 iff h > 0, on (N, 1, 1, 1) inputs."""
+
+    def __init__(self, betas):
+        super().__init__()
+        self.bns = nn.Sequential(*[nn.BatchNorm2d(1, eps=0.0) for _ in betas])
+        self.lin = nn.Linear(1, 2, bias=False)
+        with torch.no_grad():
+            for bn, b in zip(self.bns, betas):
+                bn.weight.fill_(1.0)
+                bn.bias.fill_(b)
+            self.lin.weight.copy_(torch.tensor([[1.0], [-1.0]]))
+        self.eval()
+
+    def forward(self, x):
+        return self.lin(self.bns(x).flatten(1))
+
+
+def _chain_prob(x, betas, k, pred, omega=1.5):
+    """Softmax probability of class `pred` when the last k layers have γ, β times ω, by hand."""
+    h = x
+    for i, b in enumerate(betas):
+        g = omega if i >= len(betas) - k else 1.0
+        h = g * h + g * b
+    p0 = 1 / (1 + math.exp(-2 * h))
+    return p0 if pred == 0 else 1 - p0
+
+
+def _pool(*values):
+    return torch.tensor(values, dtype=torch.float32).view(-1, 1, 1, 1)
+
+
+def test_ibd_psc_selects_layers_as_backdoorbox():
+    """The three-layer toy of the notes: h = x − 0.6; amplified k = 1: 1.5x − 0.9, k = 2:
+    2.25x − 1.2, k = 3: 3.375x − 1.425. BackdoorBox takes the first k with error vs labels > ξ
+    and amplifies ξ + 1, …, ξ + 5 layers, the all-layer model repeated."""
+    model = BNChain([-0.2] * 3)
+    x = _pool(0.70, 0.55)
+    assert [_chain_prob(0.70, [-0.2] * 3, 3, 0), _chain_prob(0.55, [-0.2] * 3, 3, 1)] == \
+        pytest.approx([0.867036, 0.296817], abs=1e-6)
+    # pool A: 7 × 0.55 (class 1) and 3 × 0.70 (class 0), labels = predictions: error 0 at k = 1,
+    # 0.7 at k = 2 → ξ = 2 → models {3, 3, 3, 3, 3}
+    pool = _pool(*[0.55] * 7, *[0.70] * 3)
+    labels = torch.tensor([1] * 7 + [0] * 3)
+    sel = D.ibd_psc_selection(model, pool, labels)
+    assert sel.xi == 2 and sel.layers == (3,) * 5 and sel.rates == pytest.approx((0.0, 0.7))
+    assert sel.labels == "given" and not sel.fallback
+    assert D.ibd_psc_score(model, x, pool, pool_labels=labels) == pytest.approx(
+        [0.867036, 0.296817], abs=1e-6)
+    # the study's earlier rule: agreement 0.3 < 0.6 at k = 2 → models {2, 3}
+    old = D.ibd_psc_selection(model, pool, selection="agreement")
+    assert old.layers == (2, 3) and old.labels == "none"
+    assert D.ibd_psc_score(model, x, pool, selection="agreement") == pytest.approx(
+        [0.773107, 0.389038], abs=1e-6)
+    # pool B: 5 and 5: the error at k = 2 is 0.5, not > 0.6: BackdoorBox finds no ξ (and
+    # fails); here every model amplifies all three layers, with a warning
+    pool_b = _pool(*[0.55] * 5, *[0.70] * 5)
+    with pytest.warns(UserWarning, match="no k in 1…2 amplified layers gave an error rate above"):
+        sel = D.ibd_psc_selection(model, pool_b, torch.tensor([1] * 5 + [0] * 5))
+    assert sel.fallback and sel.xi is None and sel.layers == (3,) * 5
+    assert D.ibd_psc_layers(model, pool_b, selection="agreement") == [2, 3]
+    # pool C: 10 × 0.70 labelled 7 × class 1, 3 × class 0: the model is wrong on 70% at k = 1
+    # already → ξ = 1 → {2, 3, 3, 3, 3}: labels, not predictions, decide
+    pool_c = _pool(*[0.70] * 10)
+    labels_c = torch.tensor([1] * 7 + [0] * 3)
+    sel = D.ibd_psc_selection(model, pool_c, labels_c)
+    assert sel.xi == 1 and sel.layers == (2, 3, 3, 3, 3)
+    want = (0.679179 + 4 * 0.867036) / 5
+    assert want == pytest.approx(0.829464, abs=1e-6)
+    assert D.ibd_psc_score(model, x[:1], pool_c, pool_labels=labels_c)[0] == pytest.approx(want, abs=1e-6)
+    assert D.ibd_psc_layers(model, pool_c, selection="agreement") == [3]  # predictions never change
+    # no labels: the predictions stand in for them, with a warning
+    with pytest.warns(UserWarning, match="predictions stand in"):
+        assert D.ibd_psc_selection(model, pool).labels == "predictions"
+    with pytest.raises(ValueError, match=r"`labels` must have shape \(10,\)"):
+        D.ibd_psc_selection(model, pool, labels[:3])
+
+
+def test_ibd_psc_on_a_deeper_model():
+    """Six BatchNorm layers with β = −0.1: h = x − 0.6; amplifying the last k flips class-1
+    inputs above x*_k = 0.9 − 0.1k − 0.3/1.5^k (0.6, 0.567, 0.511, 0.441, 0.361). A pool of
+    8 × 0.52 (class 1) and 2 × 0.70: error 0, 0, 0.8 at k = 1, 2, 3 → ξ = 3 → the models amplify
+    4, 5, 6, 6, 6 layers (the study's earlier rule: 3, 4, 5, 6)."""
+    betas = [-0.1] * 6
+    model = BNChain(betas)
+    pool = _pool(*[0.52] * 8, *[0.70] * 2)
+    labels = torch.tensor([1] * 8 + [0] * 2)
+    sel = D.ibd_psc_selection(model, pool, labels)
+    assert sel.xi == 3 and sel.rates == pytest.approx((0.0, 0.0, 0.8))
+    assert sel.layers == (4, 5, 6, 6, 6)
+    assert D.ibd_psc_layers(model, pool, selection="agreement") == [3, 4, 5, 6]
+    x = _pool(0.45, 0.58, 0.66, 0.9)
+    pred = [1, 1, 0, 0]
+    want = [np.mean([_chain_prob(float(v), betas, k, c) for k in sel.layers])
+            for v, c in zip(x.flatten(), pred)]
+    assert D.ibd_psc_score(model, x, pool, pool_labels=labels) == pytest.approx(want, abs=1e-6)
+    assert D.ibd_psc_score(model, x, layers=[4, 5, 6, 6, 6]) == pytest.approx(want, abs=1e-6)
+    # n_models = 2: ξ + 1, ξ + 2
+    assert D.ibd_psc_layers(model, pool, labels, n_models=2) == [4, 5]
+
+
 
 
 def test_w_knee_takes_the_sigma_where_the_clean_curve_reaches_half_its_maximum():

@@ -27,6 +27,7 @@ from __future__ import annotations
 import copy
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from numbers import Integral, Real
 
@@ -37,7 +38,7 @@ from sklearn.metrics import roc_curve
 from torch import nn
 
 from ._validate import (check_choice, check_float, check_forwards, check_images, check_int,
-                        check_seed, check_sigmas)
+                        check_labels, check_seed, check_sigmas)
 from .models import preserve_model
 from .poison import make_generator
 from .sampling import (check_model as _check_model, check_model_input, mix_seed,
@@ -508,50 +509,132 @@ def _amplified(model: nn.Module, k: int, amplification: float) -> nn.Module:
     return m
 
 
+IBD_SELECTIONS = ("labels", "agreement")
+
+
+@dataclass(frozen=True)
+class IBDPSCSelection:
+    """IBD-PSC's choice of amplified models (`ibd_psc_selection`)."""
+
+    layers: tuple  # per amplified model, how many of the last BatchNorm layers it amplifies
+    xi: int | None  # the layer count the rule picked (BackdoorBox's start index); None: none did
+    rates: tuple  # per k tried (1, 2, …): the error vs labels ("labels") or agreement ("agreement")
+    selection: str  # "labels" (BackdoorBox's rule) or "agreement" (the study's earlier rule)
+    labels: str  # "given" (the pool's labels), "predictions" (none given) or "none" (agreement)
+    fallback: bool  # no k in 1…L−1 qualified: every model amplifies all L layers
+
+
 @torch.inference_mode()
-def ibd_psc_layers(model: nn.Module, clean_pool: torch.Tensor, amplification: float = 1.5,
-                   n_models: int = 5, agreement: float = 0.6, batch_size: int = 2048) -> list[int]:
-    """IBD-PSC's adaptive layer selection: how many of the last BatchNorm layers each of the
-    (up to) `n_models` amplified models scales. The first amplifies the fewest last layers, ξ,
-    whose amplification leaves fewer than `agreement` of the clean pool's predictions unchanged
-    (all L layers if none does); the others amplify ξ + 1, …, up to L."""
+def ibd_psc_selection(model: nn.Module, clean_pool: torch.Tensor, labels: torch.Tensor | None = None,
+                      amplification: float = 1.5, n_models: int = 5, xi: float = 0.6,
+                      batch_size: int = 2048, *, selection: str = "labels",
+                      agreement: float = 0.6) -> IBDPSCSelection:
+    """IBD-PSC's adaptive layer selection (Hou et al., ICML 2024), with what it saw.
+
+    selection="labels" (default), as BackdoorBox's `IBD_PSC` (THUYimingLi/BackdoorBox,
+        core/defenses/IBD_PSC.py, `prob_start` and `_test`): for k = 1, 2, …, L − 1 amplify the
+        last k BatchNorm layers (γ, β × `amplification`) and take the first k whose error rate
+        on the pool against `labels` is > `xi` (strict); that k is ξ. The `n_models` models then
+        amplify the last ξ + 1, ξ + 2, …, ξ + n layers; a count beyond L is the all-layer model
+        again (BackdoorBox's slicing), so the score always averages n terms (L = 3, ξ = 1:
+        [2, 3, 3, 3, 3]). `labels` None: the model's own predictions stand in for them (then the
+        rule reads "more than `xi` of the predictions change"), with a warning.
+    selection="agreement" (the study's earlier rule): the first k whose share of unchanged
+        predictions is < `agreement`; models k, k + 1, …, up to L (fewer than n where L is
+        reached).
+    When no k qualifies BackdoorBox fails (its `prob_start` returns None); here every model is
+        the all-layer one, with a warning and `fallback=True`.
+
+    Remaining differences from BackdoorBox: every BatchNorm layer with affine parameters counts
+    (`batchnorm_layers`: 1d, 2d and 3d; BackdoorBox: `BatchNorm2d` only; the workbench's models
+    have BatchNorm2d only); the pool is the caller's (BackdoorBox's tests: 2,000 labelled test
+    images), and the fallback above.
+    """
     _check_model(model)
     check_images("clean_pool", clean_pool)
     if not len(clean_pool):
         raise ValueError("`clean_pool` must hold at least one image; got none.")
+    if labels is not None:
+        check_labels("labels", labels, len(clean_pool))
     amplification = check_float("amplification", amplification, 1.0, None, low_open=True)
     check_int("n_models", n_models, low=1)
+    xi = check_float("xi", xi, 0.0, 1.0, high_open=True)
     agreement = check_float("agreement", agreement, 0.0, 1.0, low_open=True, high_open=True)
     check_int("batch_size", batch_size, low=1)
+    check_choice("selection", selection, IBD_SELECTIONS)
     n_bn = _check_batchnorm(model)
     check_model_input(model, clean_pool, "clean_pool")
     dev = _model_device(model)
+    if selection == "labels" and labels is None:
+        warnings.warn("ibd-psc: no labels for the layer-selection pool; the model's predictions "
+                      "stand in for them (BackdoorBox takes the error against the pool's labels).",
+                      stacklevel=2)
+    rates, start = [], None
     with preserve_model(model):
         x = clean_pool.to(dev)
         pred = _logits(model, x, dev, batch_size).argmax(-1)
-        start = n_bn
+        ref = labels.to(dev) if (selection == "labels" and labels is not None) else pred
         for k in range(1, n_bn):
             p = _logits(_amplified(model, k, amplification), x, dev, batch_size).argmax(-1)
-            if float((p == pred).double().mean()) < agreement:
+            if selection == "labels":
+                rate = float((p != ref).double().mean())
+                hit = rate > xi
+            else:
+                rate = float((p == pred).double().mean())
+                hit = rate < agreement
+            rates.append(rate)
+            if hit:
                 start = k
                 break
-    return list(range(start, min(start + n_models, n_bn + 1)))
+    fallback = start is None
+    if fallback:
+        warnings.warn((f"ibd-psc: no k in 1…{n_bn - 1} amplified layers " if n_bn > 1 else
+                       "ibd-psc: the model has one BatchNorm layer, no k < L to try, nor a k that ")
+                      + (f"gave an error rate above xi = {xi:g}" if selection == "labels"
+                         else f"kept fewer than {agreement:g} of the predictions")
+                      + f"; every amplified model amplifies all {n_bn} BatchNorm layers "
+                      "(BackdoorBox has no fallback).", stacklevel=3)
+    if selection == "labels":
+        first = n_bn if fallback else start
+        layers = tuple(min(first + i, n_bn) for i in range(1, n_models + 1))
+    else:
+        first = n_bn if fallback else start
+        layers = tuple(range(first, min(first + n_models, n_bn + 1)))
+    return IBDPSCSelection(layers, start, tuple(rates), selection,
+                           "none" if selection == "agreement" else
+                           "given" if labels is not None else "predictions", fallback)
+
+
+def ibd_psc_layers(model: nn.Module, clean_pool: torch.Tensor, labels: torch.Tensor | None = None,
+                   amplification: float = 1.5, n_models: int = 5, xi: float = 0.6,
+                   batch_size: int = 2048, *, selection: str = "labels",
+                   agreement: float = 0.6) -> list[int]:
+    """IBD-PSC's layer selection: for each amplified model, how many of the last BatchNorm layers
+    it scales (a count may repeat: BackdoorBox repeats the all-layer model to keep n models).
+    `labels`: the pool's labels, as BackdoorBox takes them. See `ibd_psc_selection`."""
+    return list(ibd_psc_selection(model, clean_pool, labels, amplification, n_models, xi,
+                                  batch_size, selection=selection, agreement=agreement).layers)
 
 
 @torch.inference_mode()
 def ibd_psc_score(model: nn.Module, inputs: torch.Tensor, clean_pool: torch.Tensor | None = None,
                   amplification: float = 1.5, n_models: int = 5, agreement: float = 0.6,
-                  layers: list[int] | None = None, batch_size: int = 2048) -> np.ndarray:
-    """(N,) parameter-oriented scaling consistency (PSC): the mean over amplified models of the
-    softmax probability of the class the unmodified model predicts. Higher = flagged.
+                  layers: list[int] | None = None, batch_size: int = 2048, *,
+                  pool_labels: torch.Tensor | None = None, xi: float = 0.6,
+                  selection: str = "labels") -> np.ndarray:
+    """(N,) parameter-oriented scaling consistency (PSC): the mean over the amplified models of
+    the softmax probability of the class the unmodified model predicts. Higher = flagged.
 
     IBD-PSC (Hou, Guo, Li, Wang, Wu, Wang: "IBD-PSC: input-level backdoor detection via
     parameter-oriented scaling consistency", ICML 2024): amplifying the BatchNorm parameters
     (γ, β times ω = `amplification`) of a model's last layers leaves its confident answer on
     triggered inputs in place while its confidence on clean inputs drops. White-box: needs the
-    model's BatchNorm layers. The layers come from `ibd_psc_layers(model, clean_pool, ...)`
-    unless `layers` (numbers of last BatchNorm layers, one per model) is given. The caller's
-    model is not changed: amplified copies are made.
+    model's BatchNorm layers. The layers come from `ibd_psc_selection(model, clean_pool,
+    pool_labels, ..., selection=selection)` unless `layers` (numbers of last BatchNorm layers,
+    one per model; repeats count as often as they appear, as BackdoorBox's average) is given.
+    Amplified copies keep the running statistics and run in eval mode, as BackdoorBox's. No
+    threshold (BackdoorBox flags PSC ≥ 0.9; the workbench reports the ROC). The caller's model is
+    not changed.
     """
     _check_model(model)
     check_images("inputs", inputs)
@@ -563,7 +646,8 @@ def ibd_psc_score(model: nn.Module, inputs: torch.Tensor, clean_pool: torch.Tens
             raise ValueError("`clean_pool` must be given to choose the layers, or `layers`; got "
                              "neither.")
         _check_pool(clean_pool, inputs.shape[1:])
-        layers = ibd_psc_layers(model, clean_pool, amplification, n_models, agreement, batch_size)
+        layers = ibd_psc_layers(model, clean_pool, pool_labels, amplification, n_models, xi,
+                                batch_size, selection=selection, agreement=agreement)
     else:
         if not isinstance(layers, (list, tuple)) or not layers:
             raise TypeError(f"`layers` must be a non-empty list of ints in [1, {n_bn}]; got "
@@ -575,9 +659,9 @@ def ibd_psc_score(model: nn.Module, inputs: torch.Tensor, clean_pool: torch.Tens
         x = inputs.to(dev)
         pred = _logits(model, x, dev, batch_size).argmax(-1)
         conf = torch.zeros(len(x), dtype=torch.float64, device=dev)
-        for k in layers:
+        for k in sorted(set(layers)):  # each distinct model once, weighted by its repeats
             p = _logits(_amplified(model, k, amplification), x, dev, batch_size).softmax(-1)
-            conf += p.double().gather(1, pred[:, None])[:, 0] if len(x) else 0
+            conf += layers.count(k) * p.double().gather(1, pred[:, None])[:, 0] if len(x) else 0
     return (conf / len(layers)).cpu().numpy()
 
 
@@ -881,7 +965,8 @@ def compare_detectors(model: nn.Module, clean: torch.Tensor, triggered: torch.Te
                       corruptions=TECO_CORRUPTIONS, severities=TECO_SEVERITIES,
                       amplification: float = 1.5, n_models: int = 5, agreement: float = 0.6,
                       n_calibration: int = 500, n_boot: int = 1000, confidence: float = 0.95,
-                      batch_size: int = 2048) -> list[DetectionResult]:
+                      batch_size: int = 2048, pool_labels: torch.Tensor | None = None,
+                      xi: float = 0.6, ibd_selection: str = "labels") -> list[DetectionResult]:
     """The detectors in `methods` (names from METHODS; default: STRIP, W_σ mean, W_σ radius) on
     the same model and inputs, one `DetectionResult` each, in the order asked. Every argument is
     checked before any work.
@@ -932,6 +1017,10 @@ def compare_detectors(model: nn.Module, clean: torch.Tensor, triggered: torch.Te
     amplification = check_float("amplification", amplification, 1.0, None, low_open=True)
     check_int("n_models", n_models, low=1)
     agreement = check_float("agreement", agreement, 0.0, 1.0, low_open=True, high_open=True)
+    xi = check_float("xi", xi, 0.0, 1.0, high_open=True)
+    check_choice("ibd_selection", ibd_selection, IBD_SELECTIONS)
+    if pool_labels is not None:
+        check_labels("pool_labels", pool_labels, len(clean_pool))
     check_int("n_calibration", n_calibration, low=2)
     check_int("n_boot", n_boot, low=0)
     confidence = check_float("confidence", confidence, 0.0, 1.0, low_open=True, high_open=True)
@@ -979,15 +1068,23 @@ def compare_detectors(model: nn.Module, clean: torch.Tensor, triggered: torch.Te
             st = teco_score(model, triggered, corruptions, severities, seed, batch_size)
             settings = {"corruptions": list(corruptions), "severities": list(severities)}
         elif m == "ibd-psc":
-            layers = ibd_psc_layers(model, clean_pool[:n_calibration], amplification, n_models,
-                                    agreement, batch_size)
+            sel = ibd_psc_selection(
+                model, clean_pool[:n_calibration],
+                None if pool_labels is None else pool_labels[:n_calibration], amplification,
+                n_models, xi, batch_size, selection=ibd_selection, agreement=agreement)
+            layers = list(sel.layers)
             setup = time.perf_counter() - t0
             t0 = time.perf_counter()
             sc = ibd_psc_score(model, clean, None, amplification, layers=layers,
                                batch_size=batch_size)
             st = ibd_psc_score(model, triggered, None, amplification, layers=layers,
                                batch_size=batch_size)
-            settings = {"amplification": amplification, "layers": layers, "agreement": agreement}
+            settings = {"amplification": amplification, "layers": layers,
+                        "selection": sel.selection, "selection_labels": sel.labels,
+                        "xi": sel.xi, "selection_rates": list(sel.rates),
+                        "fallback": sel.fallback,
+                        ("threshold_xi" if ibd_selection == "labels" else "agreement"):
+                            xi if ibd_selection == "labels" else agreement}
         else:
             w = w_results()
             summary = m[2:]
