@@ -193,8 +193,12 @@ def test_a_model_that_answers_the_target_on_triggered_inputs():
     part of every answer, and the rest against an independent computation."""
     model = Gate().eval()
     clean, triggered, pool = _gate_data()
-    res = {r.method: r for r in compare_detectors(model, clean, triggered, pool, SIGMAS, 32, 16,
-                                                  methods=D.METHODS, n_boot=100)}
+    # TeCo as the study ran it before: CIFAR-10-C strengths, each corruption on the pristine
+    # input, floats (ImageNet-C's motion blur drops the weights of shifts past an 8-pixel side,
+    # darkening the image enough to shut the gate)
+    res = {r.method: r for r in compare_detectors(
+        model, clean, triggered, pool, SIGMAS, 32, 16, methods=D.METHODS, n_boot=100,
+        strengths="cifar10-c", application="independent", quantize=False)}
     # STRIP: copies of a triggered input keep the target (entropy ≈ 0); 50/50 blends of clean
     # inputs do not; plain sums of a clean input (mean ≈ 0.25) and a partner (≈ 0.25) sometimes
     # open the gate too (mean > 0.5), so the authors' STRIP separates less well on this model
@@ -229,7 +233,9 @@ def test_a_model_that_answers_the_target_on_triggered_inputs():
 
 
 def test_teco_is_the_deviation_of_the_first_flipping_severity():
-    """teco_score against a direct per-input computation from `corrupt`."""
+    """teco_score against a direct per-input computation from `corrupt`: each corruption on the
+    pristine input (independent), and TeCo's chain (cumulative: every step corrupts the previous
+    step's 8-bit output, across severities and corruption types)."""
     torch.manual_seed(1)
     model = LinearK(torch.randn(5, 64) * 3, torch.randn(5))
     x = torch.rand(12, 1, 8, 8)
@@ -237,33 +243,90 @@ def test_teco_is_the_deviation_of_the_first_flipping_severity():
     with torch.no_grad():
         p0 = model(x).argmax(1)
         preds = {(c, s): model(D.corrupt(x, c, s, seed=4)).argmax(1) for c in names for s in sev}
-    ref = np.empty((12, len(names)))
-    for i in range(12):
-        for j, c in enumerate(names):
-            ref[i, j] = next((s for s in sev if preds[c, s][i] != p0[i]), 6)
-    got = D.teco_severities(model, x, names, sev, seed=4, batch_size=5)
-    assert np.array_equal(got, ref)
-    assert np.allclose(D.teco_score(model, x, names, sev, seed=4), ref.std(1))
+        chained, y = {}, x
+        for c in names:
+            for s in sev:
+                y = D.corrupt(y, c, s, seed=4, quantize=True)
+                chained[c, s] = model(y).argmax(1)
+    for how, got_preds in (("independent", preds), ("cumulative", chained)):
+        ref = np.empty((12, len(names)))
+        for i in range(12):
+            for j, c in enumerate(names):
+                ref[i, j] = next((s for s in sev if got_preds[c, s][i] != p0[i]), 6)
+        q = how == "cumulative"
+        got = D.teco_severities(model, x, names, sev, seed=4, batch_size=5, application=how,
+                                quantize=q)
+        assert np.array_equal(got, ref), how
+        assert np.allclose(D.teco_score(model, x, names, sev, seed=4, application=how,
+                                        quantize=q), ref.std(1))
+    assert not np.array_equal(D.teco_severities(model, x, names, sev, seed=4),
+                              D.teco_severities(model, x, names, sev, seed=4,
+                                                application="independent"))
 
 
-def test_corruptions_match_reference_implementations():
+def test_teco_score_of_fixed_flip_indices():
+    """Notes section 8.4: NumPy's population std of the flip indices (6 = never flips)."""
+    for idx, want in (([1, 1, 6, 6], 2.5), ([2, 2, 2], 0.0), ([6] * 15, 0.0),
+                      ([1] * 6 + [6] * 6, 2.5), ([1, 2, 3, 4, 5, 6], 1.707825)):
+        assert np.std(idx) == pytest.approx(want, abs=1e-6)
+
+
+def test_teco_applies_the_corruptions_cumulatively_as_its_code():
+    """Notes section 8.4, imagecorruptions' values (uint8): contrast on a 32×32×3 image, left
+    half 0, right half 255: independently (76, 178), (89, 165), (102, 153), (114, 140), (121, 133);
+    cumulatively (TeCo) (76, 178), (111, 142), (123, 129), (125, 126), (125, 125). Brightness on
+    a constant grey 100: independently 125, 151, 176, 202, 227; cumulatively 125, 176, 252, 255,
+    255; with "class 1 iff mean > 200/255" the first flip is severity 4 independently, 3
+    cumulatively."""
+    img = torch.zeros(1, 3, 32, 32)
+    img[..., 16:] = 1.0
+    for how, want in (("independent", [(76, 178), (89, 165), (102, 153), (114, 140), (121, 133)]),
+                      ("cumulative", [(76, 178), (111, 142), (123, 129), (125, 126), (125, 125)])):
+        got = [(round(float(y[0, 0, 0, 0]) * 255), round(float(y[0, 0, 0, 31]) * 255))
+               for _, _, y in D.teco_corruptions(img, ("contrast",), application=how)]
+        assert got == want, how
+    grey = torch.full((1, 3, 4, 4), 100 / 255)
+    for how, want in (("independent", [125, 151, 176, 202, 227]),
+                      ("cumulative", [125, 176, 252, 255, 255])):
+        got = [round(float(y.mean()) * 255)
+               for _, _, y in D.teco_corruptions(grey, ("brightness",), application=how)]
+        assert got == want, how
+
+    class Bright(nn.Module):
+        def forward(self, x):
+            m = x.flatten(1).mean(1) - 200 / 255
+            return torch.stack([-m, m], 1)
+
+    assert D.teco_severities(Bright(), grey, ("brightness",), application="independent")[0, 0] == 4
+    assert D.teco_severities(Bright(), grey, ("brightness",))[0, 0] == 3
+    # a colour pixel keeps hue and saturation: (200, 100, 50) → (225, 112, 56)
+    px = torch.tensor([200.0, 100.0, 50.0]).view(1, 3, 1, 1) / 255
+    y = D.corrupt(px, "brightness", 1, quantize=True)
+    assert [round(v * 255) for v in y.flatten().tolist()] == [225, 112, 56]
+    with pytest.raises(ValueError, match="`application` must be one of 'cumulative', 'independent'"):
+        D.teco_corruptions(img, application="chained")
+
+
+def test_cifar10_c_corruptions_match_reference_implementations():
+    """The study's earlier corruptions, kept by name: strengths="cifar10-c"."""
+    cc = dict(strengths="cifar10-c")
     g = torch.Generator().manual_seed(0)
     x = torch.rand(6, 1, 16, 16, generator=g)
     for s, sigma in enumerate((0.4, 0.6, 0.7, 0.8, 1.0), 1):  # CIFAR-10-C's σ, 16 px: unscaled
         ref = np.stack([ndimage.gaussian_filter(im[0].double().numpy(), sigma, mode="nearest",
                                                 truncate=4.0) for im in x])
-        assert np.allclose(D.corrupt(x, "gaussian_blur", s)[:, 0].numpy(), ref, atol=1e-5)
+        assert np.allclose(D.corrupt(x, "gaussian_blur", s, **cc)[:, 0].numpy(), ref, atol=1e-5)
     for s, c in enumerate((0.75, 0.5, 0.4, 0.3, 0.15), 1):
         m = x.mean((2, 3), keepdim=True)
-        assert torch.allclose(D.corrupt(x, "contrast", s), ((x - m) * c + m).clamp(0, 1))
+        assert torch.allclose(D.corrupt(x, "contrast", s, **cc), ((x - m) * c + m).clamp(0, 1))
     for s, c in enumerate((0.05, 0.1, 0.15, 0.2, 0.3), 1):  # grey images: V + c is x + c
-        assert torch.allclose(D.corrupt(x, "brightness", s), (x + c).clamp(0, 1), atol=1e-6)
+        assert torch.allclose(D.corrupt(x, "brightness", s, **cc), (x + c).clamp(0, 1), atol=1e-6)
     big = torch.full((1, 1, 200, 200), 0.5)
-    d = D.corrupt(big, "gaussian_noise", 5, seed=1) - big
+    d = D.corrupt(big, "gaussian_noise", 5, seed=1, **cc) - big
     assert float(d.std()) == pytest.approx(0.10, rel=0.03)
-    y = D.corrupt(big, "impulse_noise", 5, seed=1)
+    y = D.corrupt(big, "impulse_noise", 5, seed=1, **cc)
     assert float((y != 0.5).double().mean()) == pytest.approx(0.07, rel=0.1)
-    y = D.corrupt(big, "shot_noise", 5, seed=1) * 50  # Poisson(0.5·50): variance = mean = 25
+    y = D.corrupt(big, "shot_noise", 5, seed=1, **cc) * 50  # Poisson(0.5·50): variance = mean = 25
     assert float(y.mean()) == pytest.approx(25, rel=0.02) and float(y.var()) == pytest.approx(25, rel=0.05)
     # JPEG at CIFAR-10-C's quality 40 for severity 5, as PIL writes it
     import io
@@ -274,16 +337,211 @@ def test_corruptions_match_reference_implementations():
     buf = io.BytesIO()
     Image.fromarray(u8).save(buf, "JPEG", quality=40)
     pil = np.asarray(Image.open(buf), dtype=np.float64) / 255
-    assert np.abs(D.corrupt(x[:1], "jpeg", 5)[0, 0].double().numpy() - pil).max() <= 2 / 255
+    assert np.abs(D.corrupt(x[:1], "jpeg", 5, **cc)[0, 0].double().numpy() - pil).max() <= 2 / 255
     # every corruption: same shape, values in [0, 1], seeded, stronger with severity on average
     # (on smooth images: shuffling white noise and blurring it again can lower the difference)
     x = torch.from_numpy(ndimage.gaussian_filter(x.numpy(), (0, 0, 2, 2)))
     x = (x - x.amin((2, 3), keepdim=True)) / (x.amax((2, 3), keepdim=True) - x.amin((2, 3), keepdim=True))
-    for name in D.CORRUPTIONS:
-        y = [D.corrupt(x, name, s, seed=3) for s in (1, 5)]
-        assert all(v.shape == x.shape and v.min() >= 0 and v.max() <= 1 for v in y), name
-        assert torch.equal(y[1], D.corrupt(x, name, 5, seed=3)), name
-        assert (y[1] - x).abs().mean() >= (y[0] - x).abs().mean() - 1e-6, name
+    for strengths in D.STRENGTHS:
+        for name in D.CORRUPTIONS:
+            y = [D.corrupt(x, name, s, seed=3, strengths=strengths) for s in (1, 5)]
+            assert all(v.shape == x.shape and v.min() >= 0 and v.max() <= 1 for v in y), name
+            assert torch.equal(y[1], D.corrupt(x, name, 5, seed=3, strengths=strengths)), name
+            assert (y[1] - x).abs().mean() >= (y[0] - x).abs().mean() - 1e-6, (strengths, name)
+
+
+# --- TeCo's corruptions: imagecorruptions' strengths and algorithms (issue 20) ------------------
+# Each check is derived from the package's formulas (bethgelab/imagecorruptions 1.1.2,
+# corruptions.py; notes in docs/detection-references.md, section 5), computed here with NumPy,
+# SciPy (which the package calls for its blurs, zoom and elastic map) and PIL, not with its code.
+
+def test_imagenet_c_strengths_are_the_packages():
+    P = D.IMAGENET_C
+    assert P["gaussian_noise"] == (0.08, 0.12, 0.18, 0.26, 0.38)
+    assert P["shot_noise"] == (60, 25, 12, 5, 3)
+    assert P["impulse_noise"] == (0.03, 0.06, 0.09, 0.17, 0.27)
+    assert P["speckle_noise"] == (0.15, 0.2, 0.35, 0.45, 0.6)
+    assert P["gaussian_blur"] == (1, 2, 3, 4, 6)
+    assert P["glass_blur"] == ((0.7, 1, 2), (0.9, 2, 1), (1, 2, 3), (1.1, 3, 2), (1.5, 4, 2))
+    assert P["defocus_blur"] == ((3, 0.1), (4, 0.5), (6, 0.5), (8, 0.5), (10, 0.5))
+    assert P["motion_blur"] == ((10, 3), (15, 5), (15, 8), (15, 12), (20, 15))
+    assert [len(np.arange(*a)) for a in P["zoom_blur"]] == [12, 16, 11, 13, 11]  # 1 included
+    assert P["brightness"] == (0.1, 0.2, 0.3, 0.4, 0.5)
+    assert P["contrast"] == (0.4, 0.3, 0.2, 0.1, 0.05)
+    assert [250 * c for c in P["elastic"]] == pytest.approx([12.5, 16.25, 21.25, 25.0, 30.0])
+    assert P["pixelate"] == (0.6, 0.5, 0.4, 0.3, 0.25)
+    assert P["jpeg"] == (25, 18, 15, 10, 7)
+    assert set(P) == set(D.CORRUPTIONS) == set(D.CIFAR10_C)
+
+
+def _clipped_sd(c, half=0.5):
+    """SD of clip(c·Z, −half, half), Z standard normal: the noise left after clipping at 0 and 1
+    of a constant 0.5 image."""
+    a = half / c
+    inner = (2 * stats.norm.cdf(a) - 1) - 2 * a * stats.norm.pdf(a)
+    return math.sqrt(c * c * inner + half * half * 2 * stats.norm.sf(a))
+
+
+def test_imagenet_c_noise_corruptions():
+    grey = torch.full((1, 1, 200, 200), 0.5)
+    for s, c in enumerate(D.IMAGENET_C["gaussian_noise"], 1):  # x + N(0, c²), clipped
+        d = D.corrupt(grey, "gaussian_noise", s, seed=s) - grey
+        assert float(d.std()) == pytest.approx(_clipped_sd(c), rel=0.02), s
+    assert _clipped_sd(0.08) == pytest.approx(0.08, rel=1e-4)  # sev 1: std 0.08, as the issue says
+    # Poisson(x·c)/c: on white at c = 3, the values 0, 1/3, 2/3 and ≥ 1 (clipped) with Poisson(3)'s
+    # probabilities
+    y = D.corrupt(torch.ones(1, 1, 200, 200), "shot_noise", 5, seed=1).flatten().numpy()
+    pm = stats.poisson(3).pmf([0, 1, 2])
+    for v, want in zip((0, 1 / 3, 2 / 3, 1), (*pm, 1 - pm.sum())):
+        assert np.isclose(y, v, atol=1e-6).mean() == pytest.approx(want, abs=0.01)
+    y = D.corrupt(grey, "shot_noise", 1, seed=2)  # c = 60 on 0.5: mean 0.5, variance 0.5/60
+    assert float(y.mean()) == pytest.approx(0.5, abs=0.002)
+    assert float(y.var()) == pytest.approx(0.5 / 60, rel=0.03)
+    # salt and pepper on a share c of the elements, 1:1
+    y = D.corrupt(grey, "impulse_noise", 5, seed=1)
+    assert float((y == 1).double().mean()) == pytest.approx(0.135, abs=0.006)
+    assert float((y == 0).double().mean()) == pytest.approx(0.135, abs=0.006)
+    assert float(((y != 0) & (y != 1) & (y != 0.5)).double().sum()) == 0
+    d = D.corrupt(grey, "speckle_noise", 1, seed=3) - grey  # x + x·N(0, c²): SD 0.5·0.15
+    assert float(d.std()) == pytest.approx(0.075, rel=0.02)
+
+
+def test_imagenet_c_blurs():
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(2, 1, 16, 16, generator=g, dtype=torch.float64)
+    # gaussian blur: scikit-image's `gaussian` = scipy's gaussian_filter, edges "nearest", 4σ
+    for s, sigma in enumerate(D.IMAGENET_C["gaussian_blur"], 1):
+        ref = np.stack([ndimage.gaussian_filter(im[0].numpy(), sigma, mode="nearest", truncate=4.0)
+                        for im in x])
+        assert np.allclose(D.corrupt(x, "gaussian_blur", s)[:, 0].numpy(), ref, atol=1e-12)
+    # defocus: the disk on the grid −8…8 (−r…r above 8), normalised, smoothed by OpenCV's
+    # GaussianBlur (3×3, 5×5 above 8: weights exp(−t²/2σ²), reflect-101 edges = NumPy's
+    # "reflect" pad); then OpenCV's filter2D with reflect-101 edges (scipy's "mirror")
+    for s, (r, alias) in enumerate(D.IMAGENET_C["defocus_blur"], 1):
+        half, size = (8, 3) if r <= 8 else (r, 5)
+        t = np.arange(-half, half + 1)
+        disk = ((t[:, None] ** 2 + t[None] ** 2) <= r * r).astype(float)
+        disk /= disk.sum()
+        w = np.exp(-((np.arange(size) - size // 2) ** 2) / (2 * alias ** 2))
+        w /= w.sum()
+        padded = np.pad(disk, size // 2, mode="reflect")
+        kern = np.array([[np.sum(padded[i:i + size, j:j + size] * np.outer(w, w))
+                          for j in range(len(t))] for i in range(len(t))])
+        assert np.allclose(D.defocus_kernel(r, alias), kern, atol=1e-12), s
+        ref = np.stack([ndimage.correlate(im[0].numpy(), kern, mode="mirror") for im in x])
+        assert np.allclose(D.corrupt(x, "defocus_blur", s)[:, 0].numpy(), ref, atol=1e-12), s
+    k1 = D.defocus_kernel(3, 0.1)  # severity 1: σ 0.1 leaves the 29-pixel disk of radius 3
+    assert (k1 > 1e-9).sum() == 29 and np.allclose(k1[k1 > 1e-9], 1 / 29)
+    # zoom blur: (x + Σ_z clipped_zoom(x, z)) / (n + 1) over np.arange(…) (1 included), each a
+    # central crop of ceil(side/z) zoomed by scipy.ndimage.zoom (order 1), first `side` kept
+    for s, args in enumerate(D.IMAGENET_C["zoom_blur"], 1):
+        acc = []
+        for im in x[:, 0].numpy():
+            out = im.copy()
+            for z in np.arange(*args):
+                ch = int(np.ceil(16 / z))
+                top = (16 - ch) // 2
+                out += ndimage.zoom(im[top:top + ch, top:top + ch], z, order=1)[:16, :16]
+            acc.append(out / (len(np.arange(*args)) + 1))
+        assert np.allclose(D.corrupt(x, "zoom_blur", s)[:, 0].numpy(), np.stack(acc), atol=1e-12)
+    # motion blur at 0° and −45°, by hand: Σ_i k_i x[r − dy_i, c − dx_i] (edges repeated), k ∝
+    # exp(−i²/2σ²) over i = 0…2r, stopping at the first shift of a whole side (weights dropped)
+    for radius, sigma in D.IMAGENET_C["motion_blur"][:2]:
+        width = 2 * radius + 1
+        k = np.exp(-np.arange(width) ** 2 / (2 * sigma ** 2))
+        k /= k.sum()
+        for angle in (0.0, -45.0):
+            im = x[0, 0].numpy()
+            ref = np.zeros_like(im)
+            for i in range(width):
+                dy = -math.ceil(i * math.sin(math.radians(angle)) - 0.5)
+                dx = -math.ceil(i * math.cos(math.radians(angle)) - 0.5)
+                if abs(dy) >= 16 or abs(dx) >= 16:
+                    break
+                rows = np.clip(np.arange(16) - dy, 0, 15)
+                cols = np.clip(np.arange(16) - dx, 0, 15)
+                ref += k[i] * im[rows][:, cols]
+            got = D.motion_blur_imagenet_c(x[:1], radius, sigma, torch.tensor([angle]))
+            assert np.allclose(got[0, 0].numpy(), ref, atol=1e-12), (radius, angle)
+    # radius 10 on 16 pixels at 0°: shifts 0…15 only, so the weights of 16…20 are lost
+    flat = D.motion_blur_imagenet_c(torch.ones(1, 1, 16, 16), 10, 3, torch.tensor([0.0]))
+    k = np.exp(-np.arange(21) ** 2 / 18)
+    assert float(flat.mean()) == pytest.approx(k[:16].sum() / k.sum(), abs=1e-6)
+
+
+def test_imagenet_c_glass_blur_copies_pixels_in_the_packages_order():
+    """For each iteration, h = H−δ…δ+1, w = W−δ…δ+1 (descending), pixel (h, w) takes the value
+    at (h + dy, w + dx): the package's tuple "swap" of two RGB pixel views copies one way."""
+    x = np.arange(3 * 6 * 6, dtype=float).reshape(1, 3, 6, 6)
+    v = x[0].transpose(1, 2, 0).copy()  # HWC, as the package sees an RGB image
+    v[0, 0], v[1, 1] = v[1, 1], v[0, 0]
+    assert (v[0, 0] == v[1, 1]).all()  # NumPy: the "swap" copied (1, 1) onto (0, 0)
+    delta, iterations = 2, 2
+    positions = [(h, w) for h in range(6 - delta, delta, -1) for w in range(6 - delta, delta, -1)]
+    rng = np.random.default_rng(0)
+    u = rng.random((iterations, len(positions), 1, 2))
+    ref = x[0].copy()
+    for it in range(iterations):
+        for k, (h, w) in enumerate(positions):
+            dx, dy = (np.floor(u[it, k, 0] * 2 * delta) - delta).astype(int)
+            assert -delta <= dx < delta and -delta <= dy < delta
+            ref[:, h, w] = ref[:, h + dy, w + dx]
+    got = D._glass_copies(torch.from_numpy(x), delta, iterations,
+                          lambda *shape: torch.from_numpy(u).reshape(shape))
+    assert np.array_equal(got[0].numpy(), ref)
+    const = torch.full((1, 1, 16, 16), 100 / 255)
+    for s in range(1, 6):  # blur, 8-bit truncation, copies, blur: a constant stays (one level)
+        y = D.corrupt(const, "glass_blur", s, seed=s)
+        assert float((y - 100 / 255).abs().max()) <= 1 / 255 + 1e-6
+
+
+def test_imagenet_c_elastic_pixelate_jpeg():
+    import io
+
+    from PIL import Image
+
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(2, 1, 32, 32, generator=g, dtype=torch.float64)
+    # elastic: α·gaussian_filter(U(−0.005·H, 0.005·H), 0.01·side, "reflect", truncate 3), then
+    # map_coordinates(order 1, "reflect") at (row + dy, col + dx)
+    ux = torch.rand(2, 1, 32, 32, generator=g, dtype=torch.float64)
+    uy = torch.rand(2, 1, 32, 32, generator=g, dtype=torch.float64)
+    rows, cols = np.meshgrid(np.arange(32), np.arange(32), indexing="ij")
+    for c in D.IMAGENET_C["elastic"]:
+        dx, dy = D.elastic_fields(ux, uy, c)
+        for i in range(2):
+            for f, u in ((dx, ux), (dy, uy)):
+                ref = ndimage.gaussian_filter(u[i, 0].numpy() * 0.32 - 0.16, 0.32, mode="reflect",
+                                              truncate=3.0) * 250 * c
+                assert np.allclose(f[i].numpy(), ref, atol=1e-12)
+        got = D.elastic_imagenet_c(x, dx, dy)
+        for i in range(2):
+            ref = ndimage.map_coordinates(x[i, 0].numpy(),
+                                          [rows + dy[i].numpy(), cols + dx[i].numpy()],
+                                          order=1, mode="reflect")
+            assert np.allclose(got[i, 0].numpy(), ref, atol=1e-12)
+        assert float(dx.abs().max()) <= 0.16 * 250 * c  # displacements up to ±2 … ±4.8 pixels
+    # pixelate: PIL's BOX down to int(c·side), NEAREST back up (PIL on float images, mode "F")
+    for side in (16, 32):
+        im = torch.rand(1, 1, side, side, generator=g)
+        for s, c in enumerate(D.IMAGENET_C["pixelate"], 1):
+            n = int(side * c)
+            pil = Image.fromarray(im[0, 0].numpy()).resize((n, n), Image.BOX)
+            ref = np.asarray(pil.resize((side, side), Image.NEAREST))
+            assert np.allclose(D.corrupt(im, "pixelate", s)[0, 0].numpy(), ref, atol=1e-6), (side, s)
+    # one white pixel at (0, 0) of a black 32×32: severity 2 (16×16) averages 2×2 blocks → 1/4;
+    # severity 5 (8×8) 4×4 blocks → 1/16
+    dot = torch.zeros(1, 1, 32, 32)
+    dot[..., 0, 0] = 1
+    assert float(D.corrupt(dot, "pixelate", 2)[0, 0, :2, :2].min()) == pytest.approx(0.25)
+    assert float(D.corrupt(dot, "pixelate", 5)[0, 0, :4, :4].max()) == pytest.approx(1 / 16)
+    # JPEG at the package's qualities, as PIL writes it
+    u8 = (x[0, 0] * 255).round().to(torch.uint8).numpy()
+    for s, q in enumerate(D.IMAGENET_C["jpeg"], 1):
+        buf = io.BytesIO()
+        Image.fromarray(u8).save(buf, "JPEG", quality=q)
+        ref = np.asarray(Image.open(buf), dtype=np.float64) / 255
+        assert np.array_equal(D.corrupt(x[:1], "jpeg", s)[0, 0].numpy(), ref)
 
 
 def test_ibd_psc_against_a_hand_amplified_model():
