@@ -1051,3 +1051,97 @@ def test_an_interval_at_the_boundary_is_not_zero_wide():
     rng = np.random.default_rng(0)
     r = roc_analysis("x", rng.normal(0, 1, 100), rng.normal(1, 1, 100), n_boot=100)
     assert r.settings["exact_bounds"] == [] and r.auc_ci[1] < 1
+
+
+# --- both evaluation sets: all inputs, and the toolboxes' filtered set (issue 20) ---------------
+
+def test_compare_detectors_reports_both_evaluation_sets_with_their_counts():
+    """With labels, each method is evaluated on every input and on the toolboxes' set: clean
+    inputs the model gets right, triggered inputs the backdoor fires on."""
+    model = Gate().eval()
+    clean, triggered, pool = _gate_data(30)
+    triggered = triggered.clone()
+    triggered[:6] = clean[:6]  # six "triggered" inputs the backdoor misses (the gate stays shut)
+    with torch.no_grad():
+        labels = model(clean).argmax(1)
+    labels[[2, 5, 11]] = (labels[[2, 5, 11]] + 1) % 4  # three clean inputs the model gets wrong
+    targets = torch.zeros(30, dtype=torch.long)
+    methods = ("scale-up", "w-mean")
+    res = compare_detectors(model, clean, triggered, pool, SIGMAS, 8, 4, methods=methods,
+                            n_boot=200, clean_labels=labels, target_labels=targets)
+    assert [(r.method, r.evaluation) for r in res] == [
+        ("scale-up", "all"), ("w-mean", "all"), ("scale-up", "filtered"), ("w-mean", "filtered")]
+    plain = compare_detectors(model, clean, triggered, pool, SIGMAS, 8, 4, methods=methods,
+                              n_boot=200)
+    keep_c = np.setdiff1d(np.arange(30), [2, 5, 11])
+    with torch.no_grad():  # the gate fires on 6…29; of the first six, those the model calls 0
+        keep_t = np.flatnonzero(model(triggered).argmax(1).numpy() == 0)
+    assert set(range(6, 30)) <= set(keep_t) and len(keep_t) < 30
+    nt = len(keep_t)
+    for a, p, f in zip(res[:2], plain, res[2:]):
+        assert (a.n_clean, a.n_triggered, a.clean_index) == (30, 30, None)
+        assert a.auc == p.auc and a.auc_ci == p.auc_ci and a.bootstrap == "pairs"
+        assert (f.n_clean, f.n_triggered, f.n_clean_total, f.n_triggered_total) == (27, nt, 30, 30)
+        assert np.array_equal(f.clean_index, keep_c) and np.array_equal(f.triggered_index, keep_t)
+        assert np.array_equal(f.clean_scores, a.clean_scores[keep_c])
+        assert np.array_equal(f.triggered_scores, a.triggered_scores[keep_t])
+        y = np.r_[np.zeros(27), np.ones(nt)]
+        assert f.auc == pytest.approx(roc_auc_score(y, np.r_[f.clean_scores, f.triggered_scores]))
+        assert f.bootstrap == "pairs-filtered" and 0 < f.settings["n_boot_used"] <= 200
+        assert f.settings["evaluation_set"] == "correct clean, successful triggered"
+        row = f.row()
+        assert list(row)[:5] == ["method", "AUC [95% CI]", "TPR@1%FPR", "TPR@5%FPR", "ms per input"]
+        assert (row["evaluation"], row["n clean"], row["n triggered"]) == ("filtered", "27 of 30",
+                                                                            f"{nt} of 30")
+        assert a.row()["n clean"] == "30"
+    only = compare_detectors(model, clean, triggered, pool, SIGMAS, 8, 4, methods=methods,
+                             n_boot=200, clean_labels=labels, target_labels=targets,
+                             evaluation="filtered")
+    assert [r.evaluation for r in only] == ["filtered"] * 2 and only[0].auc == res[2].auc
+    # a side with nothing left: NaN numbers and a warning, not an error
+    with pytest.warns(UserWarning, match="the backdoor fires on no triggered input"):
+        empty = compare_detectors(model, clean, _gate_data(30)[1], pool, SIGMAS, 8, 4,
+                                  methods=("scale-up",), n_boot=20, clean_labels=labels,
+                                  target_labels=torch.full((30,), 3))  # the gate answers 0
+    assert math.isnan(empty[1].auc) and empty[1].n_triggered == 0 and empty[1].n_clean == 27
+    with pytest.raises(ValueError, match="`clean_labels` and `target_labels` must be given together"):
+        compare_detectors(model, clean, triggered, pool, SIGMAS, methods=methods, clean_labels=labels)
+    with pytest.raises(ValueError, match="`evaluation` 'filtered' needs `clean_labels`"):
+        compare_detectors(model, clean, triggered, pool, SIGMAS, methods=methods,
+                          evaluation="filtered")
+    with pytest.raises(ValueError, match=r"`target_labels` must have shape \(30,\)"):
+        compare_detectors(model, clean, triggered, pool, SIGMAS, methods=methods,
+                          clean_labels=labels, target_labels=targets[:3])
+
+
+def test_the_filtered_bootstrap_is_the_operating_points_of_each_resample():
+    """Sources resampled as pairs, each twin counted where its side keeps it: every resample's
+    numbers equal `_operating_points` on the kept members of the resampled arrays."""
+    rng = np.random.default_rng(4)
+    c, t = rng.integers(0, 6, 120).astype(float), rng.integers(2, 9, 120).astype(float)
+    kc, kt = rng.random(120) < 0.8, rng.random(120) < 0.6
+    idx = rng.integers(0, 120, (30, 120))
+    w = D._counts(idx, 120)
+    got = D._boot_operating_points(c, t, w * kc, w * kt)
+    ref = np.array([D._operating_points(c[i][kc[i]], t[i][kt[i]]) for i in idx])
+    assert np.allclose(got, ref, rtol=0, atol=1e-12)
+
+
+def test_intervals_of_filtered_twins_cover_the_true_auc():
+    """Twin scores with correlation −0.8 (where resampling each set on its own is too narrow),
+    80% of clean and 60% of triggered inputs kept at random: the pairs-filtered interval covers
+    the AUC of the populations, Φ(1/√2), near 95% of the time."""
+    truth = stats.norm.cdf(1 / math.sqrt(2))
+    rng = np.random.default_rng(7)
+    cs, ts = _twin_scores(rng, -0.8, 100, 300)
+    hits = []
+    for i, (c, t) in enumerate(zip(cs, ts)):
+        r = roc_analysis("sim", c, t, n_boot=200, seed=i, keep_clean=rng.random(100) < 0.8,
+                         keep_triggered=rng.random(100) < 0.6)
+        assert r.bootstrap == "pairs-filtered" and r.evaluation == "filtered"
+        hits.append(r.auc_ci[0] <= truth <= r.auc_ci[1])
+    assert 0.88 <= np.mean(hits) <= 0.98, np.mean(hits)  # 300 studies: SE 0.013 at 0.95
+    with pytest.raises(ValueError, match="`keep_clean` must keep at least one input"):
+        roc_analysis("x", c, t, keep_clean=np.zeros(100, bool))
+    with pytest.raises(TypeError, match="`keep_triggered` must be a boolean array of 100 entries"):
+        roc_analysis("x", c, t, keep_triggered=np.ones(99, bool))

@@ -56,6 +56,7 @@ LABELS = {"strip": "STRIP (Gao et al. 2019)",
           "w-knee": "W_σ at the clean curve's half-rise σ",
           "w-class": "W_σ mean, per-class calibrated"}
 W_METHODS = ("w-mean", "w-radius", "w-consistency", "w-knee", "w-class")
+EVALUATIONS = ("all", "filtered", "both")  # compare_detectors' evaluation sets
 POOL_METHODS = ("strip", "strip-mean", "ibd-psc", "w-knee", "w-class")  # those that use the held-out clean pool
 KNEE_FRACTION = 0.5  # w-knee's σ: where the clean pool's mean W first reaches this share of its max
 
@@ -1143,8 +1144,26 @@ class DetectionResult:
     setup_seconds: float = 0.0  # one-off work (layer selection, calibration on the clean pool)
     settings: dict = field(default_factory=dict)
     # what the intervals resampled: "pairs" (clean[i] with its twin triggered[i], one index for
-    # both), "stratified" (each set on its own) or "none" (n_boot = 0: no intervals)
+    # both), "pairs-filtered" (the same, each twin counted where its side's filter keeps it:
+    # `roc_analysis`), "stratified" (each set on its own) or "none" (n_boot = 0: no intervals)
     bootstrap: str = "none"
+    # which inputs were scored: "all" of them, or "filtered": the toolboxes' set (BackdoorBox,
+    # backdoor-toolbox), clean inputs the model classifies correctly and triggered inputs the
+    # backdoor fires on (`compare_detectors` with labels)
+    evaluation: str = "all"
+    n_clean: int | None = None  # clean inputs in the ROC (None: filled in, len(clean_scores))
+    n_triggered: int | None = None  # triggered inputs in the ROC
+    n_clean_total: int | None = None  # clean inputs before the filter (= n_clean for "all")
+    n_triggered_total: int | None = None
+    clean_index: np.ndarray | None = None  # (n_clean,) positions kept among the inputs; None: all
+    triggered_index: np.ndarray | None = None
+
+    def __post_init__(self):
+        for name, scores in (("n_clean", self.clean_scores), ("n_triggered", self.triggered_scores)):
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, len(scores))
+            if getattr(self, name + "_total") is None:
+                object.__setattr__(self, name + "_total", getattr(self, name))
 
     @property
     def label(self) -> str:
@@ -1152,12 +1171,17 @@ class DetectionResult:
         return LABELS.get(self.method, self.method)
 
     def row(self, digits: int = 3) -> dict:
-        """One row for a table: method, AUC [CI], TPR at 1% and 5% FPR [CI], ms per input."""
+        """One row for a table: method, AUC [CI], TPR at 1% and 5% FPR [CI], ms per input, the
+        evaluation set and its numbers of clean and triggered inputs (of how many)."""
         f = lambda v, ci: f"{v:.{digits}f} [{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]"  # noqa: E731
+        n = lambda k, tot: f"{k}" if k == tot else f"{k} of {tot}"  # noqa: E731
         return {"method": self.method, "AUC [95% CI]": f(self.auc, self.auc_ci),
                 "TPR@1%FPR": f(self.tpr_at_1_fpr, self.tpr_at_1_fpr_ci),
                 "TPR@5%FPR": f(self.tpr_at_5_fpr, self.tpr_at_5_fpr_ci),
-                "ms per input": round(1000 * self.seconds_per_input, 2)}
+                "ms per input": round(1000 * self.seconds_per_input, 2),
+                "evaluation": self.evaluation,
+                "n clean": n(self.n_clean, self.n_clean_total),
+                "n triggered": n(self.n_triggered, self.n_triggered_total)}
 
 
 def _roc(c: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -1189,14 +1213,17 @@ def _counts(idx: np.ndarray, n: int) -> np.ndarray:
 def _boot_operating_points(c: np.ndarray, t: np.ndarray, wc: np.ndarray,
                            wt: np.ndarray) -> np.ndarray:
     """(B, 3) AUC, TPR at 1% and at 5% FPR of B resamples given as counts: wc (B, N) of the clean
-    scores, wt (B, M) of the triggered ones (each row summing to N and M). The same numbers as
-    `_operating_points` on the resampled arrays, in O(B·(N + M)) without building them.
+    scores, wt (B, M) of the triggered ones (row b holding n_b = Σ wc[b] ≥ 1 clean and m_b ≥ 1
+    triggered scores: N and M for a plain resample, fewer where a filter zeroes some counts).
+    The same numbers as `_operating_points` on the resampled arrays, in O(B·(N + M)) without
+    building them.
 
-    AUC = Σ_j wt_j · (#clean < t_j + ½ #clean = t_j) / (N·M) (Mann–Whitney with ties ½).
+    AUC = Σ_j wt_j · (#clean < t_j + ½ #clean = t_j) / (n_b·m_b) (Mann–Whitney with ties ½).
     TPR at a% FPR flags the scores above the (k+1)-th largest resampled clean score, k =
-    floor(a·N) (the lowest threshold that flags at most k clean inputs; see `roc_analysis`).
+    floor(a·n_b) (the lowest threshold that flags at most k clean inputs; see `roc_analysis`).
     """
-    n, m = len(c), len(t)
+    n = wc.sum(1).astype(float)  # (B,) clean scores in each resample
+    m = wt.sum(1).astype(float)
     oc, ot = np.argsort(c, kind="mergesort"), np.argsort(t, kind="mergesort")
     cs, ts = c[oc], t[ot]
     cum_c = np.c_[np.zeros(len(wc)), np.cumsum(wc[:, oc], 1)]  # (B, N+1) resampled clean ≤ cs[i-1]
@@ -1205,14 +1232,11 @@ def _boot_operating_points(c: np.ndarray, t: np.ndarray, wc: np.ndarray,
     upto = cum_c[:, np.searchsorted(cs, t, "right")]  # (B, M) resampled clean ≤ t_j
     out = [(wt * (below + upto)).sum(1) / (2 * n * m)]
     for a in (0.01, 0.05):
-        k = math.floor(n * (a + 1e-12))  # clean inputs allowed above the threshold
-        if k >= n:  # every input may be flagged
-            out.append(np.ones(len(wc)))
-            continue
-        # the (k+1)-th largest resampled clean score: the first cs[i] with ≥ N − k at or below it
-        i = np.argmax(cum_c[:, 1:] >= n - k, axis=1)  # (B,)
+        k = np.floor(n * (a + 1e-12))  # (B,) clean inputs allowed above the threshold
+        # the (k+1)-th largest resampled clean score: the first cs[i] with ≥ n − k at or below it
+        i = np.argmax(cum_c[:, 1:] >= (n - k)[:, None], axis=1)  # (B,)
         above = m - cum_t[np.arange(len(wt)), np.searchsorted(ts, cs[i], "right")]
-        out.append(above / m)
+        out.append(np.where(k >= n, 1.0, above / m))  # k ≥ n: every input may be flagged
     return np.stack(out, 1)
 
 
@@ -1260,7 +1284,8 @@ _BOOT_CELLS = 4_000_000  # resamples × (N + M) per chunk of the bootstrap: ~100
 def roc_analysis(method: str, clean_scores, triggered_scores, *, paired: bool | None = None,
                  n_boot: int = 1000, seed: int = 0, confidence: float = 0.95,
                  seconds_per_input: float = math.nan, setup_seconds: float = 0.0,
-                 settings: dict | None = None) -> DetectionResult:
+                 settings: dict | None = None, keep_clean=None,
+                 keep_triggered=None) -> DetectionResult:
     """ROC, AUC and TPR at 1% and 5% FPR of scores (higher = triggered), with percentile
     bootstrap intervals over `n_boot` resamples (seeded by `seed`; `n_boot=0` skips them).
 
@@ -1276,8 +1301,17 @@ def roc_analysis(method: str, clean_scores, triggered_scores, *, paired: bool | 
         independent pairs), while resampling twins on their own is not: with twin correlation
         −0.8 its 95% AUC interval covered the true AUC 82% of the time, and at +0.8 99%, too wide
         by half (tests/test_detection.py, benchmarks/detection_intervals.py).
-    The result's `bootstrap` (and settings["bootstrap"]) says which: "pairs", "stratified" or
-    "none".
+    keep_clean, keep_triggered: boolean masks (one per score) of the inputs to evaluate, e.g.
+        the toolboxes' set: clean inputs the model classifies correctly, triggered inputs the
+        backdoor fires on (`compare_detectors` with labels); the result is "filtered" and holds
+        the kept scores, their positions and how many of how many. The filters break pairs (a
+        correct clean input whose twin the backdoor misses), so twins are resampled as pairs
+        over all N sources, each twin counted where its side keeps it ("pairs-filtered": the
+        numbers kept vary between resamples, as they would between samples of sources); only
+        resamples with at least one clean and one triggered input count (settings["n_boot_used"]).
+        Unpaired scores: each kept set on its own ("stratified").
+    The result's `bootstrap` (and settings["bootstrap"]) says which: "pairs", "pairs-filtered",
+    "stratified" or "none".
 
     Where every resample gives the same 0 or 1 (a perfect separation in the sample, no triggered
     input above the threshold, all of them), the percentile interval would have zero width: that
@@ -1306,6 +1340,9 @@ def roc_analysis(method: str, clean_scores, triggered_scores, *, paired: bool | 
                              f"{int((~np.isfinite(v)).sum())} NaN or infinite.")
     if paired is not None and not isinstance(paired, (bool, np.bool_)):
         raise TypeError(f"`paired` must be True, False or None; got {paired!r}.")
+    keep_c, keep_t = _as_mask("keep_clean", keep_clean, len(c)), \
+        _as_mask("keep_triggered", keep_triggered, len(t))
+    filtered = keep_clean is not None or keep_triggered is not None
     if paired and len(c) != len(t):
         raise ValueError(f"`paired` must be False or None for scores of different lengths "
                          f"({len(c)} clean, {len(t)} triggered); got True. Twins come in equal "
@@ -1321,7 +1358,10 @@ def roc_analysis(method: str, clean_scores, triggered_scores, *, paired: bool | 
         raise ValueError(f"`settings` must not hold the bootstrap's own keys {own}; got "
                          f"{clash}.")
     pairs = len(c) == len(t) if paired is None else bool(paired)
-    bootstrap = "none" if not n_boot else "pairs" if pairs else "stratified"
+    bootstrap = "none" if not n_boot else "stratified" if not pairs else \
+        "pairs-filtered" if filtered else "pairs"
+    c_all, t_all = c, t
+    c, t = c_all[keep_c], t_all[keep_t]
     c.flags.writeable = t.flags.writeable = False  # the frozen result's scores
     y = np.r_[np.zeros(len(c)), np.ones(len(t))]
     s = np.r_[c, t]
@@ -1330,30 +1370,55 @@ def roc_analysis(method: str, clean_scores, triggered_scores, *, paired: bool | 
     # every count 1, the bootstrap's own arithmetic (exact: sums of integers)
     auc, tpr1, tpr5 = map(float, _boot_operating_points(c, t, np.ones((1, len(c))),
                                                         np.ones((1, len(t))))[0])
-    cis, exact = [(math.nan, math.nan)] * 3, []
+    cis, exact, used = [(math.nan, math.nan)] * 3, [], 0
     if n_boot:
         rng = np.random.default_rng(seed)
-        chunk = max(1, _BOOT_CELLS // (len(c) + len(t)))
+        chunk = max(1, _BOOT_CELLS // (len(c_all) + len(t_all)))
         boot = []
         for b in range(0, n_boot, chunk):
             size = min(chunk, n_boot - b)
+            if bootstrap == "pairs-filtered":  # sources resampled, each twin where kept
+                w = _counts(rng.integers(0, len(c_all), (size, len(c_all))), len(c_all))
+                wc, wt = w * keep_c, w * keep_t
+                ok = (wc.sum(1) > 0) & (wt.sum(1) > 0)
+                boot.append(_boot_operating_points(c_all, t_all, wc[ok], wt[ok]))
+                continue
             ic = rng.integers(0, len(c), (size, len(c)))
             wc = _counts(ic, len(c))
             wt = wc if pairs else _counts(rng.integers(0, len(t), (size, len(t))), len(t))
             boot.append(_boot_operating_points(c, t, wc, wt))
         boot = np.concatenate(boot)
+        used = len(boot)
+    if used:
         q = np.quantile(boot, [(1 - confidence) / 2, (1 + confidence) / 2], axis=0)
         cis = [(float(q[0, j]), float(q[1, j])) for j in range(3)]
         for j, v in enumerate((auc, tpr1, tpr5)):
             if v in (0.0, 1.0) and (boot[:, j] == v).all():  # every resample at the boundary
                 cis[j] = _boundary_interval(j, v, len(c), len(t), 1 - confidence)
                 exact.append(("auc", "tpr_at_1_fpr", "tpr_at_5_fpr")[j])
+    extra = {"n_boot_used": used} if bootstrap == "pairs-filtered" else {}
     return DetectionResult(method, c, t, fpr, tpr, auc, tpr5, cis[0], cis[2], tpr1, cis[1],
                            float(seconds_per_input), float(setup_seconds),
                            {**(settings or {}), "n_boot": n_boot, "confidence": confidence,
-                            "seed": seed, "bootstrap": bootstrap,
+                            "seed": seed, "bootstrap": bootstrap, **extra,
                             "exact_bounds": sorted(exact, key=_STAT_ORDER.index)},
-                           bootstrap)
+                           bootstrap, "filtered" if filtered else "all", len(c), len(t),
+                           len(c_all), len(t_all),
+                           np.flatnonzero(keep_c) if filtered else None,
+                           np.flatnonzero(keep_t) if filtered else None)
+
+
+def _as_mask(name: str, mask, n: int) -> np.ndarray:
+    """A boolean mask of n entries keeping at least one (None: keep all)."""
+    if mask is None:
+        return np.ones(n, bool)
+    m = mask.numpy() if isinstance(mask, torch.Tensor) else np.asarray(mask)
+    if m.dtype != bool or m.shape != (n,):
+        raise TypeError(f"`{name}` must be a boolean array of {n} entries, one per score; got "
+                        f"{m.dtype} of shape {m.shape}.")
+    if not m.any():
+        raise ValueError(f"`{name}` must keep at least one input; got none.")
+    return m.copy()
 
 
 # --- everything side by side -------------------------------------------------------------------
@@ -1367,10 +1432,12 @@ def compare_detectors(model: nn.Module, clean: torch.Tensor, triggered: torch.Te
                       batch_size: int = 2048, pool_labels: torch.Tensor | None = None,
                       xi: float = 0.6, ibd_selection: str = "labels",
                       strengths: str = "imagenet-c", application: str = "cumulative",
-                      quantize: bool = True) -> list[DetectionResult]:
+                      quantize: bool = True, clean_labels: torch.Tensor | None = None,
+                      target_labels: torch.Tensor | None = None,
+                      evaluation: str | None = None) -> list[DetectionResult]:
     """The detectors in `methods` (names from METHODS; default: STRIP, W_σ mean, W_σ radius) on
-    the same model and inputs, one `DetectionResult` each, in the order asked. Every argument is
-    checked before any work.
+    the same model and inputs, one `DetectionResult` each, in the order asked (twice with
+    evaluation="both": see below). Every argument is checked before any work.
 
     clean, triggered: the negatives and the positives (N, C, H, W) in [0, 1].
     clean_pool: held-out clean images, none of them in `clean` (STRIP's blend partners; its first
@@ -1380,7 +1447,25 @@ def compare_detectors(model: nn.Module, clean: torch.Tensor, triggered: torch.Te
         shared by the w-* scores). n_blend: STRIP's blends per input. scales: SCALE-UP's factors
         (each > 1). corruptions, severities: TeCo's (severities in [1, 5]). amplification,
         n_models, agreement: IBD-PSC's ω (> 1), number of amplified models and layer-selection
-        threshold. n_boot, confidence: the bootstrap intervals (`roc_analysis`: pairs
+        threshold. pool_labels: the labels of `clean_pool` (IBD-PSC's layer selection takes the
+        error against them, as BackdoorBox; without them the model's predictions stand in, with
+        a warning). xi, ibd_selection: IBD-PSC's rule, "labels" (BackdoorBox's: error > xi) or
+        "agreement" (the study's earlier rule: agreement < `agreement`; `ibd_psc_selection`).
+        strengths, application, quantize: TeCo's corruptions (`teco_corruptions`; by default
+        imagecorruptions' strengths, cumulative, 8-bit steps, as TeCo's code; the study's earlier
+        TeCo: "cifar10-c", "independent", False).
+    clean_labels, target_labels: the clean inputs' true labels and the attacker's label for each
+        triggered input (both or neither). With them, each method is also evaluated on the set
+        BackdoorBox (SCALE-UP, IBD-PSC) and backdoor-toolbox score: the clean inputs the model
+        classifies correctly and the triggered inputs the backdoor fires on (prediction =
+        target), from the same scores (no detector runs twice).
+    evaluation: "all" (every input), "filtered" (the set above) or "both" (the "all" results
+        first, in `methods` order, then the "filtered" ones); None: "both" with labels, "all"
+        without. Each result says its set (`evaluation`) and its numbers of inputs (`n_clean` of
+        `n_clean_total`, …). A filtered set with no clean or no triggered input left gets NaN
+        numbers and a warning. The filtered intervals resample twins as pairs over all sources,
+        each twin counted where its side's filter keeps it ("pairs-filtered", `roc_analysis`).
+    n_boot, confidence: the bootstrap intervals (`roc_analysis`: pairs
         (clean[i], triggered[i]) are resampled together where the two sets have the same length,
         as twins do; each set on its own otherwise: then the W_σ estimates and TeCo's corruptions,
         seeded alike for both sets, may still tie clean[i] to triggered[i] through shared noise
@@ -1427,9 +1512,26 @@ def compare_detectors(model: nn.Module, clean: torch.Tensor, triggered: torch.Te
     check_int("n_boot", n_boot, low=0)
     confidence = check_float("confidence", confidence, 0.0, 1.0, low_open=True, high_open=True)
     check_int("batch_size", batch_size, low=1)
+    if (clean_labels is None) != (target_labels is None):
+        raise ValueError("`clean_labels` and `target_labels` must be given together (the filtered "
+                         "set keeps correct clean inputs and triggered inputs the backdoor fires "
+                         f"on); got only `{'clean_labels' if target_labels is None else 'target_labels'}`.")
+    if clean_labels is not None:
+        check_labels("clean_labels", clean_labels, len(clean))
+        check_labels("target_labels", target_labels, len(triggered))
+    if evaluation is not None:
+        check_choice("evaluation", evaluation, EVALUATIONS)
+        if evaluation != "all" and clean_labels is None:
+            raise ValueError(f"`evaluation` {evaluation!r} needs `clean_labels` and "
+                             "`target_labels`; got neither.")
+    evaluation = evaluation or ("both" if clean_labels is not None else "all")
     if "ibd-psc" in methods:
         _check_batchnorm(model)
     n_in = len(clean) + len(triggered)
+    keep = None
+    if evaluation != "all":
+        keep = ((_predict(model, clean, batch_size) == clean_labels.cpu()).numpy(),
+                (_predict(model, triggered, batch_size) == target_labels.cpu()).numpy())
     boot = dict(n_boot=n_boot, seed=seed, confidence=confidence)
     w_cache: dict = {}
 
@@ -1451,7 +1553,7 @@ def compare_detectors(model: nn.Module, clean: torch.Tensor, triggered: torch.Te
             w_cache["seconds"] = time.perf_counter() - t0
         return w_cache
 
-    out = []
+    out, filt = [], []
     for m in methods:
         setup, settings = 0.0, {}
         t0 = time.perf_counter()
@@ -1507,13 +1609,36 @@ def compare_detectors(model: nn.Module, clean: torch.Tensor, triggered: torch.Te
                 sc = _w_summary(w["clean"], summary, pred=w["pred"][0])
                 st = _w_summary(w["triggered"], summary, pred=w["pred"][1])
             settings.update({"sigmas": [float(s) for s in sigmas], "n_samples": n_samples})
-            out.append(roc_analysis(m, sc, st, seconds_per_input=w["seconds"] / n_in,
-                                    setup_seconds=setup, settings=settings, **boot))
-            continue
-        elapsed = time.perf_counter() - t0
-        out.append(roc_analysis(m, sc, st, seconds_per_input=elapsed / n_in, setup_seconds=setup,
-                                settings=settings, **boot))
-    return out
+        # a W_σ score's time is its estimate's, in full (as it would be alone)
+        elapsed = w_cache["seconds"] if m in W_METHODS else time.perf_counter() - t0
+        common = dict(seconds_per_input=elapsed / n_in, setup_seconds=setup, **boot)
+        if evaluation != "filtered":
+            out.append(roc_analysis(m, sc, st, settings=settings, **common))
+        if keep is not None:
+            filt.append(_filtered_result(m, sc, st, keep, settings, common))
+    return out + filt
+
+
+def _filtered_result(method, sc, st, keep, settings, common) -> DetectionResult:
+    """The toolboxes' evaluation set of one method's scores: correct clean inputs, triggered
+    inputs the backdoor fires on. NaN numbers (and a warning) where a side keeps nothing."""
+    settings = {**settings, "evaluation_set": "correct clean, successful triggered"}
+    kc, kt = keep
+    if kc.any() and kt.any():
+        return roc_analysis(method, sc, st, settings=settings, keep_clean=kc, keep_triggered=kt,
+                            **common)
+    what = "no clean input is classified correctly" if not kc.any() else \
+        "the backdoor fires on no triggered input"
+    warnings.warn(f"{method}: {what}: the filtered evaluation set has no ROC (NaN).",
+                  stacklevel=3)
+    nan2 = (math.nan, math.nan)
+    c, t = np.asarray(sc, float)[kc], np.asarray(st, float)[kt]
+    c.flags.writeable = t.flags.writeable = False
+    return DetectionResult(method, c, t, np.zeros(0), np.zeros(0), math.nan, math.nan, nan2,
+                           nan2, math.nan, nan2, common["seconds_per_input"],
+                           common["setup_seconds"], {**settings, "empty": what, "n_boot": 0},
+                           "none", "filtered", len(c), len(t), len(kc), len(kt),
+                           np.flatnonzero(kc), np.flatnonzero(kt))
 
 
 def main(argv=None) -> int:
