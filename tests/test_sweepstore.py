@@ -183,3 +183,39 @@ def test_the_sweep_module_reexports_the_tables_names():
         assert getattr(sw, name) is getattr(ss, name), name
     with pytest.raises(AttributeError, match="replaced by a SQLite store"):
         sw._Store  # noqa: B018
+
+
+def test_a_sweeps_export_appends_its_rows_and_rewrites_a_csv_it_did_not_write(tmp_path):
+    path = tmp_path / "t.csv"
+    with ss.SweepStore(path) as store:
+        store.append(_row("a"))
+        store.export(full=False)  # no export yet: written whole
+        first = path.read_bytes()
+        store.append(_row("b"))
+        store.export(full=False)  # the new row appended
+        assert path.read_bytes() == first + ss.csv_line(_row("b"))
+        store.export(full=False)  # nothing new: unchanged
+        assert path.read_bytes() == first + ss.csv_line(_row("b"))
+        path.write_bytes(first[:-5])  # not as exported (here: torn): rewritten whole
+        store.append(_row("c"))
+        with pytest.warns(UserWarning, match="text of an interrupted write"):
+            store.export(full=False)  # its torn text set aside first
+    assert (tmp_path / "t.csv.torn").read_bytes() == first[len(ss.CSV_HEADER):-5] + b"\n"
+    assert path.read_bytes() == ss.CSV_HEADER + b"".join(ss.csv_line(_row(k)) for k in "abc")
+    with ss.SweepStore(path) as store:  # the CSV it wrote is not taken for a changed one
+        assert len(store.rows()) == 3
+
+
+def test_rows_added_to_the_csv_during_a_sweep_are_imported_not_overwritten(tmp_path):
+    path = tmp_path / "t.csv"
+    with ss.SweepStore(path) as store:
+        store.append(_row("a"))
+        store.export(full=False)
+        with open(path, "ab") as f:  # someone appends a row by hand meanwhile
+            f.write(ss.csv_line(_row("by-hand")))
+        store.append(_row("b"))
+        with pytest.warns(UserWarning, match="its 1 rows that the store did not hold were imported"):
+            store.export(full=False)
+    assert ss.read_table(path)["key"].tolist() == ["a", "b", "by-hand"]  # in the store's order
+    assert [ln.split(b",")[0] for ln in path.read_bytes().splitlines()[1:]] == [
+        b"a", b"b", b"by-hand"]

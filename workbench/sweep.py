@@ -598,7 +598,7 @@ def run_sweep(grid: SweepGrid, path: str | os.PathLike | None = _DEFAULT_TABLE,
     finally:
         if store is not None:
             try:
-                store.export()  # the CSV beside the store, for people: every row so far
+                store.export()  # the CSV beside the store, rewritten: every row so far
             finally:
                 store.close()
     table.attrs["computed"] = computed
@@ -616,7 +616,7 @@ def _run(points: list[dict], store: SweepStore | None, executor, max_workers, pr
         if row["row_format"] != ROW_FORMAT:
             row = _complete(row, p)
             store.append(row)
-            store.export()
+            store.export(full=False)
         done[p["key"]] = row
         return row
 
@@ -680,7 +680,7 @@ def _run(points: list[dict], store: SweepStore | None, executor, max_workers, pr
                         row = None
                     if row is not None and store is not None:
                         store.append(row)
-                        store.export()  # the CSV beside the store follows it, row by row
+                        store.export(full=False)  # the CSV beside the store follows it
                 finally:
                     if store is not None:
                         store.release(point["key"], claim)

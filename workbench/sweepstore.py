@@ -2,10 +2,11 @@
 
 A table is named by the path users have always given (`reports/sweep.csv`, `reports/atlas.csv`,
 any `NAME.csv`): its rows live in the SQLite file beside it, `NAME.sqlite` (the store), and
-`NAME.csv` is the store's CSV export, for people and other tools, rewritten from the store by every
-sweep after each row it appends and when it ends (also when it failed or was interrupted), and by
-`export_csv`: it holds the rows finished so far (a sweep killed between a row and its export
-leaves the CSV one row behind the store until the next sweep or `export_csv`). A path ending in
+`NAME.csv` is the store's CSV export, for people and other tools: a sweep appends each row it
+commits to it (`SweepStore.export(full=False)`) and rewrites it from the store when it ends (also
+when it failed or was interrupted), as `export_csv` does. It holds the rows finished so far (a
+sweep killed between a row and its export leaves the CSV a row behind the store until the next
+sweep or `export_csv`). A path ending in
 `.sqlite` names a store with no CSV beside it. `read_table` reads either; `write_table` writes any
 DataFrame of rows as a CSV.
 
@@ -749,8 +750,13 @@ class SweepStore:
                 if c not in have:  # never an "int" column: the assert on OLDER_COLUMNS
                     con.execute(f"ALTER TABLE rows ADD COLUMN {_q(c)} "
                                 f"{_SQL_TYPES[COLUMN_TYPES[c]]}")
-        if self.csv_path is None:
-            return
+        if self.csv_path is not None:
+            self._take_in_csv()
+
+    def _take_in_csv(self) -> None:
+        """Import the rows of the CSV beside the store that it lacks, when the CSV changed since
+        the store last wrote or read it (the write lock held); set its damaged text aside."""
+        con = self._con
         had_rows = con.execute("SELECT 1 FROM rows LIMIT 1").fetchone() is not None
         change = _csv_changes(con, self.db_path, self.csv_path, None, write=True)
         if change is None:
@@ -764,12 +770,12 @@ class SweepStore:
                 os.fsync(f.fileno())
             warnings.warn(f"{self.csv_path}: text of an interrupted write (or a line whose values "
                           f"its columns cannot hold) was not imported into {self.db_path}; it is "
-                          f"kept in {self.torn_path}, and its row will be computed again.",
-                          stacklevel=4)
+                          f"kept in {self.torn_path} (a point whose row the store lacks is "
+                          "computed again).", stacklevel=5)
         if had_rows and change.rows:
             warnings.warn(f"{self.csv_path} changed since {self.db_path} last wrote or read it: "
                           f"its {len(change.rows)} rows that the store did not hold were imported "
-                          "as the latest rows of their keys.", stacklevel=4)
+                          "as the latest rows of their keys.", stacklevel=5)
         if change.columns is not COLUMNS and change.rows:
             completable = ", ".join(map(str, sorted(COMPLETABLE)))
             warnings.warn(f"{self.csv_path} is a sweep table of an older workbench (row format "
@@ -777,7 +783,7 @@ class SweepStore:
                           f"older or an empty row_format, imported into {self.db_path} (rows of "
                           f"row format {completable} are completed from the sweep's grid points "
                           "where their keys match, with no training or measuring; older ones are "
-                          "never reused: they are computed again).", stacklevel=4)
+                          "never reused: they are computed again).", stacklevel=5)
 
     def _insert(self, rows: list[dict]) -> list[int]:
         """Insert rows (in a transaction the caller holds); their seqs."""
@@ -870,19 +876,47 @@ class SweepStore:
         return [dict(zip(("key", "pid", "host", "since"), r)) for r in
                 self._con.execute('SELECT "key", pid, host, since FROM claims ORDER BY since')]
 
-    def export(self, out: str | os.PathLike | None = None) -> Path | None:
-        """Write every row (in the order appended) as a CSV, atomically: to `out`, or to the CSV
-        beside the store (None when there is none), whose signature is then recorded. The write
-        lock is held, so no row is appended between the read and the write."""
+    def export(self, out: str | os.PathLike | None = None, full: bool = True) -> Path | None:
+        """Write every row (in the order appended) as a CSV: to `out`, or to the CSV beside the
+        store (None when there is none), whose signature is then recorded. The write lock is held,
+        so no row is appended meanwhile.
+
+        full: rewrite the whole file atomically (a reader sees the old CSV or the new one). With
+        full=False (what a sweep does after each row) the rows appended since this CSV was last
+        exported are appended to it, when it is still exactly as exported then (else it is
+        rewritten): a sweep's CSV costs one row per row, not the whole table. Rows deleted from
+        the store behind its back stay in such a CSV until the next full export (every sweep's
+        last). A CSV beside the store that changed since the store wrote it is first taken in
+        (its rows the store lacks imported, with a warning), never overwritten unread."""
         target = self.csv_path if out is None else Path(out)
         if target is None:
             return None
+        beside = target == self.csv_path
         with _transaction(self._con):
-            body = CSV_HEADER + b"".join(csv_line(r) for r in self.rows())
-            atomic_write(target, body)
-            if out is None or target == self.csv_path:
-                sig = _csv_signature(target)
-                sig["sha256"] = hashlib.sha256(body).hexdigest()
+            if beside:  # rows someone added to the CSV since are imported, never overwritten
+                self._take_in_csv()
+            last = self._con.execute("SELECT MAX(seq) FROM rows").fetchone()[0] or 0
+            known = (self._con.execute("SELECT value FROM meta WHERE name = ?",
+                                       (_meta_key(target),)).fetchone() if beside else None)
+            known = json.loads(known[0]) if known else None
+            sig = _csv_signature(target)
+            if (not full and beside and known is not None and known.get("exported_seq") is not None
+                    and sig is not None
+                    and (sig["size"], sig["mtime_ns"]) == (known["size"], known["mtime_ns"])):
+                new = [r for _, r in _select(self._con, "WHERE seq > ?", (known["exported_seq"],))]
+                if not new:
+                    return target
+                with open(target, "ab") as f:
+                    f.write(b"".join(csv_line(r) for r in new))
+                    f.flush()
+                    os.fsync(f.fileno())
+                sig = dict(_csv_signature(target), sha256=None, exported_seq=last)
+            else:
+                body = CSV_HEADER + b"".join(csv_line(r) for r in self.rows())
+                atomic_write(target, body)
+                sig = dict(_csv_signature(target), sha256=hashlib.sha256(body).hexdigest(),
+                           exported_seq=last)
+            if beside:
                 _record(self._con, target, sig)
         return target
 
