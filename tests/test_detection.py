@@ -1145,3 +1145,133 @@ def test_intervals_of_filtered_twins_cover_the_true_auc():
         roc_analysis("x", c, t, keep_clean=np.zeros(100, bool))
     with pytest.raises(TypeError, match="`keep_triggered` must be a boolean array of 100 entries"):
         roc_analysis("x", c, t, keep_triggered=np.ones(99, bool))
+
+
+# --- "is this model backdoored?": model-level scores (issue 20) ---------------------------------
+
+class MeanThreshold(nn.Module):
+    """Two classes: class 1 iff the mean pixel exceeds 0.5 (logits (−(m − ½), m − ½))."""
+
+    def forward(self, x):
+        m = x.flatten(1).mean(1) - 0.5
+        return torch.stack([-m, m], 1)
+
+
+class NoiseSink(nn.Module):
+    """K classes on 1×4×4 images: a constant image of value c/(K−1) is class c; a copy whose
+    pixel variance exceeds `tau` (noise) goes to class 0 ("dominant", as to a backdoor's target)
+    or to the argmax of zero-sum random projections of the pixels (roughly uniform: "balanced")."""
+
+    def __init__(self, dominant: bool, k: int = 4, tau: float = 0.01):
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        w = torch.randn(k, 16, generator=g)
+        self.register_buffer("w", w - w.mean(1, keepdim=True))
+        self.dominant, self.k, self.tau = dominant, k, tau
+
+    def forward(self, x):
+        f = x.flatten(1)
+        clean = (f.mean(1) * (self.k - 1)).round().clamp(0, self.k - 1).long()
+        noise = torch.zeros_like(clean) if self.dominant else (f @ self.w.T).argmax(1)
+        cls = torch.where(f.var(1) > self.tau, noise, clean)
+        return 10.0 * nn.functional.one_hot(cls, self.k).float()
+
+
+def _sink_data(k=4, per_class=3):
+    x = torch.arange(k).repeat_interleave(per_class).float().div(k - 1).view(-1, 1, 1, 1)
+    return x.expand(-1, 1, 4, 4).contiguous(), torch.arange(k).repeat_interleave(per_class)
+
+
+def test_cbd_statistic_from_fixed_votes():
+    """Notes section 8.5: q₀ = (0.9, 0.05, 0.05), q₁ = (0.2, 0.7, 0.1), q₂ = (0.5, 0.1, 0.4) →
+    q̄ = (0.533333, 0.283333, 0.183333): LDP 0.533333, suspected target 0."""
+    ldp, t, mean = D.cbd_statistic([[0.9, 0.05, 0.05], [0.2, 0.7, 0.1], [0.5, 0.1, 0.4]])
+    assert ldp == pytest.approx(0.533333, abs=1e-6) and t == 0
+    assert mean == pytest.approx([0.533333, 0.283333, 0.183333], abs=1e-6)
+    assert D.cbd_statistic(np.tile([1.0, 0, 0], (3, 1)))[0] == 1.0  # every vote to class 0
+
+
+def test_cbd_score_of_a_model_with_known_votes():
+    """K = 2 on 1×4×4 images (d = 16), "class 1 iff mean > 0.5", σ = 1: P(class 1 | x ≡ a) =
+    Φ((a − 0.5)·√d/σ). Images ≡ 0 (class 0) and ≡ 0.75 (class 1): q̄₀ = (1 − Φ(−2) + 1 − Φ(1))/2
+    = 0.567952 = E[LDP], target 0; 1,024 votes each: SE ≈ 0.0062."""
+    x = torch.cat([torch.zeros(1, 1, 4, 4), torch.full((1, 1, 4, 4), 0.75)])
+    y = torch.tensor([0, 1])
+    want = (1 - stats.norm.cdf(-2) + 1 - stats.norm.cdf(1)) / 2
+    assert want == pytest.approx(0.567952, abs=1e-6)
+    se = math.sqrt(stats.norm.cdf(-2) * stats.norm.sf(-2) / 1024
+                   + stats.norm.cdf(1) * stats.norm.sf(1) / 1024) / 2
+    for seed in (0, 1):
+        r = D.model_scores(MeanThreshold(), (x, y), ("cbd",), sigma=1.0, seed=seed)
+        assert r.targets["cbd"] == 0 and r.standard_errors["cbd"] == pytest.approx(se, rel=0.1)
+        assert abs(r.scores["cbd"] - want) < 4 * se
+        assert list(r.image_indices) == [0, 1] and r.settings["sigma"] == 1.0
+    again = D.model_scores(MeanThreshold(), (x, y), ("cbd",), sigma=1.0, seed=1)
+    assert again.scores == r.scores  # seeded
+
+
+def test_w_gap_statistic_from_fixed_entropies():
+    """Four images of classes 0, 0, 1, 2 (K = 3), two σ; votes pooled: class 1 most voted; W of
+    class 1's image 0.1 and 0.3, of the others 0.5…1.0: gap = (0.6833 − 0.2) / log 3."""
+    h = np.array([[0.5, 0.7], [0.6, 0.8], [0.1, 0.3], [0.5, 1.0]])
+    f = np.zeros((4, 2, 3))
+    f[..., 1] = 0.6
+    f[..., 0] = 0.3
+    f[..., 2] = 0.1
+    gap, t, pooled = D.w_gap_statistic(h, [0, 0, 1, 2], f, 3)
+    assert t == 1 and pooled == pytest.approx([0.3, 0.6, 0.1])
+    assert gap == pytest.approx((np.mean([0.5, 0.7, 0.6, 0.8, 0.5, 1.0]) - 0.2) / math.log(3))
+    with pytest.raises(ValueError, match="most-voted class 1 and of another class; got none of it"):
+        D.w_gap_statistic(h, [0, 0, 2, 2], f, 3)
+
+
+def test_w_gap_of_a_model_with_known_votes():
+    """The K = 2 toy above at σ = 1 and 2: W of the class-0 image H(Φ(−2)), H(Φ(−1)); of the
+    class-1 image H(Φ(1)), H(Φ(0.5)); class 0 gets 0.5715 of the votes: gap = (mean W(x₁) −
+    mean W(x₀)) / log 2 = 0.368."""
+    x = torch.cat([torch.zeros(1, 1, 4, 4), torch.full((1, 1, 4, 4), 0.75)])
+    y = torch.tensor([0, 1])
+    H = lambda p: -(p * math.log(p) + (1 - p) * math.log(1 - p))  # noqa: E731
+    w0 = [H(stats.norm.cdf(-4 * 0.5 / s)) for s in (1, 2)]
+    w1 = [H(stats.norm.cdf(4 * 0.25 / s)) for s in (1, 2)]
+    want = (np.mean(w1) - np.mean(w0)) / math.log(2)
+    assert want == pytest.approx(0.368, abs=1e-3)
+    r = D.model_scores(MeanThreshold(), (x, y), ("w-gap",), w_sigmas=(1.0, 2.0), w_samples=4096)
+    assert r.targets["w-gap"] == 0
+    assert abs(r.scores["w-gap"] - want) < 4 * r.standard_errors["w-gap"] + 0.002  # + plug-in bias
+    assert 0 < r.standard_errors["w-gap"] < 0.02
+
+
+def test_a_model_that_sends_noise_to_one_class_scores_higher():
+    """A model that sends noisy copies to class 0 (as a backdoor's target draws noise) against
+    one that spreads them over the classes: both model scores are higher for the first."""
+    x, y = _sink_data()
+    kw = dict(sigma=0.1, n_samples=512, w_sigmas=(0.08, 0.1, 0.12), w_samples=256, seed=3)
+    dom = D.model_scores(NoiseSink(True), (x, y), **kw)
+    bal = D.model_scores(NoiseSink(False), (x, y), **kw)
+    assert dom.targets == {"cbd": 0, "w-gap": 0}
+    for m in D.MODEL_METHODS:
+        gap = dom.scores[m] - bal.scores[m]
+        assert gap > 5 * math.hypot(dom.standard_errors[m], bal.standard_errors[m]), (m, gap)
+    assert dom.scores["cbd"] > 0.5 > bal.scores["cbd"]
+    assert dom.class_votes["cbd"].sum() == pytest.approx(1.0)
+    assert set(dom.row()) == {"cbd", "w-gap"}
+
+
+def test_model_scores_refuses_bad_input_with_a_clear_error():
+    x, y = _sink_data()
+    with pytest.raises(ValueError, match=r"`data` must hold at least 1 correctly classified image "
+                                         r"of every class of the model \(0…3\); class 3 has 0"):
+        D.model_scores(NoiseSink(True), (x[:9], y[:9]))
+    with pytest.raises(ValueError, match="at least 4 correctly classified images .* class 0 has 3 \\(of 3\\)"):
+        D.model_scores(NoiseSink(True), (x, y), n_per_class=4)
+    with pytest.raises(ValueError, match="`methods` must be one of 'cbd', 'w-gap'; got 'strip'"):
+        D.model_scores(NoiseSink(True), (x, y), ("strip",))
+    with pytest.raises(TypeError, match="`data` must be a workbench Dataset"):
+        D.model_scores(NoiseSink(True), x)
+    with pytest.raises(ValueError, match=r"`data labels` must have shape \(12,\)"):
+        D.model_scores(NoiseSink(True), (x, y[:3]))
+    with pytest.raises(ValueError, match=r"`sigma` must be a float in \(0, inf\]"):
+        D.model_scores(NoiseSink(True), (x, y), sigma=0)
+    with pytest.raises(ValueError, match=r"`data labels` must be classes of the model \(0…3\); got 7"):
+        D.model_scores(NoiseSink(True), (x, torch.full((12,), 7)))

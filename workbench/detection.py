@@ -1641,6 +1641,176 @@ def _filtered_result(method, sc, st, keep, settings, common) -> DetectionResult:
                            np.flatnonzero(kc), np.flatnonzero(kt))
 
 
+# --- "is this model backdoored?": model-level scores -----------------------------------------
+
+MODEL_METHODS = ("cbd", "w-gap")
+MODEL_LABELS = {"cbd": "CBD: local dominant probability (Xiang, Xiong, Li, NeurIPS 2023)",
+                "w-gap": "W_σ gap: the most-voted class's images smoother than the others'"}
+CBD_SIGMA = 2.0  # CBD's --sigma default (get_stats.py); its README's CIFAR-10 example uses 1.14
+CBD_SAMPLES = 1024  # noisy copies per image (get_stats.py)
+W_GAP_SIGMAS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5)  # w-gap's grid (pixel units; pass the dataset's)
+
+
+@dataclass(frozen=True)
+class ModelScores:
+    """Model-level suspicion scores of one model (`model_scores`): higher = more suspicious."""
+
+    scores: dict  # method -> score
+    standard_errors: dict  # method -> Monte-Carlo standard error of the score (noise draws only)
+    targets: dict  # method -> the suspected target class (the most-voted class)
+    class_votes: dict  # method -> (K,) mean vote share of each class under noise
+    image_indices: np.ndarray  # positions in `data` of the images used, class by class
+    settings: dict = field(default_factory=dict)
+
+    def row(self, digits: int = 3) -> dict:
+        """One row for a table: each method's score ± SE and suspected target."""
+        return {m: f"{v:.{digits}f} ± {self.standard_errors[m]:.{digits}f} (class "
+                   f"{self.targets[m]})" for m, v in self.scores.items()}
+
+
+def cbd_statistic(frequencies) -> tuple[float, int, np.ndarray]:
+    """CBD's local dominant probability from per-image vote shares (n_images, K) under noise:
+    q̄ = the mean of the rows, LDP = max_k q̄_k, the suspected target argmax_k q̄_k. Returns
+    (LDP, target, q̄). (Xiang, Xiong, Li: "CBD: a certified backdoor detector based on local
+    dominant probability", NeurIPS 2023; zhenxianglance/CBD, get_stats.py.)"""
+    q = np.asarray(frequencies, dtype=float)
+    if q.ndim != 2 or not len(q) or not np.isfinite(q).all():
+        raise ValueError(f"`frequencies` must be a finite (n_images, K) array; got shape {q.shape}.")
+    mean = q.mean(0)
+    k = int(np.argmax(mean))
+    return float(mean[k]), k, mean
+
+
+def w_gap_statistic(entropy, labels, frequencies, num_classes: int) -> tuple[float, int, np.ndarray]:
+    """The workbench's W_σ model statistic: t̂ = the class with the most noisy votes over every
+    image and σ (frequencies (N, S, K) averaged), then (mean W_σ of the images of other classes −
+    mean W_σ of the images of class t̂) / log K, over the σ grid (entropy (N, S), nats).
+    Returns (gap, t̂, pooled votes). In [−1, 1]; higher: the most-voted class's region holds its
+    own images more firmly than the other classes' regions hold theirs, as around a backdoor's
+    target class, into which noise drifts (Grosse et al. 2022: triggered inputs are smoother).
+    Needs images of t̂ and of at least one other class."""
+    h = np.asarray(entropy, dtype=float)
+    y = np.asarray(labels)
+    f = np.asarray(frequencies, dtype=float)
+    pooled = f.mean((0, 1))
+    t = int(np.argmax(pooled))
+    own, other = y == t, y != t
+    if not own.any() or not other.any():
+        raise ValueError(f"`labels` must hold images of the most-voted class {t} and of another "
+                         "class; got " + ("none of it." if not own.any() else "no other class."))
+    gap = (h[other].mean() - h[own].mean()) / math.log(num_classes)
+    return float(gap), t, pooled
+
+
+def _check_data(data):
+    """(images, labels) from a workbench Dataset (its test split) or an (images, labels) pair."""
+    if hasattr(data, "x_test") and hasattr(data, "y_test"):
+        x, y = data.x_test, data.y_test
+    elif isinstance(data, (tuple, list)) and len(data) == 2:
+        x, y = data
+    else:
+        raise TypeError("`data` must be a workbench Dataset (its test split is used) or an "
+                        f"(images, labels) pair of tensors; got {type(data).__name__}.")
+    check_images("data images", x)
+    if not len(x):
+        raise ValueError("`data` must hold at least one image; got none.")
+    check_labels("data labels", y, len(x))
+    return x, y
+
+
+def model_scores(model: nn.Module, data, methods=MODEL_METHODS, *, sigma: float = CBD_SIGMA,
+                 n_samples: int = CBD_SAMPLES, n_per_class: int = 1, w_sigmas=W_GAP_SIGMAS,
+                 w_samples: int = 256, seed: int = 0, batch_size: int | None = None) -> ModelScores:
+    """"Is this model backdoored?": one score per method for the whole model, from its votes on
+    Gaussian-noised copies of correctly classified clean images; higher = more suspicious.
+    Compare scores over models (clean ones as negatives): no threshold here.
+
+    data: labelled clean images the model was not trained on, a workbench Dataset (its test
+        split) or (images (N, C, H, W) in [0, 1], labels (N,)). For each of the model's K classes
+        `n_per_class` images the model classifies correctly are drawn (seeded by `seed`); a class
+        with fewer is refused (CBD's code fails there too).
+    methods:
+      "cbd": CBD's statistic (Xiang, Xiong, Li: "CBD: a certified backdoor detector based on
+        local dominant probability", NeurIPS 2023; zhenxianglance/CBD, get_stats.py): each image
+        x_c gets `n_samples` copies x_c + N(0, σ²I), not clipped; q_c = the shares of the hard
+        predictions (`estimate_smoothness(..., mode="hard")` frequencies); the local dominant
+        probability LDP = max_k (1/K) Σ_c q_c[k] (`cbd_statistic`). As the reference: one image
+        per class (n_per_class=1), σ = 2.0 (its `--sigma` default), 1,024 copies, eval mode.
+        Differences: the images are drawn with a seed (the reference: unseeded, from the first
+        half of each class of the test set); n_per_class > 1 averages more images (the
+        reference: 1); the Monte-Carlo SE is reported (√(Σ_c q_c[k](1 − q_c[k])/n) / K for the
+        chosen k); no calibration (the reference flags LDP above a conformal threshold from 100
+        shadow models; an AUC over models needs the scores only), no certification.
+      "w-gap": the workbench's W_σ statistic (`w_gap_statistic`): at each σ of `w_sigmas`
+        (`w_samples` copies each), W_σ of the same images; t̂ = the most-voted class; score =
+        (mean W of the other classes' images − mean W of class t̂'s) / log K. SE: from the cells'
+        own standard errors (`estimate_smoothness`), cells independent.
+    Noise: `seed` for CBD's estimate, seed + 1 for w-gap's. The model is given back as it was.
+    """
+    _check_model(model)
+    if isinstance(methods, str) or not isinstance(methods, (tuple, list)) or not methods:
+        raise TypeError(f"`methods` must be a non-empty tuple of names from "
+                        f"{', '.join(map(repr, MODEL_METHODS))}; got {methods!r}.")
+    for m in methods:
+        check_choice("methods", m, MODEL_METHODS)
+    if len(set(methods)) != len(methods):
+        raise ValueError(f"`methods` must not repeat a name; got {tuple(methods)!r}.")
+    x, y = _check_data(data)
+    sigma = check_float("sigma", sigma, 0.0, None, low_open=True)
+    check_int("n_samples", n_samples, low=1)
+    check_int("n_per_class", n_per_class, low=1)
+    w_sig = check_sigmas("w_sigmas", w_sigmas)
+    check_int("w_samples", w_samples, low=1)
+    seed = check_seed("seed", seed, generator=False)
+    if batch_size is not None:
+        check_int("batch_size", batch_size, low=1)
+    check_model_input(model, x, "data images")
+    pred = _predict(model, x.float(), batch_size or 2048)
+    with preserve_model(model), torch.inference_mode():
+        k = int(model(x[:1].float().to(_model_device(model))).shape[-1])
+    if int(y.max()) >= k:
+        raise ValueError(f"`data labels` must be classes of the model (0…{k - 1}); got "
+                         f"{int(y.max())}.")
+    correct = (pred == y.cpu()).numpy()
+    labels = y.cpu().numpy()
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for c in range(k):
+        cand = np.flatnonzero(correct & (labels == c))
+        if len(cand) < n_per_class:
+            raise ValueError(f"`data` must hold at least {n_per_class} correctly classified "
+                             f"image{'s' if n_per_class > 1 else ''} of every class of the model "
+                             f"(0…{k - 1}); class {c} has {len(cand)} (of "
+                             f"{int((labels == c).sum())}).")
+        chosen.append(rng.permutation(cand)[:n_per_class])
+    idx = np.concatenate(chosen)
+    imgs, img_labels = x[torch.from_numpy(idx)].float(), labels[idx]
+    scores, ses, targets, votes = {}, {}, {}, {}
+    settings = {"methods": list(methods), "n_per_class": n_per_class, "seed": seed,
+                "num_classes": k}
+    for m in methods:
+        if m == "cbd":
+            res = estimate_smoothness(model, imgs, [sigma], n_samples, mode="hard", clip=None,
+                                      seed=seed, batch_size=batch_size)
+            q = res.frequencies[:, 0, :]
+            ldp, t, mean = cbd_statistic(q)
+            n = res.n_samples[:, 0]
+            ses[m] = float(math.sqrt(float((q[:, t] * (1 - q[:, t]) / n).sum())) / len(q))
+            settings.update({"sigma": sigma, "n_samples": n_samples})
+            scores[m], targets[m], votes[m] = ldp, t, mean
+        else:
+            res = estimate_smoothness(model, imgs, w_sig, w_samples, mode="hard", clip=None,
+                                      seed=seed + 1, batch_size=batch_size)
+            gap, t, pooled = w_gap_statistic(res.entropy, img_labels, res.frequencies, k)
+            se2 = res.entropy_se ** 2
+            own, other = img_labels == t, img_labels != t
+            ses[m] = float(math.sqrt(se2[own].sum() / se2[own].size ** 2
+                                     + se2[other].sum() / se2[other].size ** 2) / math.log(k))
+            settings.update({"w_sigmas": list(w_sig), "w_samples": w_samples})
+            scores[m], targets[m], votes[m] = gap, t, pooled
+    return ModelScores(scores, ses, targets, votes, idx, settings)
+
+
 def main(argv=None) -> int:
     """`python -m workbench.detection`: the full detection study (`paper.detection_report`)."""
     import argparse
