@@ -1,13 +1,16 @@
-"""Detecting triggered inputs at test time: STRIP (the reference), SCALE-UP, TeCo, IBD-PSC and
-scores built on W_σ, on the same model and inputs, with one ROC analysis.
+"""Detecting backdoors from the model's behaviour: test-time detectors of triggered inputs (STRIP,
+SCALE-UP, TeCo, IBD-PSC, as their authors ran them, and scores built on W_σ) with one ROC
+analysis, and model-level scores ("is this model backdoored?": CBD and a W_σ statistic).
 
-Every detector asks how the model's answer survives a perturbation of the input or of the model,
-and every score is oriented so that **higher = more likely triggered** (ROC convention):
+Every input-level detector asks how the model's answer survives a perturbation of the input or of
+the model, and every score is oriented so that **higher = more likely triggered** (ROC convention):
 
-    strip          −mean softmax entropy over 50/50 blends with clean images (Gao et al. 2019)
-    scale-up       share of pixel-scaled copies that keep the prediction (Guo et al. 2023)
+    strip          −mean softmax entropy over plain sums x + x_c with clean images (Gao et al. 2019)
+    strip-mean     the same over 50/50 blends (the study's earlier STRIP; not the authors')
+    scale-up       share of pixel-scaled copies (×3, 5, 7, 9, 11) that keep the prediction
+                   (Guo et al. 2023)
     teco           std over corruption types of the severity that first flips the prediction
-                   (Liu et al. 2023)
+                   (Liu et al. 2023; imagecorruptions' strengths, applied cumulatively)
     ibd-psc        mean confidence in the prediction under amplified BatchNorm parameters
                    (Hou et al. 2024; needs a model with BatchNorm, e.g. "small-cnn-bn")
     w-mean         −mean W_σ over the σ grid (Grosse et al. 2022's measure)
@@ -19,7 +22,27 @@ and every score is oriented so that **higher = more likely triggered** (ROC conv
 `compare_detectors` runs any of them and returns one `DetectionResult` per method: ROC curve,
 AUC and the true-positive rates at 1% and 5% false positives, each with a bootstrap interval
 (over twin pairs: a clean input and its triggered twin are resampled together), and the time per
-input. `corrupt` exposes TeCo's corruptions.
+input; with labels, on every input and on the toolboxes' filtered set (correct clean, successful
+triggered), each result saying its set and counts. `corrupt` exposes TeCo's corruptions.
+`model_scores` gives one suspicion score per model (higher = more suspicious): "cbd" (Xiang,
+Xiong, Li, NeurIPS 2023) and "w-gap" (the workbench's).
+
+Reference implementations read (docs/detection-references.md has the file and line of each
+statement): garrisongys/STRIP @ 6588a38 (notebook), THUYimingLi/BackdoorBox @ af3afd1
+(SCALE_UP.py, IBD_PSC.py), CGCL-codes/TeCo @ 4eacfaf (teco.py), bethgelab/imagecorruptions 1.1.2,
+zhenxianglance/CBD @ c100ee3. Remaining differences from them, detector by detector (each
+function's docstring has the details):
+
+    strip      partners from the caller's held-out pool, seeded (the notebook: training images,
+               unseeded); nats (bits: ROC-invariant); no normal-fit 1% threshold
+    scale-up   no data-limited standardisation (a positive affine map: ROC-invariant); no T = 0.5
+    teco       12 of 15 corruptions (no snow, frost, fog); float arithmetic with 8-bit truncation
+               after each step (pixelate: no rounding between its resizes); seeded draws shared
+               by twins (unseeded per image there); one channel kept as one (RGB there)
+    ibd-psc    every affine BatchNorm type (BatchNorm2d only there); a warned all-layer fallback
+               where BackdoorBox finds no ξ and fails; no T = 0.9
+    all        which inputs are scored is the caller's; `compare_detectors` reports both sets
+    cbd        seeded image choice; no shadow-model calibration or certification
 """
 
 from __future__ import annotations
@@ -578,14 +601,14 @@ def zoom_matrix(n: int, factor: float) -> np.ndarray:
     """(n, n) linear map of imagecorruptions' `clipped_zoom` along one axis: the central
     ceil(n / z) pixels (from (n − ceil(n/z)) // 2) zoomed by z as scipy.ndimage.zoom with order
     1 (output length round(ch·z), output o at input o·(ch − 1)/(out − 1)), first n kept."""
-    ch = int(math.ceil(n / float(factor)))
+    ch = math.ceil(n / float(factor))
     top = (n - ch) // 2
-    out = int(round(ch * factor))
+    out = round(ch * factor)  # Python's round, as scipy's zoom sizes its output
     step = (ch - 1) / (out - 1) if out > 1 else 0.0
     m = np.zeros((n, n))
     for o in range(n):
         p = o * step
-        i0 = int(math.floor(p))
+        i0 = math.floor(p)
         f = p - i0
         m[o, top + i0] += 1 - f
         if f > 0:
@@ -643,7 +666,7 @@ def elastic_fields(u_x: torch.Tensor, u_y: torch.Tensor, c: float):
 def elastic_imagenet_c(x: torch.Tensor, dx: torch.Tensor, dy: torch.Tensor) -> torch.Tensor:
     """imagecorruptions' elastic transform given its displacement fields (n, h, w): each pixel
     (r, c) samples the image at (r + dy, c + dx), bilinear, reflected edges."""
-    n, _, h, w = x.shape
+    h, w = x.shape[-2:]
     rows = torch.arange(h, dtype=torch.float64, device=x.device)[None, :, None] + dy.double()
     cols = torch.arange(w, dtype=torch.float64, device=x.device)[None, None, :] + dx.double()
     return _bilinear_symmetric(x, rows, cols)
@@ -651,7 +674,7 @@ def elastic_imagenet_c(x: torch.Tensor, dx: torch.Tensor, dy: torch.Tensor) -> t
 
 def _corrupt_imagenet_c(x: torch.Tensor, name: str, severity: int, seed: int) -> torch.Tensor:
     c = IMAGENET_C[name][severity - 1]
-    n, ch, h, w = x.shape
+    n, _, h, w = x.shape
     g = make_generator(mix_seed(seed, CORRUPTIONS.index(name), severity))
     # draws on the CPU from a CPU generator: the same on every device
     rand = lambda *shape: torch.rand(shape, generator=g, dtype=torch.float64)  # noqa: E731
