@@ -206,6 +206,13 @@ def test_a_model_that_answers_the_target_on_triggered_inputs():
         assert (res[m].triggered_scores > -1e-12).all(), m
     assert res["strip-mean"].auc == 1.0 and 0.5 < res["strip"].auc <= 1.0
     assert np.allclose(res["strip"].clean_scores, -strip_entropy(model, clean, pool, 16, 0))
+    assert res["strip"].settings["superimpose"] == "sum" and res["strip-mean"].settings[
+        "superimpose"] == "mean"
+    # the study's earlier STRIP exactly: 50/50 blends, one shared draw of 64 partners
+    old = compare_detectors(model, clean, triggered, pool, SIGMAS, 8, 64, methods=("strip-mean",),
+                            n_boot=0, strip_partners="shared")[0]
+    assert np.array_equal(old.clean_scores, -strip_entropy(model, clean, pool, 64, 0,
+                                                           superimpose="mean", partners="shared"))
     # SCALE-UP: every scaled copy of a triggered input keeps the target: SPC = 1
     su = res["scale-up"]
     assert (su.triggered_scores == 1).all()

@@ -1457,7 +1457,8 @@ def compare_detectors(model: nn.Module, clean: torch.Tensor, triggered: torch.Te
                       strengths: str = "imagenet-c", application: str = "cumulative",
                       quantize: bool = True, clean_labels: torch.Tensor | None = None,
                       target_labels: torch.Tensor | None = None,
-                      evaluation: str | None = None) -> list[DetectionResult]:
+                      evaluation: str | None = None,
+                      strip_partners: str = "per-input") -> list[DetectionResult]:
     """The detectors in `methods` (names from METHODS; default: STRIP, W_σ mean, W_σ radius) on
     the same model and inputs, one `DetectionResult` each, in the order asked (twice with
     evaluation="both": see below). Every argument is checked before any work.
@@ -1467,7 +1468,9 @@ def compare_detectors(model: nn.Module, clean: torch.Tensor, triggered: torch.Te
         `n_calibration` images: IBD-PSC's layer selection and the clean W_σ curve that w-knee
         takes its σ from and w-class calibrates with).
     sigmas, n_samples: the W_σ grid and samples per input and σ (one estimate per input set,
-        shared by the w-* scores). n_blend: STRIP's blends per input. scales: SCALE-UP's factors
+        shared by the w-* scores). n_blend, strip_partners: STRIP's copies per input and their
+        draw ("per-input", the notebook's; "shared": one draw for every input, the study's
+        earlier design: with n_blend=64 and method "strip-mean", its earlier STRIP exactly). scales: SCALE-UP's factors
         (each > 1). corruptions, severities: TeCo's (severities in [1, 5]). amplification,
         n_models, agreement: IBD-PSC's ω (> 1), number of amplified models and layer-selection
         threshold. pool_labels: the labels of `clean_pool` (IBD-PSC's layer selection takes the
@@ -1519,6 +1522,7 @@ def compare_detectors(model: nn.Module, clean: torch.Tensor, triggered: torch.Te
     check_forwards(n_est * len(sig) * n_samples,
                    f"{n_est} inputs × {len(sig)} σ × {n_samples} samples")
     check_int("n_blend", n_blend, low=1)
+    check_choice("strip_partners", strip_partners, STRIP_PARTNERS)
     seed = check_seed("seed", seed, generator=False)
     scales = check_scales("scales", scales)
     corruptions = _check_corruptions(corruptions)
@@ -1582,10 +1586,10 @@ def compare_detectors(model: nn.Module, clean: torch.Tensor, triggered: torch.Te
         t0 = time.perf_counter()
         if m in ("strip", "strip-mean"):
             how = "sum" if m == "strip" else "mean"
-            sc = -strip_entropy(model, clean, clean_pool, n_blend, seed, batch_size, superimpose=how)
-            st = -strip_entropy(model, triggered, clean_pool, n_blend, seed, batch_size,
-                                superimpose=how)
-            settings = {"n_blend": n_blend, "superimpose": how, "partners": "per-input"}
+            kw = dict(superimpose=how, partners=strip_partners)
+            sc = -strip_entropy(model, clean, clean_pool, n_blend, seed, batch_size, **kw)
+            st = -strip_entropy(model, triggered, clean_pool, n_blend, seed, batch_size, **kw)
+            settings = {"n_blend": n_blend, **kw}
         elif m == "scale-up":
             sc = scale_up_score(model, clean, scales, batch_size)
             st = scale_up_score(model, triggered, scales, batch_size)
