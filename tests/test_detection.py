@@ -816,7 +816,9 @@ def test_detection_study_refuses_bad_choices_before_training(monkeypatch):
     def no_training(*a, **k):
         raise AssertionError("trained")
 
-    monkeypatch.setattr(paper, "train_backdoor", no_training)
+    from workbench.studies import detection_study
+
+    monkeypatch.setattr(detection_study, "train_backdoor", no_training)
     with pytest.raises(ValueError, match="`attack` must be one of 'Patch'"):
         paper.detection_study(attack="WaNet")
     with pytest.raises(ValueError, match="`model` must have BatchNorm layers"):

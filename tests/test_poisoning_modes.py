@@ -216,7 +216,7 @@ def _old_key(cfg: train.TrainConfig) -> str:
 
 def test_cache_keys_cover_the_modes_and_keep_the_old_keys(digits):
     def key(**kw):
-        return train._prepare(digits, PATCH, kw.pop("rate", 0.05), 0, "small-cnn", 2, 0, None,
+        return train.prepare_run(digits, PATCH, kw.pop("rate", 0.05), 0, "small-cnn", 2, 0, None,
                               None, 0.0, None, **kw)[2]
 
     base = key()

@@ -183,7 +183,7 @@ def test_sweeps_started_together_compute_each_point_once(tmp_path, quick_csv):
         assert store.claims() == []  # every claim was released
 
 
-def _descendants(pid: int) -> list:
+def descendants(pid: int) -> list:
     try:
         return psutil.Process(pid).children(recursive=True)
     except psutil.NoSuchProcess:
@@ -230,14 +230,14 @@ def test_killing_a_sweep_ends_its_workers(tmp_path, quick_csv):
                             stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         def workers():
-            return [p for p in _descendants(main.pid) if "spawn_main" in " ".join(p.cmdline())]
+            return [p for p in descendants(main.pid) if "spawn_main" in " ".join(p.cmdline())]
 
         def busy():  # past imports and set-up: measuring (cached runs load in well under 1 s)
             ws = workers()
             return len(ws) == 2 and all(sum(w.cpu_times()[:2]) > 4 for w in ws)
 
         _wait_until(busy, 90, "two busy workers")
-        family = _descendants(main.pid)
+        family = descendants(main.pid)
         main.kill()
         main.wait(10)
         _wait_until(lambda: not _alive(family), 5, "the workers to exit")
@@ -260,7 +260,7 @@ def test_ctrl_c_stops_a_sweep_cleanly_and_the_same_command_resumes(tmp_path, qui
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         _wait_until(lambda: path.exists() and len(sw.read_table(path)) >= 1, 120, "a first row")
-        family = _descendants(proc.pid)
+        family = descendants(proc.pid)
         os.killpg(proc.pid, signal.SIGINT)
         out, err = proc.communicate(timeout=30)
         _wait_until(lambda: not _alive(family), 5, "the workers and resource tracker to exit")

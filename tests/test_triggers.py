@@ -161,7 +161,7 @@ def test_atlas_ftrojan_configs_and_digits_keys_are_unchanged(digits):
     assert digits_trig.resolve(digits.image_shape).to_config() == ATLAS_FTROJAN["digits"]
     fashion = trigger_from_config(a.trigger_config("fashion-mnist")).resolve((1, 28, 28))
     assert fashion.to_config() == ATLAS_FTROJAN["fashion-mnist"]  # the default, resolved
-    _, _, cfg = train._prepare(digits, digits_trig, 0.02, 0, "small-cnn", None, 0, None, None,
+    _, _, cfg = train.prepare_run(digits, digits_trig, 0.02, 0, "small-cnn", None, 0, None, None,
                                0.0, None)
     assert dataclasses.replace(cfg, workbench="PIN", cache_format=3).key() == PINNED_TRAIN_KEY
     points = atlas_grid(datasets=("digits",), attacks=("FTrojan",), seeds=(0,)).points()
@@ -175,8 +175,6 @@ def _fashion_stand_in():
                            tuple(f"c{i}" for i in range(10)))
 
 
-@pytest.mark.xfail(strict=True, reason="needs workbench/sweep.py (SweepGrid.points) to resolve "
-                   "each trigger for its dataset's image shape before keying (issue 22 report)")
 def test_atlas_ftrojan_fashion_sweep_keys_are_unchanged(monkeypatch):
     from workbench import sweep
     from workbench.atlas import atlas_grid
@@ -191,16 +189,14 @@ def test_atlas_ftrojan_fashion_sweep_keys_are_unchanged(monkeypatch):
         PINNED_FASHION_SWEEP_KEYS
 
 
-@pytest.mark.xfail(strict=True, reason="needs workbench/train.py (_prepare) to resolve the "
-                   "trigger for the data's image shape before keying (issue 22 report)")
 def test_a_default_resolved_from_the_image_size_is_in_the_run_key(digits):
     from workbench import train
     from workbench.triggers import FTrojan
 
-    _, trig, cfg = train._prepare(digits, FTrojan(), 0.1, 1, "small-cnn", None, 0, None, None,
+    _, trig, cfg = train.prepare_run(digits, FTrojan(), 0.1, 1, "small-cnn", None, 0, None, None,
                                   0.0, None)
     assert cfg.trigger["magnitude"] == 0.5 and trig == FTrojan(magnitude=0.5)
-    _, _, explicit = train._prepare(digits, FTrojan(magnitude=0.5), 0.1, 1, "small-cnn", None, 0,
+    _, _, explicit = train.prepare_run(digits, FTrojan(magnitude=0.5), 0.1, 1, "small-cnn", None, 0,
                                     None, None, 0.0, None)
     assert cfg.key() == explicit.key()  # one run: what was asked, written out
 

@@ -338,7 +338,7 @@ def test_input_aware_in_the_designer_the_panel_and_the_explorers(digits):
     # the designer now shows the trained trigger on its images (each image its own trigger)
     assert d.trigger is run.trigger and "trained with the model" in d.message.value
     shown = np.array([np.array(d.figure.data[3 + i].z) for i in range(3)])
-    want = wb.plots._to_rgb_uint8(run.trigger(digits.x_test[:3])[0])
+    want = wb.plots.to_rgb_uint8(run.trigger(digits.x_test[:3])[0])
     np.testing.assert_array_equal(shown[0], want)
     assert not np.array_equal(shown, np.array([np.array(d.figure.data[i].z) for i in range(3)]))
     d.gen_width.value = 16  # other settings: not trained; back: the kept trigger at once

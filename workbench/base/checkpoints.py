@@ -73,8 +73,8 @@ import torchvision.models as tv_models
 from PIL import Image, UnidentifiedImageError
 from torch import nn
 
-from .._validate import check_int
-from ..models import MODELS, build_model
+from ._validate import check_int
+from .models import MODELS, build_model
 from .preact_resnet import preact_resnet18
 
 try:  # numpy >= 2 moved numpy.core to numpy._core

@@ -64,7 +64,6 @@ pairs, ASR, the landscape's trigger direction) refuse, saying why; the clean one
 from __future__ import annotations
 
 import copy
-import hashlib
 import math
 import os
 import warnings
@@ -79,16 +78,16 @@ from PIL import Image, UnidentifiedImageError
 from torch import nn
 from torchvision.datasets import ImageFolder
 
-from .._validate import (check_choice, check_device, check_images, check_int, check_labels,
-                         check_seed)
+from ..base._validate import (check_choice, check_device, check_images, check_int, check_labels,
+                              check_seed)
 from ..base.checkpoints import (BackdoorBenchResult, LoadedModel, check_torch_version,
                                 is_backdoorbench, is_torchscript, load_backdoorbench,
                                 load_model_file, read_checkpoint)
-from ..data import DATASETS, Dataset, load_dataset
-from ..models import check_model_input, default_device, model_device
-from ..poison import TriggeredPairs, attack_targets, make_generator, triggered_pairs
-from ..train import attack_success_rate, clean_accuracy, environment
-from ..triggers import FunctionTrigger, PairedTrigger, Trigger  # noqa: F401 (their home: attacks)
+from ..base.data import DATASETS, Dataset, load_dataset
+from ..base.models import check_model_input, default_device, model_device
+from ..attacks.poison import TriggeredPairs, attack_targets, make_generator, triggered_pairs
+from .train import attack_success_rate, clean_accuracy, environment
+from ..attacks.triggers import FunctionTrigger, PairedTrigger, Trigger  # noqa: F401 (their home: attacks)
 
 # Decoders a folder's images may reach (Pillow goes by content, not by the file's name), and the
 # file names read as images.

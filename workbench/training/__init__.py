@@ -1,0 +1,4 @@
+"""Layer 3: models learning. Backdoored runs and the run cache (`train`), InputAware's joint
+training of a trigger generator with the classifier (`input_aware`), triggers crafted on trained
+models (`crafting`: LowFrequency, TrojanNN), and models trained elsewhere opened as runs
+(`opened.open_model`). See docs/architecture.md."""
