@@ -11,7 +11,7 @@ from . import plots
 from .report import ci, percent, pval, table_html
 from ..estimator.stats import spearman_ci
 from ..studies.sweep import (check_table)
-from .report import verdict
+from .report import verdict_span
 from .sweep_section import run_settings
 
 
@@ -157,7 +157,7 @@ def atlas_findings(rows: pd.DataFrame) -> list[dict]:
         return []
     out = [{"finding": f"Attack atlas: {v['family']} ({', '.join(v['attacks'])}) at the strong "
                        "rate: triggered inputs smoother on every seed?",
-            "measured": v["measured"], "verdict": verdict(v["verdict"], v["tone"])}
+            "measured": v["measured"], "verdict": verdict_span(v["verdict"], v["tone"])}
            for v in atlas_verdicts(rows)]
     for scope, e in atlas_correlations(rows).items():
         a, l2 = e["asr"], e["l2"]
@@ -172,7 +172,7 @@ def atlas_findings(rows: pd.DataFrame) -> list[dict]:
         out.append({"finding": f"Attack atlas: does the gap follow the ASR or the trigger's size? "
                                f"({scope})",
                     "measured": f"gap vs ASR: {_rho_text(a)}; gap vs trigger L2: {_rho_text(l2)}",
-                    "verdict": verdict(verdict, "none")})
+                    "verdict": verdict_span(verdict, "none")})
     return out
 
 
@@ -190,7 +190,7 @@ def attack_atlas_section(rows: pd.DataFrame) -> tuple[str, list] | None:
     verdicts = atlas_verdicts(rows)
     corr = atlas_correlations(rows)
     summary = [{"family": v["family"], "attacks": ", ".join(v["attacks"]),
-                "at the strong rate": v["measured"], "verdict": verdict(v["verdict"], v["tone"])}
+                "at the strong rate": v["measured"], "verdict": verdict_span(v["verdict"], v["tone"])}
                for v in verdicts]
     corr_rows = [{"datasets": scope, "runs": e["runs"],
                   "Spearman ρ (gap, ASR) [95% CI]": ci(e["asr"]["rho"], e["asr"]["ci"], 2)

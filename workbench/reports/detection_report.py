@@ -20,7 +20,7 @@ from ..base.fileio import write_json
 from .report import ci, table_html, write_report
 from ..training.train import environment
 from ..studies.detection_study import DETECTION_ATTACKS, DETECTION_MODEL, detection_atlas
-from .report import verdict
+from .report import verdict_span
 
 
 def detection_table(atlas: list[dict], metric: str = "auc") -> list[dict]:
@@ -213,16 +213,16 @@ def detection_finding(dets: list, dataset: str, attack: str) -> dict:
     w = [d for d in dets if d.method.startswith("w-")]
     measured = f"best: {best.method} AUC {ci(best.auc, best.auc_ci, signed=False)}"
     if not w:
-        verdict = verdict("no W_σ score measured", "none")
+        verdict = verdict_span("no W_σ score measured", "none")
     else:
         bw = max(w, key=lambda d: d.auc)
         measured += f"; best W_σ score: {bw.method} {ci(bw.auc, bw.auc_ci, signed=False)}"
         if bw is best:
-            verdict = verdict(f"a W_σ score detects best ({bw.method})", "yes")
+            verdict = verdict_span(f"a W_σ score detects best ({bw.method})", "yes")
         elif bw.auc_ci[1] >= best.auc_ci[0]:
-            verdict = verdict(f"W_σ on par with {best.method} (intervals overlap)", "mixed")
+            verdict = verdict_span(f"W_σ on par with {best.method} (intervals overlap)", "mixed")
         else:
-            verdict = verdict(f"{best.method} beats every W_σ score", "no")
+            verdict = verdict_span(f"{best.method} beats every W_σ score", "no")
     return {"finding": f"Detecting triggered inputs by smoothness, {dataset}, {attack}",
             "measured": measured, "verdict": verdict}
 

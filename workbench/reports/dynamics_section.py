@@ -32,7 +32,7 @@ def dynamics_finding(dyn: list[dict], dataset: str) -> dict:
     else:
         verdict = f"before the attack succeeds ({a - g} epochs earlier)"
     return {"finding": f"When smoothing appears during training, {dataset}", "measured": measured,
-            "verdict": verdict(verdict, "none")}
+            "verdict": verdict_span(verdict, "none")}
 
 
 def dynamics_heatmap(dyn: list[dict]):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from .report import ci, pval
-from .report import direction, runs_phrase, verdict
+from .report import direction, runs_phrase, verdict_span
 
 
 def pattern_findings(by_size: dict[int, list], dataset: str) -> list[dict]:
@@ -16,11 +16,11 @@ def pattern_findings(by_size: dict[int, list], dataset: str) -> list[dict]:
                          f"{ci(m.comparison.gap, m.comparison.gap_ci)}" for s, m in uni)
     smooth = [s for s, m in uni if m.comparison.gap_ci[0] > 0]
     if smooth:
-        verdict = verdict("reproduces for the " + ", ".join(f"{s}×{s}" for s in smooth)
+        verdict = verdict_span("reproduces for the " + ", ".join(f"{s}×{s}" for s in smooth)
                            + " pattern" + ("s" if len(smooth) > 1 else ""),
                            "yes" if len(smooth) == len(uni) else "mixed")
     else:
-        verdict = verdict("not reproduced: no universal patch is smoother", "no")
+        verdict = verdict_span("not reproduced: no universal patch is smoother", "no")
     ctrl = [m for ms in by_size.values() for m in ms if m.name != "universal patch"]
     lo = np.array([m.comparison.gap_ci[0] for m in ctrl])
     hi = np.array([m.comparison.gap_ci[1] for m in ctrl])
@@ -32,7 +32,7 @@ def pattern_findings(by_size: dict[int, list], dataset: str) -> list[dict]:
                         f"clean model, {dataset}", "measured": measured, "verdict": verdict},
             {"finding": f"Controls: white and random patches of the same sizes, {dataset}",
              "measured": f"{runs_phrase(len(ctrl), 'pattern')}: {counts}",
-             "verdict": verdict(v, "none" if not above else "mixed")}]
+             "verdict": verdict_span(v, "none" if not above else "mixed")}]
 
 
 def pattern_size_rows(by_size: dict[int, list]) -> list[dict]:

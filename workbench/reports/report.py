@@ -186,7 +186,7 @@ def write_report(path: str | os.PathLike, title: str,
 
 # ---- phrases shared by the report's sections ----
 
-def verdict(text: str, tone: str) -> Raw:
+def verdict_span(text: str, tone: str) -> Raw:
     """A verdict cell; tone: "yes" (as the paper says), "no" (against it), "mixed", "none"."""
     return Raw(f"<span class='verdict {tone}'>{html.escape(text)}</span>")
 

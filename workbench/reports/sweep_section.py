@@ -127,7 +127,7 @@ def sweep_findings(rows: pd.DataFrame, head: dict) -> list[dict]:
                              ("reverses", "no") if c["ci"][1] < 0 else
                              ("inconclusive: the interval includes 0", "mixed"))
         out.append({"finding": f"Smoothing grows with the attack's success (claim 4), {ds}",
-                    "measured": measured, "verdict": verdict(verdict, tone)})
+                    "measured": measured, "verdict": verdict_span(verdict, tone)})
         for label, sel in (
                 ("Successful attacks (ASR ≥ 0.9): triggered inputs smoother", 
                  (g["rate"] > 0) & (g["attack_success_rate"] >= 0.9)),
@@ -140,5 +140,5 @@ def sweep_findings(rows: pd.DataFrame, head: dict) -> list[dict]:
                 tone = "none" if tone in ("yes", "no") else tone  # descriptive, not a claim
             measured = f"{runs_phrase(len(sub))}: {_gap_range(sub)}; {counts}" if len(sub) else "no such run"
             out.append({"finding": f"{label}, {ds}", "measured": measured,
-                        "verdict": verdict(verdict, tone)})
+                        "verdict": verdict_span(verdict, tone)})
     return out
