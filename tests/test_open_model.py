@@ -3,6 +3,7 @@ workbench.base.preact_resnet, workbench.training.opened). Every file is written 
 format; nothing is downloaded. Models are the digits run (shared, cached) or untrained ones."""
 
 import builtins
+import html
 import io
 import warnings
 import zipfile
@@ -14,7 +15,7 @@ import torchvision
 from PIL import Image
 from torch import nn
 
-from workbench import landscape
+from workbench import atlas, landscape
 from workbench.experiments import smoothing_analysis
 from workbench.base import checkpoints as ck
 from workbench.base.preact_resnet import preact_resnet18
@@ -533,12 +534,126 @@ def test_explorers_take_an_opened_run(digits, digits_run):
     assert panel.landscapes[0].predicted.shape == (3, 3)
 
 
-@pytest.mark.xfail(strict=True, raises=TypeError,
-                   reason="experiments.smoothing_analysis (and atlas.noise_to_target) check "
-                          "isinstance(run, BackdoorRun) (issue 21: the lead's change)")
 def test_smoothing_analysis_takes_an_opened_run(digits, digits_run):
+    """experiments.smoothing_analysis and atlas.noise_to_target checked isinstance(run,
+    BackdoorRun) (TypeError before issue 21): an opened run gives the trained run's numbers."""
     run = open_model(digits_run.model, digits, trigger=Patch(size=3), target=0)
-    smoothing_analysis(run, digits, n_pairs=4, n_samples=16)
+    got = smoothing_analysis(run, digits, n_pairs=4, n_samples=16)
+    want = smoothing_analysis(digits_run, digits, n_pairs=4, n_samples=16)
+    assert torch.equal(got.pairs.indices, want.pairs.indices)
+    assert got.comparison.gap == want.comparison.gap
+    assert atlas.noise_to_target(run, digits, [0.2], n=20) == \
+        atlas.noise_to_target(digits_run, digits, [0.2], n=20)
+
+
+def test_studies_refuse_an_opened_run_without_a_trigger_saying_why(digits, digits_run):
+    run = open_model(digits_run.model, digits)
+    for call in (lambda: smoothing_analysis(run, digits, n_pairs=4, n_samples=16),
+                 lambda: atlas.noise_to_target(run, digits, [0.2], n=20)):
+        with pytest.raises(ValueError, match="this model was opened without a trigger: "):
+            call()
+    with pytest.raises(TypeError, match="`run` must be a BackdoorRun .* or an OpenedRun"):
+        smoothing_analysis(digits_run.model, digits)
+    with pytest.raises(TypeError, match="`run` must be a BackdoorRun .* or an OpenedRun"):
+        atlas.noise_to_target("run", digits, [0.2])
+
+
+def test_ibd_psc_refuses_a_torchscript_model_naming_the_way_out(torchscript_file, digits):
+    """check_batchnorm looked for nn.BatchNorm modules, which a ScriptModule's compiled
+    submodules are not: it said "has none. Train model='small-cnn-bn'" even of a TorchScript model
+    with BatchNorm layers. IBD-PSC changes the layers' weights in Python: it needs the module."""
+    from workbench.studies.detection import check_batchnorm, compare_detectors
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        bn = build_model("small-cnn-bn", 1, 10, (16, 16)).eval()
+        scripted = torch.jit.trace(bn, digits.x_test[:2])
+        run = open_model(torchscript_file, digits, trust_torchscript=True, device="cpu")
+    assert check_batchnorm(bn) > 0
+    for model in (scripted, run.model, Preprocessed(scripted, Normalize((0.5,), (0.5,)))):
+        with pytest.raises(ValueError) as err:
+            check_batchnorm(model)
+        msg = str(err.value)
+        assert "TorchScript" in msg and "IBD-PSC needs a Python module" in msg
+        assert "open_model(" in msg and "architecture=" in msg
+    x = digits.x_test[:4]
+    with pytest.raises(ValueError, match="IBD-PSC needs a Python module"):
+        compare_detectors(scripted, x, x, x, [0.1, 0.2], methods=("strip", "ibd-psc"))
+
+
+# --- the panels on an opened run ----------------------------------------------------------------
+
+def _trace_names(fig):
+    return [t.name for t in fig.data if t.name]
+
+
+def test_smoothness_explorer_without_a_trigger_shows_clean_curves(digits, digits_run):
+    """SmoothnessExplorer needed triggered pairs (ValueError NO_TRIGGER before issue 21's panel
+    change): without a trigger it shows the clean inputs' W_σ and says why the gap is missing."""
+    from workbench.estimator.smoothness import estimate_smoothness as est
+    from workbench.training.opened import NO_TRIGGER
+    from workbench.widgets import SmoothnessExplorer
+
+    run = open_model(digits_run.model, digits)
+    panel = SmoothnessExplorer(run, run.data, n_inputs=4, n_samples=16, sigmas=[0.1, 0.2, 0.3])
+    assert panel.clean_only and panel.comparison is None
+    x, _, _ = run.clean_inputs(n=4, seed=0)
+    want = est(run.model, x, panel.sigmas(), 16, seed=0)
+    assert np.array_equal(panel.clean.counts, want.counts)
+    assert not [n for n in _trace_names(panel.curves) if "triggered" in n]
+    assert len(panel.distribution.data) == 1
+    assert "clean inputs only" in panel.message.value and "gap" not in panel.message.value.lower()
+    assert panel.note.layout.display != "none"
+    assert html.unescape(panel.note.value).count(NO_TRIGGER) == 1
+    panel.n_inputs.value = 5  # the controls still work
+    assert panel.clean.entropy.shape[0] == 5
+    # with a trigger: the paired view, no note
+    paired = SmoothnessExplorer(open_model(digits_run.model, digits, trigger=Patch(size=3),
+                                           target=0), digits, n_inputs=4, n_samples=16)
+    assert not paired.clean_only and paired.comparison.n_pairs == 4
+    assert paired.note.layout.display == "none"
+
+
+def test_landscape_explorer_without_a_trigger_offers_random_and_gradient(digits, digits_run):
+    from workbench.training.opened import NO_TRIGGER
+    from workbench.widgets import LandscapeExplorer
+
+    run = open_model(digits_run.model, digits)
+    panel = LandscapeExplorer(run, run.data, resolution=3, n_samples=4, sigmas=[0.1, 0.3])
+    assert panel.clean_only
+    assert list(panel.dir1.options) == ["random", "gradient"] == list(panel.dir2.options)
+    assert (panel.dir1.value, panel.dir2.value) == ("random", "gradient")
+    assert len(panel.landscapes) == 1 and panel.landscapes[0].predicted.shape == (3, 3)
+    assert "triggered twin" not in panel.landscapes[0].markers
+    heat = [t for t in panel.plane.data if t.type == "heatmap"]
+    assert len(heat) == 1  # one map: no triggered twin beside it
+    assert not [n for n in _trace_names(panel.curve) if "triggered" in n]
+    assert html.unescape(panel.note.value).count(NO_TRIGGER) == 1
+    assert "predicted" in panel.message.value and "triggered" not in panel.message.value
+    panel.index.value = 2
+    panel.colour.value = "entropy"
+    assert panel.landscapes[0].entropy is not None
+
+
+def test_attack_panel_refuses_an_opened_run(digits, digits_run):
+    """AttackPanel trains here: an opened run (as its data, as its trigger), its test-only data
+    or its trigger are refused with what to do instead (before: AttributeError on run.name, or
+    training on no images)."""
+    from workbench.widgets import AttackPanel
+
+    run = open_model(digits_run.model, digits, trigger=digits.x_test, target=0)
+    for kw in ({"data": run}, {"data": digits, "trigger": run}):
+        with pytest.raises(TypeError, match="AttackPanel trains models here.*open_model.*"
+                                            "SmoothnessExplorer"):
+            AttackPanel(**kw)
+    x8 = (digits.x_test.numpy() * 255).round().astype(np.uint8)
+    arrays = open_model(digits_run.model, (x8, digits.y_test.numpy()))
+    with pytest.raises(ValueError, match="`data` must have a training split"):
+        AttackPanel(arrays.data)
+    with pytest.raises(ValueError, match="`trigger` must be a trigger AttackPanel can train"):
+        AttackPanel(digits, trigger=run.trigger)  # a PairedTrigger: only its own test images
+    with pytest.raises(ValueError, match="`trigger` must be a trigger AttackPanel can train"):
+        AttackPanel(digits, trigger=FunctionTrigger(lambda b: Patch(size=3)(b)))
 
 
 def test_plain_functions_are_triggers_for_pairs_and_landscapes(digits, digits_run):

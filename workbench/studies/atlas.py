@@ -29,7 +29,7 @@ from .attack_registry import (ATLAS_DATASETS, ATLAS_MODEL, ATLAS_TRAINING,  # no
 from ..base.data import as_dataset
 from ..base.models import model_device, preserve_model
 from .sweep import ATLAS_CSV, SweepGrid
-from ..training.train import BackdoorRun
+from .experiments import check_run
 
 
 def noise_to_target(run, data, sigmas, n: int = 300, seed: int = 0) -> dict[float, float]:
@@ -40,9 +40,9 @@ def noise_to_target(run, data, sigmas, n: int = 300, seed: int = 0) -> dict[floa
     of the W_σ estimator). A diagnostic of the atlas (benchmarks/RESULTS.md, "The attack atlas"):
     where noise fires the backdoor, triggered inputs stay at the target under noise and look
     smoother; where it does not, noise drowns a faint trigger and they look less smooth. The model
-    is given back as it was (`models.preserve_model`)."""
-    if not isinstance(run, BackdoorRun):
-        raise TypeError(f"`run` must be a workbench BackdoorRun; got {type(run).__name__}.")
+    is given back as it was (`models.preserve_model`). `run`: trained here, or opened with its
+    trigger (`open_model`)."""
+    check_run(run)
     data = as_dataset(data)
     sig = check_sigmas("sigmas", sigmas)
     check_int("n", n, low=1)

@@ -221,6 +221,17 @@ def batchnorm_layers(model: nn.Module) -> list[nn.Module]:
 
 
 def check_batchnorm(model: nn.Module) -> int:
+    """The number of BatchNorm layers IBD-PSC can amplify; a clear error where there are none,
+    or where the model is (or holds) TorchScript, whose compiled layers are not nn.BatchNorm
+    modules and whose weights IBD-PSC cannot rescale."""
+    if any(isinstance(m, torch.jit.ScriptModule) for m in model.modules()):
+        raise ValueError(f"`model` must be a Python nn.Module for 'ibd-psc'; got a TorchScript "
+                         f"model ({type(model).__name__}). IBD-PSC needs a Python module: it "
+                         "finds the BatchNorm layers and rescales their weights, which TorchScript "
+                         "holds compiled. Open the model's state dict with its architecture "
+                         "instead (open_model(path, data, architecture=...), the file saved by "
+                         "torch.save(model.state_dict(), path)), or leave 'ibd-psc' out of "
+                         "`methods`.")
     n = len(batchnorm_layers(model))
     if not n:
         raise ValueError(f"`model` must have BatchNorm layers with affine parameters for "

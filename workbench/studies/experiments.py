@@ -12,6 +12,7 @@ from ..base.data import Dataset
 from ..attacks.poison import TriggeredPairs, triggered_pairs
 from ..estimator.comparison import ComparisonResult, compare_smoothness
 from ..attacks.triggers import Patch
+from ..training.opened import NO_TRIGGER, OpenedRun
 from ..training.train import BackdoorRun, predict, prepare_run, train_backdoor
 
 # Default σ grids, chosen from measured curves (benchmarks/RESULTS.md, "σ grids"): they end where
@@ -53,14 +54,25 @@ class SmoothingAnalysis:
     triggered_predictions: np.ndarray  # (N,) the model's labels for the triggered inputs
 
 
-def smoothing_analysis(run: BackdoorRun, data: Dataset, sigmas=None, n_pairs: int = 100,
-                       n_samples: int = 128, seed: int = 0, summary: str = "mean",
-                       **kwargs) -> SmoothingAnalysis:
+def check_run(run) -> None:
+    """`run` is a run trained here (BackdoorRun, InputAwareRun) or a model opened from elsewhere
+    with its trigger (`open_model`); an opened run without a trigger is refused saying why (its
+    triggered views have nothing to pair)."""
+    if not isinstance(run, (BackdoorRun, OpenedRun)):
+        raise TypeError(f"`run` must be a BackdoorRun (from train_backdoor or load_run) or an "
+                        f"OpenedRun (from open_model); got {type(run).__name__}.")
+    if isinstance(run, OpenedRun) and not run.has_trigger:
+        raise ValueError(NO_TRIGGER)
+
+
+def smoothing_analysis(run: BackdoorRun | OpenedRun, data: Dataset, sigmas=None,
+                       n_pairs: int = 100, n_samples: int = 128, seed: int = 0,
+                       summary: str = "mean", **kwargs) -> SmoothingAnalysis:
     """Pick `n_pairs` random test inputs the attack applies to (non-target ones; every class for
-    an all-to-all run), trigger them, and compare their W_σ curves."""
-    if not isinstance(run, BackdoorRun):
-        raise TypeError(f"`run` must be a workbench BackdoorRun (from train_backdoor or load_run); "
-                        f"got {type(run).__name__}.")
+    an all-to-all run), trigger them, and compare their W_σ curves. `run`: trained here, or opened
+    with its trigger (`open_model`; `data` is then its test data, `run.data`, and `sigmas` must be
+    given for data without a default grid)."""
+    check_run(run)
     _check_dataset(data)
     fp = run.config.get("data_fingerprint")
     if fp and fp != data.fingerprint:  # 1 ms on digits, 0.1 s on Fashion-MNIST

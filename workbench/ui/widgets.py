@@ -6,8 +6,14 @@ memoised by their settings (work starts only when inputs change), and long work 
 
     TriggerDesigner(data)            -> .trigger
     AttackPanel(data, trigger)       -> .run   (Train button; cached runs open at once)
-    SmoothnessExplorer(run, data)    -> .comparison
+    SmoothnessExplorer(run, data)    -> .comparison (.clean)
     LandscapeExplorer(run, data)     -> .landscapes
+
+The explorers take a run trained here or a model trained elsewhere (`workbench.open_model`'s
+`OpenedRun`, with `run.data` as its data). An opened run without a trigger is shown in a
+clean-only mode (`clean_only`): the W_σ curves of clean test inputs and landscapes along random
+and gradient directions, with a note saying why the paired views are disabled. AttackPanel
+trains here only: it refuses an opened run, its test-only data and its trigger.
 
 InputAware (Nguyen & Tran, NeurIPS 2020) is chosen in the TriggerDesigner like any trigger, but
 its trigger is learnt together with the model: the designer holds its generator settings, the
@@ -38,11 +44,14 @@ from ..base.models import MODELS
 from ..attacks.poison import DEFAULT_EPSILON, POISONING_MODES, TARGET_MODES
 from ..estimator.comparison import compare_smoothness
 from ..estimator.smoothness import estimate_smoothness
+from ..estimator.stats import t_interval
 from ..training.input_aware import (ATTACK_DEFAULTS as IA_DEFAULTS, InputAwareRun, is_input_aware_cached,
                                     train_input_aware)
+from ..training.opened import NO_TRIGGER, OpenedRun
 from ..training.train import BackdoorRun, is_cached, predict, train_backdoor
 from ..attacks.triggers import (CORNERS, CRAFTED, FTROJAN_PAPER_MAGNITUDE, FTROJAN_SMALL_SIDE, TRIGGERS,
-                                ftrojan_default_magnitude, trigger_from_config)
+                                FunctionTrigger, PairedTrigger, Trigger, ftrojan_default_magnitude,
+                                trigger_from_config)
 
 SAMPLE_CHOICES = (16, 32, 64, 128, 256, 512)  # SmoothnessExplorer's samples per input and σ
 _SLIDER = dict(continuous_update=False, style={"description_width": "initial"})
@@ -137,6 +146,30 @@ def _error(text) -> str:
 
 def _layout():
     return W.Layout(width="21em")
+
+
+def _check_run(run) -> bool:
+    """An explorer's `run`: trained here or opened (`open_model`). True for an opened run without
+    a trigger (the explorers' clean-only mode)."""
+    if not isinstance(run, (BackdoorRun, OpenedRun)):
+        raise TypeError(f"`run` must be a BackdoorRun (train_backdoor, AttackPanel.run) or an "
+                        f"OpenedRun (workbench.open_model); got {type(run).__name__}.")
+    return isinstance(run, OpenedRun) and not run.has_trigger
+
+
+def _clean_only_note(what: str) -> W.HTML:
+    """Why an explorer shows clean inputs only: the opened run's NO_TRIGGER message."""
+    note = W.HTML(f"<div style='color:#555;max-width:60em'><b>{html.escape(what)}</b> "
+                  f"{html.escape(NO_TRIGGER)}</div>")
+    note.add_class("workbench-clean-only-note")
+    return note
+
+
+OPENED_RUN_NOTE = ("AttackPanel trains models here (poisoning a training split, through the run "
+                   "cache); a model opened with workbench.open_model was trained elsewhere and "
+                   "has no training split. Explore it with SmoothnessExplorer(run, run.data) and "
+                   "LandscapeExplorer(run, run.data), or train one here with "
+                   "AttackPanel(load_dataset(name), trigger).")
 
 
 # TriggerDesigner: which controls each trigger has (attribute names, in display order)
@@ -515,8 +548,44 @@ CLEAN_LABEL_NOTE = (
     "patch, ε 0.3, digits at 4.9%: ASR 0.86–0.93 over two seeds).</small>")
 
 
+def _check_attack_args(data, trigger) -> None:
+    """AttackPanel's data and trigger, before any widget: a Dataset with a training split and a
+    trigger the run cache can name. An opened run (workbench.open_model), its test-only data and
+    its trigger (images given, a function) are refused saying what to do instead."""
+    if isinstance(data, OpenedRun) or isinstance(trigger, OpenedRun):
+        raise TypeError(f"{OPENED_RUN_NOTE} Got an OpenedRun as "
+                        f"`{'data' if isinstance(data, OpenedRun) else 'trigger'}`.")
+    if data is not None:
+        if not isinstance(data, Dataset):
+            raise TypeError(f"`data` must be a workbench Dataset (load_dataset) or None; got "
+                            f"{type(data).__name__}.")
+        if not len(data.y_train):
+            raise ValueError(f"`data` must have a training split for AttackPanel to poison and "
+                             f"train on; {data.name!r} has none (test images only"
+                             f"{', as open_model makes' if data.info.get('test_only') else ''}). "
+                             f"{OPENED_RUN_NOTE}")
+    if trigger is None or isinstance(trigger, TriggerDesigner):
+        return
+    if isinstance(trigger, (PairedTrigger, FunctionTrigger)):
+        why = ("it holds triggered test images and triggers only those, not training images"
+               if isinstance(trigger, PairedTrigger) else
+               "the run cache names a trigger by its settings, and a function's are only its name "
+               "(two functions of one name would share a cached model)")
+        raise ValueError(f"`trigger` must be a trigger AttackPanel can train with (a workbench "
+                         f"trigger such as Patch(size=3), or a TriggerDesigner); got {trigger!r}: "
+                         f"{why}. A model trained elsewhere with it is explored with "
+                         "workbench.open_model(model, data, trigger=..., target=...).")
+    if not isinstance(trigger, Trigger):
+        raise TypeError(f"`trigger` must be None, a TriggerDesigner or a workbench trigger (e.g. "
+                        f"Patch(size=3)); got {type(trigger).__name__}.")
+
+
 class AttackPanel(W.VBox):
     """Poison, train and evaluate; `.run` is the last trained (or cached) run.
+
+    It trains here only: a model trained elsewhere (`workbench.open_model`'s OpenedRun), as its
+    data or trigger, its test-only data and its trigger (triggered images given, a function) are
+    refused with a message saying to explore it with the explorers instead.
 
     poisoning: dirty-label (BadNets, Gu et al. 2017), clean-label (Barni et al. 2019) or
     label-consistent (Turner et al. 2019, with its PGD radius `epsilon`); target mode: all-to-one
@@ -534,6 +603,7 @@ class AttackPanel(W.VBox):
     def __init__(self, data: Dataset | None = None, trigger=None, epochs: int | None = None):
         if epochs is not None:  # the slider's range; 0 = the dataset's default, as None
             epochs = check_int("epochs", epochs, 0, 60)
+        _check_attack_args(data, trigger)
         self.data = data or load_dataset("digits")
         self.designer = trigger if isinstance(trigger, TriggerDesigner) else None
         self._trigger = trigger if trigger is not None and self.designer is None else None
@@ -811,13 +881,24 @@ class AttackPanel(W.VBox):
                              f"trained in {run.train_seconds:.1f} s")
 
 
-class SmoothnessExplorer(W.VBox):
-    """W_σ curves of clean vs triggered inputs with bands, summaries, and the gap's test."""
+SUMMARY_LABELS = {"mean": "mean W over the σ grid", "radius": "smoothness radius (σ)"}
 
-    def __init__(self, run: BackdoorRun, data: Dataset, n_inputs: int = 16, n_samples: int = 64,
-                 seed: int = 0, sigmas=None):
+
+class SmoothnessExplorer(W.VBox):
+    """W_σ curves of clean vs triggered inputs with bands, summaries, and the gap's test.
+
+    `run` is a run trained here or an opened one (`workbench.open_model`). An opened run without a
+    trigger has no triggered twins: the explorer then shows the W_σ curves of `n_inputs` random
+    clean test inputs (`run.clean_inputs`, seed `seed`) and their per-input summaries, with the
+    summaries' mean and its t-interval over inputs and no gap (`clean_only` True, `clean` the
+    SmoothnessResult, `comparison` None), and a note saying why the paired view is disabled (the
+    opened run's NO_TRIGGER message). In the paired view `clean` is `comparison.clean`."""
+
+    def __init__(self, run: BackdoorRun | OpenedRun, data: Dataset, n_inputs: int = 16,
+                 n_samples: int = 64, seed: int = 0, sigmas=None):
         """sigmas: the starting σ grid (None: the dataset's default; needed for datasets
-        without one)."""
+        without one, as a user's own data opened with open_model)."""
+        self.clean_only = _check_run(run)
         n_inputs = check_int("n_inputs", n_inputs, 2, 200)  # the slider's range
         n_samples = check_choice("n_samples", check_int("n_samples", n_samples, low=1),
                                  SAMPLE_CHOICES)
@@ -832,19 +913,24 @@ class SmoothnessExplorer(W.VBox):
         self.mode = W.ToggleButtons(options=["hard", "soft"], value="hard", description="mode")
         self.n_inputs = W.IntSlider(value=n_inputs, min=2, max=200, description="inputs", **_SLIDER)
         self.per_input = W.Checkbox(value=False, description="per-input curves")
-        self.summary = W.Dropdown(options=[("mean W over σ", "mean"), ("smoothness radius", "radius")],
+        self.summary = W.Dropdown(options=[(SUMMARY_LABELS["mean"], "mean"),
+                                           (SUMMARY_LABELS["radius"], "radius")],
                                   value="mean", description="summary")
+        self.note = _clean_only_note("Clean inputs only: the smoothing gap and the triggered "
+                                     "curves are disabled, because")
+        _show(self.note, self.clean_only)
         self.message = _status()
         self.curves = LiveFigure(owner=self)
         self.distribution = LiveFigure(owner=self)
         self._cache: dict = {}
         self.comparison = None
+        self.clean = None
         for wdg in (self.sigma_max, self.n_sigmas, self.n_samples, self.mode, self.n_inputs,
                     self.per_input, self.summary):
             wdg.observe(self.update, names="value")
         controls = W.HBox([W.VBox([self.sigma_max, self.n_sigmas, self.n_samples]),
                            W.VBox([self.mode, self.n_inputs, W.HBox([self.summary, self.per_input])])])
-        super().__init__([controls, self.message, self.curves, self.distribution])
+        super().__init__([controls, self.note, self.message, self.curves, self.distribution])
         self.add_class("workbench-panel")  # a handle for styling and browser tests
         self.update()
 
@@ -856,18 +942,27 @@ class SmoothnessExplorer(W.VBox):
         key = (tuple(self.sigmas()), self.n_samples.value, self.mode.value, self.n_inputs.value,
                self.summary.value)
         if key not in self._cache:
-            pairs = self.run.triggered_pairs(self.data.x_test, self.data.y_test,
-                                             n=self.n_inputs.value, seed=self.seed)
-            self._cache[key] = compare_smoothness(self.run.model, pairs.clean, pairs.triggered,
-                                                  key[0], key[1], mode=key[2], summary=key[4],
-                                                  seed=self.seed)
+            if self.clean_only:  # no twins: the clean inputs' curves (the summary is per input)
+                x, _, _ = self.run.clean_inputs(n=self.n_inputs.value, seed=self.seed)
+                self._cache[key] = estimate_smoothness(self.run.model, x, key[0], key[1],
+                                                       mode=key[2], seed=self.seed)
+            else:
+                pairs = self.run.triggered_pairs(self.data.x_test, self.data.y_test,
+                                                 n=self.n_inputs.value, seed=self.seed)
+                self._cache[key] = compare_smoothness(self.run.model, pairs.clean, pairs.triggered,
+                                                      key[0], key[1], mode=key[2], summary=key[4],
+                                                      seed=self.seed)
         return self._cache[key]
 
     def update(self, _change=None):
         self.message.value = "computing…"
+        per_input = self.n_inputs.value if self.per_input.value else 0
+        if self.clean_only:
+            self._update_clean(per_input)
+            return
         cmp = self.comparison = self._compute()
-        curves = plots.smoothness_curves(cmp.clean, cmp.triggered,
-                                         per_input=self.n_inputs.value if self.per_input.value else 0)
+        self.clean = cmp.clean
+        curves = plots.smoothness_curves(cmp.clean, cmp.triggered, per_input=per_input)
         dist = plots.summary_distribution(cmp)
         _replace(self.curves, curves)
         _replace(self.distribution, dist)
@@ -878,23 +973,72 @@ class SmoothnessExplorer(W.VBox):
                               f"Wilcoxon signed-rank p = {cmp.p_value:.2g} · {cmp.n_pairs} {pairs} · "
                               f"{self.n_samples.value} samples per input and σ")
 
+    def _update_clean(self, per_input: int) -> None:
+        res = self.clean = self._compute()
+        kind = self.summary.value
+        values = res.summary(kind)
+        curves = plots.smoothness_curves(
+            res, None, per_input=per_input,
+            title="Smoothness curves: W<sub>σ</sub> around clean inputs (no trigger given)")
+        mean, _se, lo, hi = t_interval(values)
+        dist = go.Figure(go.Box(y=values, name="clean", marker_color=plots.CLEAN, boxpoints="all",
+                                jitter=0.4, pointpos=0, line_width=1.5))
+        dist.update_layout(template=plots.TEMPLATE, height=380, showlegend=False,
+                           yaxis_title=SUMMARY_LABELS[kind],
+                           title=f"Per-input summaries of clean inputs: mean {mean:.3f} "
+                                 f"[{lo:.3f}, {hi:.3f}]")
+        _replace(self.curves, curves)
+        _replace(self.distribution, dist)
+        self.message.value = (f"<b>clean inputs only</b> · {SUMMARY_LABELS[kind]}: mean {mean:.4f} "
+                              f"(95% t-interval over inputs [{lo:.4f}, {hi:.4f}]) · "
+                              f"{len(values)} random test inputs · {self.n_samples.value} samples "
+                              f"per input and σ")
+
+
+def _landscape_figure(land, colour_by: str, class_names) -> go.Figure:
+    """One landscape, around a clean input (the clean-only mode's map; `plots.landscape_pair`
+    draws a clean input beside its triggered twin)."""
+    k = max(int(land.predicted.max()) + 1, len(class_names), 2)
+    fig = go.Figure(list(plots.landscape_traces(land, colour_by, list(class_names), k)))
+    what = "predicted class" if colour_by == "class" else "local W<sub>σ</sub>"
+    fig.update_xaxes(title_text=f"{land.directions[0]} direction (L2)")
+    fig.update_yaxes(title_text=f"{land.directions[1]} direction (L2)")
+    fig.update_layout(template=plots.TEMPLATE, height=430,
+                      title=f"Uncertainty landscape around the clean input: {what}")
+    return fig
+
 
 class LandscapeExplorer(W.VBox):
-    """Landscapes around one input, clean and triggered side by side, plus its 1-D W_σ view."""
+    """Landscapes around one input, clean and triggered side by side, plus its 1-D W_σ view.
 
-    def __init__(self, run: BackdoorRun, data: Dataset, resolution: int = 21, n_samples: int = 16,
-                 seed: int = 0, sigmas=None):
+    `run` is a run trained here or an opened one (`workbench.open_model`). An opened run without a
+    trigger has neither a trigger direction nor triggered twins: the explorer then maps random
+    clean test inputs (`run.clean_inputs`) along the 'random' and 'gradient' directions only,
+    draws the clean map and the clean W_σ curve alone (`clean_only` True, `landscapes` a
+    one-element tuple, `pairs` None, `inputs` the (x, y, indices) mapped), and says why in a
+    note (the opened run's NO_TRIGGER message)."""
+
+    def __init__(self, run: BackdoorRun | OpenedRun, data: Dataset, resolution: int = 21,
+                 n_samples: int = 16, seed: int = 0, sigmas=None):
         """sigmas: the σ grid of the 1-D W_σ view (None: the dataset's default)."""
+        self.clean_only = _check_run(run)
         resolution = check_int("resolution", resolution, 3, 201)
         self.sigmas = default_sigmas(data.name) if sigmas is None else check_sigmas("sigmas", sigmas)
         n_samples = check_int("n_samples", n_samples, low=1)
         seed = check_seed("seed", seed, generator=False)
         self.run, self.data, self.seed = run, data, seed
-        self.pairs = run.triggered_pairs(data.x_test, data.y_test, n=50, seed=seed)
-        self.index = W.IntSlider(value=0, min=0, max=len(self.pairs.clean) - 1, description="input",
-                                 **_SLIDER)
-        self.dir1 = W.Dropdown(options=list(DIRECTIONS), value="trigger", description="direction 1")
-        self.dir2 = W.Dropdown(options=list(DIRECTIONS), value="random", description="direction 2")
+        if self.clean_only:
+            self.pairs = None
+            self.inputs = run.clean_inputs(n=50, seed=seed)
+            n, directions, first = len(self.inputs[0]), [d for d in DIRECTIONS if d != "trigger"], \
+                ("random", "gradient")
+        else:
+            self.pairs = run.triggered_pairs(data.x_test, data.y_test, n=50, seed=seed)
+            self.inputs = None
+            n, directions, first = len(self.pairs.clean), list(DIRECTIONS), ("trigger", "random")
+        self.index = W.IntSlider(value=0, min=0, max=n - 1, description="input", **_SLIDER)
+        self.dir1 = W.Dropdown(options=directions, value=first[0], description="direction 1")
+        self.dir2 = W.Dropdown(options=directions, value=first[1], description="direction 2")
         self.extent = W.FloatSlider(value=3.0, min=0.25, max=10.0, step=0.25, description="scale (L2)",
                                     **_SLIDER)
         self.colour = W.ToggleButtons(options=[("class", "class"), ("local W_σ", "entropy")],
@@ -902,6 +1046,9 @@ class LandscapeExplorer(W.VBox):
         self.sigma = W.FloatSlider(value=0.3, min=0.02, max=1.0, step=0.02, description="σ for W",
                                    **_SLIDER)
         self.resolution, self.n_samples = resolution, n_samples
+        self.note = _clean_only_note("Clean inputs only: the trigger direction and the triggered "
+                                     "twin are disabled, because")
+        _show(self.note, self.clean_only)
         self.message = _status()
         self.plane = LiveFigure(owner=self)
         self.curve = LiveFigure(owner=self)
@@ -912,7 +1059,7 @@ class LandscapeExplorer(W.VBox):
             wdg.observe(self.update, names="value")
         controls = W.HBox([W.VBox([self.index, self.dir1, self.dir2]),
                            W.VBox([self.extent, self.colour, self.sigma])])
-        super().__init__([controls, self.message, self.plane, self.curve])
+        super().__init__([controls, self.note, self.message, self.plane, self.curve])
         self.add_class("workbench-panel")  # a handle for styling and browser tests
         self._sync_controls()
         self.update()
@@ -930,24 +1077,34 @@ class LandscapeExplorer(W.VBox):
                self.colour.value == "entropy" and self.sigma.value)
         if key not in self._cache:
             j = self.index.value
-            clean, trig = self.pairs.clean[j], self.pairs.triggered[j]
             sigma = self.sigma.value if self.colour.value == "entropy" else None
-            kw = dict(directions=(self.dir1.value, self.dir2.value), trigger=self.run.trigger,
-                      extent=self.extent.value, resolution=self.resolution, sigma=sigma,
-                      n_samples=self.n_samples, seed=self.seed)
-            self._cache[key] = (landscape_2d(self.run.model, clean, **kw),
-                                landscape_2d(self.run.model, trig, clean=clean, **kw))
+            kw = dict(directions=(self.dir1.value, self.dir2.value), extent=self.extent.value,
+                      resolution=self.resolution, sigma=sigma, n_samples=self.n_samples,
+                      seed=self.seed)
+            if self.clean_only:
+                self._cache[key] = (landscape_2d(self.run.model, self.inputs[0][j], **kw),)
+            else:
+                clean, trig = self.pairs.clean[j], self.pairs.triggered[j]
+                kw["trigger"] = self.run.trigger
+                self._cache[key] = (landscape_2d(self.run.model, clean, **kw),
+                                    landscape_2d(self.run.model, trig, clean=clean, **kw))
         return self._cache[key]
 
     def _curve(self):
         key = ("curve", self.index.value)
         if key not in self._cache:
             j = self.index.value
-            x = self.pairs.clean[j:j + 1]
             sig = self.sigmas
-            self._cache[key] = (estimate_smoothness(self.run.model, x, sig, 128, seed=self.seed),
-                                estimate_smoothness(self.run.model, self.pairs.triggered[j:j + 1],
-                                                    sig, 128, seed=self.seed))
+            if self.clean_only:
+                x = self.inputs[0][j:j + 1]
+                self._cache[key] = (estimate_smoothness(self.run.model, x, sig, 128,
+                                                        seed=self.seed), None)
+            else:
+                x = self.pairs.clean[j:j + 1]
+                self._cache[key] = (
+                    estimate_smoothness(self.run.model, x, sig, 128, seed=self.seed),
+                    estimate_smoothness(self.run.model, self.pairs.triggered[j:j + 1], sig, 128,
+                                        seed=self.seed))
         return self._cache[key]
 
     def update(self, _change=None):
@@ -956,14 +1113,24 @@ class LandscapeExplorer(W.VBox):
             return
         self.message.value = "computing…"
         self.landscapes = self._compute()
-        fig = plots.landscape_pair(*self.landscapes, colour_by=self.colour.value,
-                                   class_names=list(self.data.classes))
+        names = list(self.data.classes)
+        if self.clean_only:
+            fig = _landscape_figure(self.landscapes[0], self.colour.value, names)
+        else:
+            fig = plots.landscape_pair(*self.landscapes, colour_by=self.colour.value,
+                                       class_names=names)
         rc, rt = self._curve()
         curve = plots.smoothness_curves(rc, rt, title="W<sub>σ</sub> against σ for this input")
         _replace(self.plane, fig)
         _replace(self.curve, curve)
         j = self.index.value
-        names, mid = self.data.classes, self.resolution // 2
+        mid = self.resolution // 2
+        if self.clean_only:
+            lab = int(self.inputs[1][j])
+            self.message.value = (f"input {j} (test image {int(self.inputs[2][j])}): true class "
+                                  f"{names[lab]} · predicted "
+                                  f"{names[int(self.landscapes[0].predicted[mid, mid])]}")
+            return
         lab, want = int(self.pairs.labels[j]), int(self.pairs.targets[j])
         self.message.value = (f"input {j}: true class {names[lab]} · "
                               f"clean → {names[int(self.landscapes[0].predicted[mid, mid])]} · "
