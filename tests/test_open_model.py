@@ -195,7 +195,7 @@ def test_torchscript_needs_trust(torchscript_file, digits, digits_run):
         warnings.simplefilter("ignore", FutureWarning)
         run = open_model(torchscript_file, digits, trigger=Patch(size=3), target=0,
                          trust_torchscript=True, device="cpu")
-    assert run.format == "torchscript"
+    assert run.format == "torchscript" and run.architecture == "SmallCNN"
     assert isinstance(run.model, torch.jit.ScriptModule)
     assert run.clean_accuracy == pytest.approx(digits_run.clean_accuracy)
     assert run.attack_success_rate == pytest.approx(digits_run.attack_success_rate)

@@ -683,6 +683,8 @@ def open_model(model, data, trigger=None, target=None, architecture=None, *, pre
     arch = (type(model).__name__ if loaded is None else
             (loaded.info.get("architecture", loaded.model_name)
              if isinstance(loaded, BackdoorBenchResult) else loaded.architecture))
+    if fmt == "torchscript":  # the class it was scripted or traced from, as TorchScript records it
+        arch = getattr(loaded.model, "original_name", None) or arch
     if isinstance(loaded, BackdoorBenchResult):
         if trigger is not None:
             raise ValueError(f"`trigger` must be None for BackdoorBench file {loaded.path}: it "
