@@ -8,6 +8,7 @@ from scipy import ndimage, stats
 from sklearn.metrics import roc_auc_score, roc_curve
 from torch import nn
 
+from workbench.reports import detection_report
 import workbench as wb
 from workbench import detection as D
 from workbench.detection import compare_detectors, roc_analysis, strip_entropy
@@ -825,12 +826,12 @@ def test_detection_study_refuses_bad_choices_before_training(monkeypatch):
         paper.detection_study(model="small-cnn", methods=("strip", "ibd-psc"))
     with pytest.raises(ValueError, match="`methods` must be one of"):
         paper.detection_study(methods=("strip", "spectral"))
-    assert D.main(["--attacks", "Patch", "--n", "1"]) == 2  # n >= 2: an error line, no work
+    assert detection_report.main(["--attacks", "Patch", "--n", "1"]) == 2  # n >= 2: an error line, no work
 
 
 def test_detection_command_writes_the_report(tmp_path, capsys):
     out = tmp_path / "det.html"
-    assert D.main(["--attacks", "Patch", "--methods", "strip", "scale-up", "--n", "20",
+    assert detection_report.main(["--attacks", "Patch", "--methods", "strip", "scale-up", "--n", "20",
                    "--samples", "4", "--boot", "20", "--out", str(out), "--quiet"]) == 0
     assert out.exists() and len(json.loads(out.with_suffix(".json").read_text())) == 2
     assert "strip" in capsys.readouterr().out
@@ -850,7 +851,7 @@ def test_the_detection_study_covers_every_attack_of_the_atlas():
                     else atlas.attack_rates(a, ds)[1])
             assert rate == want and 0 < rate <= 1, (ds, a)
     # the command offers every attack: a new one passes argparse and is stopped by the n check
-    assert D.main(["--attacks", "Patch/all-to-all", "InputAware", "--n", "1"]) == 2
+    assert detection_report.main(["--attacks", "Patch/all-to-all", "InputAware", "--n", "1"]) == 2
     with pytest.raises(ValueError, match="no trigger without its training"):
         paper.detection_trigger("InputAware")
     with pytest.raises(ValueError, match="`attack` must be one of 'Patch'"):

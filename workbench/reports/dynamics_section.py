@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import plots
-from .report import ci
+from .report import ci, verdict_span
 
 
 def first_epochs(dyn: list[dict]) -> tuple[int | None, int | None]:

@@ -12,7 +12,7 @@ from .report import ci, percent, pval
 from ..estimator.stats import spearman_ci
 from ..studies.sweep import (check_table, current_rows,
                              latest_per_run)
-from .report import direction, runs_phrase
+from .report import direction, runs_phrase, verdict_span
 
 
 # A trained run is named by `sweep.RUN_COLUMNS` (dataset, attack, trigger, poisoning, target mode,
