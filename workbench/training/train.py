@@ -593,7 +593,3 @@ def _train(data: Dataset, trigger: Trigger, cfg: TrainConfig, device, progress, 
                        history[-1]["attack_success_rate"], history,
                        poisoned.poison_indices.tolist(), seconds, environment(),
                        cover_indices=poisoned.cover_indices.tolist())
-
-
-# The names before issue 19 made them public, for callers not yet updated (tests/test_triggers.py).
-_prepare = prepare_run
