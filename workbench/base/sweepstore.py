@@ -23,7 +23,9 @@ Its guarantees, for several sweeps (processes) appending to one table at once:
   something else deleted rows);
 - a sweep claims each point it computes (`claim`: a row of `claims` naming its process: id, start
   time, host); other sweeps skip it and read its row when it is done. A claim dies with its
-  process: one whose process is gone, or whose id a later process reuses, is free again;
+  process: one whose process is gone (or has exited, not yet reaped), or whose id a later process
+  reuses, is free again (the start time is read from /proc on Linux; elsewhere the id alone
+  tells, so a reused id holds a dead sweep's claim until that other process ends);
 - one machine: SQLite's WAL mode needs every process of a store on one host (not a network
   filesystem). A Dask sweep's workers return their rows to the sweep's process, which alone
   writes them; a claim made on another host is refused with SweepFileError.
