@@ -137,3 +137,85 @@ def _shutdown_kernels(url, token):
     for sess in json.loads(urllib.request.urlopen(req, timeout=10).read()):
         urllib.request.urlopen(urllib.request.Request(
             f"{url}/api/sessions/{sess['id']}?token={token}", method="DELETE"), timeout=30)
+
+
+OPENED_NOTEBOOK = [
+    """import tempfile
+from pathlib import Path
+
+import torch
+import workbench as wb
+from workbench.widgets import LandscapeExplorer, SmoothnessExplorer
+
+data = wb.load_dataset("digits")
+trained = wb.train_backdoor(data, trigger=wb.triggers.Patch(size=3), rate=0.05, target=0)
+path = Path(tempfile.mkdtemp()) / "digits_cnn.pt"
+torch.save(trained.model.state_dict(), path)  # a checkpoint as any training script writes it
+run = wb.open_model(path, data, trigger=wb.triggers.Patch(size=3), target=0,
+                    architecture="small-cnn")
+run""",
+    "SmoothnessExplorer(run, run.data, n_inputs=8, n_samples=32)",
+    """suspect = wb.open_model(path, data, architecture="small-cnn")  # no trigger: clean views
+LandscapeExplorer(suspect, suspect.data, resolution=9)""",
+]
+
+
+def test_explorers_draw_a_model_opened_from_a_state_dict(lab, browser, artifacts):
+    """Issue 21: a state dict saved by the notebook, opened through open_model's generic path,
+    in SmoothnessExplorer (with its trigger: clean and triggered curves) and LandscapeExplorer
+    (without a trigger: one clean map and the note saying why the paired views are disabled),
+    drawn by JupyterLab in Chromium."""
+    import nbformat
+    from nbformat.v4 import new_code_cell, new_notebook
+
+    url, token = lab
+    name = "opened_model.ipynb"
+    nb = new_notebook(cells=[new_code_cell(src) for src in OPENED_NOTEBOOK], metadata={
+        "kernelspec": {"display_name": "Python 3 (ipykernel)", "language": "python",
+                       "name": "python3"}})
+    body = json.dumps({"type": "notebook", "format": "json",
+                       "content": json.loads(nbformat.writes(nb))}).encode()
+    urllib.request.urlopen(urllib.request.Request(
+        f"{url}/api/contents/{name}?token={token}", data=body, method="PUT",
+        headers={"Content-Type": "application/json"}), timeout=30)
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.goto(f"{url}/lab/workspaces/opened/tree/{name}?token={token}&reset", timeout=120_000)
+    page.wait_for_selector(".jp-Notebook", timeout=120_000)
+    page.wait_for_function("() => window.jupyterapp?.shell.currentWidget?.sessionContext?.session"
+                           "?.kernel?.status === 'idle'", timeout=120_000)
+    page.evaluate("() => { window.jupyterapp.commands.execute('notebook:run-all-cells'); }")
+    page.wait_for_function(
+        f"""() => {{
+            const prompts = [...document.querySelectorAll('.jp-CodeCell .jp-InputPrompt')]
+                .map(p => p.textContent.trim());
+            const done = prompts.filter(t => /^\\[\\d+\\]:$/.test(t)).length;
+            const k = window.jupyterapp.shell.currentWidget?.sessionContext?.session?.kernel;
+            return done >= {len(OPENED_NOTEBOOK)} && !!k && k.status === 'idle';
+        }}""", timeout=300_000, polling=1000)
+    panels = page.locator(".workbench-panel")
+    # both panels drawn: two figures each, every one holding traces
+    page.wait_for_function(
+        """() => [...document.querySelectorAll('.workbench-panel')].length === 2 &&
+                 [...document.querySelectorAll('.workbench-panel .js-plotly-plot')]
+                     .filter(el => (el.data || []).length > 0).length === 4""",
+        timeout=60_000, polling=500)
+    page.wait_for_timeout(1500)
+    page.screenshot(path=str(artifacts / "browser-opened-model.png"), full_page=True)
+    text = page.inner_text(".jp-Notebook")
+    assert "Error displaying widget" not in text and "Traceback" not in text
+    assert "OpenedRun(" in text and "state dict small-cnn" in text
+    traces = lambda panel, i: panel.locator(".js-plotly-plot").nth(i).evaluate(  # noqa: E731
+        "el => el.data.map(t => [t.type, t.name || ''])")
+    smooth, land = panels.nth(0), panels.nth(1)
+    names = " ".join(n for _, n in traces(smooth, 0))
+    assert "clean" in names and "triggered" in names  # the paired curves of the opened run
+    assert "smoothing gap" in smooth.inner_text()
+    smooth.screenshot(path=str(artifacts / "browser-opened-model-smoothness.png"))
+    assert [t for t, _ in traces(land, 0)].count("heatmap") == 1  # the clean map alone
+    assert "triggered" not in " ".join(n for _, n in traces(land, 1))
+    land_text = land.inner_text()
+    assert "this model was opened without a trigger" in land_text
+    assert "trigger direction and the triggered twin are disabled" in land_text
+    land.screenshot(path=str(artifacts / "browser-opened-model-landscape.png"))
+    page.close()
+    _shutdown_kernels(url, token)
