@@ -654,6 +654,8 @@ def test_attack_panel_refuses_an_opened_run(digits, digits_run):
         AttackPanel(digits, trigger=run.trigger)  # a PairedTrigger: only its own test images
     with pytest.raises(ValueError, match="`trigger` must be a trigger AttackPanel can train"):
         AttackPanel(digits, trigger=FunctionTrigger(lambda b: Patch(size=3)(b)))
+    with pytest.raises(TypeError, match="`trigger` must be None, a TriggerDesigner or a workbench"):
+        AttackPanel(digits, trigger=lambda b: b)
 
 
 def test_plain_functions_are_triggers_for_pairs_and_landscapes(digits, digits_run):
