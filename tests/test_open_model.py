@@ -680,3 +680,15 @@ def test_plain_functions_are_triggers_for_pairs_and_landscapes(digits, digits_ru
     with pytest.raises(TypeError, match="`trigger` must be a workbench.triggers.Trigger .* or a "
                                         "function"):
         wb.triggered_pairs(digits.x_test, digits.y_test, "patch", 0, n=8)
+
+
+def test_training_refuses_triggers_that_cannot_name_a_run(digits):
+    """Two different functions wrapped as triggers had the same run-cache key (their config only
+    names the function): training with one could hand back the other's cached model."""
+    import workbench as wb
+    from workbench.triggers import FunctionTrigger
+
+    for fn in (lambda x: x.clamp(0, 0.5), FunctionTrigger(lambda x: x.clamp(0, 0.4))):
+        with pytest.raises(TypeError, match="cannot name a trained run"):
+            wb.train_backdoor(digits, trigger=FunctionTrigger(fn) if callable(fn) and not
+                              isinstance(fn, FunctionTrigger) else fn, rate=0.05, progress=False)

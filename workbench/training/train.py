@@ -43,7 +43,8 @@ from ..base.models import MODELS, build_model, check_model_input, default_device
 from ..attacks.poison import (POISONING_MODES, TARGET_MODES, PoisonedSet, TriggeredPairs, attack_targets,
                               check_attack, check_pgd, check_rate, make_generator, poison_dataset,
                               triggered_pairs)
-from ..attacks.triggers import Patch, Pixel, Trigger, trigger_from_config
+from ..attacks.triggers import (FunctionTrigger, PairedTrigger, Patch, Pixel, Trigger,
+                               trigger_from_config)
 
 # Bump when training code changes results, so old cached runs are not reused. 3: keys cover the
 # data's fingerprint and the workbench version; run.json records the weights' checksum.
@@ -458,6 +459,13 @@ def prepare_run(data, trigger, rate, target, model, epochs, seed, batch_size, lr
     trigger = Patch(size=3) if trigger is None else trigger
     if not isinstance(trigger, Trigger):
         raise TypeError(f"`trigger` must be a workbench.triggers.Trigger; got {type(trigger).__name__}.")
+    if isinstance(trigger, (FunctionTrigger, PairedTrigger)):
+        # their configs name a function or count images, not what they compute: two different
+        # functions would share a cache key and one would get the other's cached model
+        raise TypeError(f"`trigger` must be a trigger the workbench can rebuild from its config "
+                        f"to train with (a workbench.triggers class); got {trigger!r}, which "
+                        "triggers a model opened from elsewhere (open_model) but cannot name a "
+                        "trained run.")
     rate = check_float("rate", rate, 0.0, 1.0)
     target = check_int("target", target, 0, data.num_classes - 1)
     check_choice("model", model, MODELS)
