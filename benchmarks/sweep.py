@@ -82,6 +82,7 @@ print("ready", flush=True)
 sys.stdin.readline()
 for r in rows:
     store.append(r)
+print("done", flush=True)
 """
 
 
@@ -97,26 +98,28 @@ def bench_store(args) -> None:
     n = args.rows
     out = {}
 
-    # one writer, n appends
-    def one_writer(kind: str, export: bool = False) -> float:
-        path = tmp / f"one-{kind}-{int(export)}.csv"
-        store = old._Store(path) if kind == "csv" else sweepstore.SweepStore(path)
-        t = time.perf_counter()
-        for i in range(n):
+    # one writer, n appends; the three stores interleaved row by row, so that a change of the
+    # machine's load (other processes' disk writes) weighs on each alike
+    paths = {k: tmp / f"one-{k}.csv" for k in ("csv", "sqlite", "sqlite+export")}
+    stores = {"csv": old._Store(paths["csv"]), "sqlite": sweepstore.SweepStore(paths["sqlite"]),
+              "sqlite+export": sweepstore.SweepStore(paths["sqlite+export"])}
+    spent = dict.fromkeys(stores, 0.0)
+    for i in range(n):
+        for k, store in stores.items():
+            t = time.perf_counter()
             store.append(made_up_row(f"k{i}"))
-            if export:
+            if k == "sqlite+export":
                 store.export(full=False)  # as run_sweep does after each row
-        dt = time.perf_counter() - t
-        assert len(sweepstore.read_table(path)) == n
-        return rate(n, dt)
-
-    out["append, 1 writer"] = (one_writer("csv"), one_writer("sqlite"))
-    out["append + CSV export, 1 writer"] = (out["append, 1 writer"][0],
-                                            one_writer("sqlite", export=True))
+            spent[k] += time.perf_counter() - t
+    for k, path in paths.items():
+        assert len(sweepstore.read_table(path)) == n, k
+    out["append, 1 writer"] = (rate(n, spent["csv"]), rate(n, spent["sqlite"]))
+    out["append + the sweep's CSV export, 1 writer"] = (rate(n, spent["csv"]),
+                                                        rate(n, spent["sqlite+export"]))
 
     # several writers at once
     def writers(kind: str) -> float:
-        path = tmp / f"many-{kind}.csv"
+        path = Path(tempfile.mkdtemp(dir=tmp)) / "many.csv"
         procs = [subprocess.Popen([sys.executable, "-c", WRITER, kind, str(path), str(n), f"w{w}",
                                    str(old_file), str(Path(__file__).parent)],
                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
@@ -127,15 +130,21 @@ def bench_store(args) -> None:
         for p in procs:
             p.stdin.write("go\n")
             p.stdin.flush()
+        for p in procs:  # the last row written, not the interpreter's exit
+            assert p.stdout.readline().strip() == "done"
+        dt = time.perf_counter() - t
         for p in procs:
             assert p.wait() == 0
-        dt = time.perf_counter() - t
         keys = sweepstore.read_table(path)["key"]
         assert len(keys) == n * args.writers and keys.is_unique
         return rate(n * args.writers, dt)
 
-    out[f"append, {args.writers} writer processes at once"] = (
-        writers("csv"), writers("sqlite"))
+    best = {"csv": 0.0, "sqlite": 0.0}
+    for _ in range(2):  # alternated, the best of two each
+        for kind in best:
+            best[kind] = max(best[kind], writers(kind))
+    out[f"append, {args.writers} writer processes at once (best of 2)"] = (best["csv"],
+                                                                           best["sqlite"])
 
     # reading a table of m rows
     m = args.read_rows
