@@ -44,6 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from workbench.base import sweepstore
 import workbench as wb
 from workbench import detection, experiments, landscape, patterns, poison, sweep, train, triggers
 from workbench.triggers import Blend, Checkerboard, PatternPatch, Patch, Pixel, Sinusoid, Warp
@@ -141,7 +142,7 @@ class Env:
         if not p.exists():
             row = {c: "" for c in sweep.COLUMNS}
             row.update(key="0123456789ab", dataset="digits", rate=0.05)
-            p.write_bytes(sweep._HEADER + sweep._csv_line(row))
+            p.write_bytes(sweepstore.CSV_HEADER + sweepstore.csv_line(row))
         return p
 
 

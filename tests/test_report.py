@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from workbench.base import sweepstore
 import workbench as wb
 from workbench import cli, paper
 from workbench import sweep as sw
@@ -42,7 +43,7 @@ def small_report(tmp_path_factory, digits):
     d = tmp_path_factory.mktemp("report")
     table = sw.run_sweep(sw.SweepGrid(**GRID), d / "sweep.csv", max_workers=1, progress=False)
     # a row of an older row format in the same table: read, never used
-    mixed = pd.concat([table, sw._frame([_stale_row(table.to_dict("records")[2])])],
+    mixed = pd.concat([table, sweepstore.rows_frame([_stale_row(table.to_dict("records")[2])])],
                       ignore_index=True)
     dyn = smoothing_dynamics(wb.load_dataset("digits", max_train=400), epochs=3, sigmas=SIGMAS,
                              n_pairs=6, n_samples=8)
@@ -120,7 +121,7 @@ def test_a_table_of_older_rows_only_is_refused_before_any_study(tmp_path, small_
 
 
 def test_attack_strength_table_sorts_numerically_and_rounds():
-    rows = sw._frame([{c: () if sw.COLUMN_TYPES[c] == "floats" else 0 for c in sw.COLUMNS} | {
+    rows = sweepstore.rows_frame([{c: () if sw.COLUMN_TYPES[c] == "floats" else 0 for c in sw.COLUMNS} | {
         "key": k, "row_format": sw.ROW_FORMAT, "dataset": "digits", "trigger": "t", "trigger_type": "Patch",
         "trigger_size": 3, "rate": rate, "model": "small-cnn", "epochs": 30, "gap": g,
         "gap_ci_low": g - 0.1, "gap_ci_high": g + 0.1, "p_value": 0.00012, "radius_gap": 0.01,

@@ -745,11 +745,6 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'workbench.sweep' has no attribute {name!r}")
 
 
-# The names tests of other modules still use for what moved to workbench.sweepstore (made public
-# there): tests/test_bad_input.py, test_run_identity.py, test_report.py.
-_HEADER, _csv_line, _frame = CSV_HEADER, csv_line, rows_frame
-_FORMAT3_COLUMNS, _FORMAT4_COLUMNS = FORMAT3_COLUMNS, FORMAT4_COLUMNS
-
 __all__ = ["SweepGrid", "SweepError", "SweepFileError", "run_sweep", "read_table", "write_table",
            "export_csv", "current_rows", "latest_per_run", "run_identity", "default_table",
            "run_point", "point_key", "spearman_ci", "local_executor", "dask_executor",

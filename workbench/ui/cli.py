@@ -71,15 +71,14 @@ def _demo(args) -> int:
 
 
 def _sweep(args) -> int:
-    from ..studies.sweep import SweepError, SweepGrid, read_table, run_sweep
+    from ..studies.sweep import SweepError, SweepGrid, default_table, read_table, run_sweep
 
     if args.atlas:
-        from ..studies.atlas import ATLAS_CSV, ATLAS_DATASETS, ATTACKS
+        from ..studies.atlas import ATLAS_DATASETS, ATTACKS
 
         if args.triggers is not None or args.sizes is not None:
             raise ValueError("`--triggers` and `--sizes` do not apply with --atlas: choose attacks "
                              "with --attacks.")
-        args.out = Path(ATLAS_CSV) if args.out is None else args.out
         grid = SweepGrid(datasets=tuple(args.datasets or ATLAS_DATASETS),
                          attacks=tuple(args.attacks or ATTACKS),
                          rates=tuple(args.rates) if args.rates is not None else None,
@@ -89,7 +88,6 @@ def _sweep(args) -> int:
         if args.attacks:
             raise ValueError("`--attacks` needs --atlas (a grid of attacks); without it the grid "
                              "is --triggers × --sizes.")
-        args.out = Path("reports/sweep.csv") if args.out is None else args.out
         grid = SweepGrid(datasets=tuple(args.datasets or ["digits"]),
                          trigger_types=tuple(args.triggers or ["Patch"]),
                          trigger_sizes=tuple(args.sizes or [2, 3]),
@@ -97,6 +95,8 @@ def _sweep(args) -> int:
                                      [0, 0.001, 0.005, 0.01, 0.02, 0.05, 0.1]),
                          targets=tuple(args.targets), seeds=tuple(args.seeds or [0]),
                          epochs=args.epochs, n_pairs=args.pairs, n_samples=args.samples)
+    # one definition of where a grid's rows go (sweep.default_table: atlas.csv or sweep.csv)
+    args.out = Path(default_table(grid)) if args.out is None else args.out
     executor = None
     if args.dask:
         from distributed import Client
@@ -140,12 +140,12 @@ def _command(args) -> str:
 
 
 def _report(args) -> int:
+    from ..base.sweepstore import table_exists
     from ..reports.paper import paper_report
-
     from ..studies.atlas import ATLAS_CSV
 
     atlas = args.atlas
-    if atlas is None and Path(ATLAS_CSV).exists():  # the atlas sweep's default output, if usable
+    if atlas is None and table_exists(ATLAS_CSV):  # the atlas sweep's default output, if usable
         from ..reports.atlas_section import atlas_rows, has_atlas
         from ..studies.sweep import read_table
 
