@@ -216,3 +216,18 @@ def test_noise_to_target_on_known_answers_and_a_direct_computation(digits, digit
     digits_run.model.train(was_training)
     with pytest.raises(ValueError, match="`sigmas`"):
         atlas.noise_to_target(digits_run, digits, [-0.1])
+
+
+def test_the_registry_is_read_only():
+    """Issue 19: the registry's dicts were mutable: a caller's change to one attack's trigger or
+    rates would move every later run's settings and keys without a word."""
+    a = atlas.ATTACKS["Patch"]
+    with pytest.raises(TypeError):
+        a.trigger["size"] = 5
+    with pytest.raises(TypeError):
+        a.rates["digits"] = (0.1, 0.2)
+    with pytest.raises(TypeError):
+        atlas.ATTACKS["Mine"] = a
+    with pytest.raises(TypeError):
+        atlas.ATTACKS["FTrojan"].trigger_by_dataset["digits"]["magnitude"] = 1.0
+    assert a.trigger_config("digits") == {"type": "Patch", "size": 3}  # a plain dict to change

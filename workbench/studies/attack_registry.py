@@ -41,6 +41,7 @@ The papers (each trigger's and poisoning mode's docstring has the details):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from types import MappingProxyType
 
 import torch
 
@@ -84,6 +85,14 @@ class Attack:
     # reach the bar there; benchmarks/RESULTS.md)
     trigger_by_dataset: dict = field(default_factory=dict)
 
+    def __post_init__(self):
+        # read-only views: the registry is shared by every study, and a caller's change to one
+        # attack's dicts would move every later run's settings (and keys) silently
+        object.__setattr__(self, "trigger", MappingProxyType(dict(self.trigger)))
+        object.__setattr__(self, "rates", MappingProxyType(dict(self.rates)))
+        object.__setattr__(self, "trigger_by_dataset", MappingProxyType(
+            {k: MappingProxyType(dict(v)) for k, v in self.trigger_by_dataset.items()}))
+
     @property
     def kind(self) -> str:
         return self.trigger["type"]
@@ -93,7 +102,7 @@ class Attack:
 
 
 _PATCH_RATES = {"digits": (0.005, 0.05), "fashion-mnist": (0.001, 0.05)}
-ATTACKS = {a.name: a for a in (
+ATTACKS = MappingProxyType({a.name: a for a in (
     Attack("Patch", "visible patch", "Gu et al. 2017 (BadNets)", {"type": "Patch", "size": 3},
            _PATCH_RATES),
     Attack("Checkerboard", "visible patch", "Gu et al. 2017 (BadNets' pattern)",
@@ -128,7 +137,7 @@ ATTACKS = {a.name: a for a in (
     Attack("Patch/all-to-all", "all-to-all", "Gu et al. 2017 (BadNets, all-to-all)",
            {"type": "Patch", "size": 3}, {"digits": (0.05, 0.2), "fashion-mnist": (0.02, 0.1)},
            target_mode="all-to-all"),
-)}
+)})
 assert all(a.family in FAMILIES for a in ATTACKS.values())
 ATLAS_DATASETS = ("digits", "fashion-mnist")  # the datasets the attacks' rates were measured on
 assert all(set(a.rates) == set(ATLAS_DATASETS) for a in ATTACKS.values())
