@@ -471,6 +471,20 @@ def corrupt(images: torch.Tensor, corruption: str, severity: int, seed: int = 0,
     return _quantize(y) if quantize else y
 
 
+def _brightness(x: torch.Tensor, c: float) -> torch.Tensor:
+    """Brightness as both strength sets define it: c added to the HSV value (clipped at 1), hue
+    and saturation kept."""
+    v = x.amax(1, keepdim=True)  # HSV value
+    v2 = (v + c).clamp(max=1.0)
+    return torch.where(v > 0, x * v2 / v.clamp(min=1e-12), v2.expand_as(x))
+
+
+def _contrast(x: torch.Tensor, c: float) -> torch.Tensor:
+    """Contrast as both strength sets define it: each image's deviation from its mean scaled by c."""
+    m = x.mean((2, 3), keepdim=True)
+    return (x - m) * c + m
+
+
 def _quantize(y: torch.Tensor) -> torch.Tensor:
     """8-bit truncation, as np.uint8 of 255·y (a guard of 10⁻³ of a level: float rounding of a
     value that is an exact level, e.g. 175.99998 for 176, must not lose the level)."""
@@ -715,12 +729,9 @@ def _corrupt_imagenet_c(x: torch.Tensor, name: str, severity: int, seed: int) ->
                                  torch.from_numpy(zoom_matrix(w, z)).to(x)) for z in factors)
         y = y / (len(factors) + 1)
     elif name == "brightness":
-        v = x.amax(1, keepdim=True)  # HSV value; hue and saturation kept
-        v2 = (v + c).clamp(max=1.0)
-        y = torch.where(v > 0, x * v2 / v.clamp(min=1e-12), v2.expand_as(x))
+        y = _brightness(x, c)
     elif name == "contrast":
-        m = x.mean((2, 3), keepdim=True)
-        y = (x - m) * c + m
+        y = _contrast(x, c)
     elif name == "elastic":
         dx, dy = elastic_fields(rand(n, 1, h, w), rand(n, 1, h, w), c)
         y = elastic_imagenet_c(x, dx.to(x.device), dy.to(x.device))
@@ -789,12 +800,9 @@ def _corrupt_cifar10_c(x: torch.Tensor, name: str, severity: int, seed: int) -> 
         base = _identity_grid(n, h, w, x.dtype, x.device)
         y = (x + sum(_sample_grid(x, base / float(z)) for z in zooms)) / (len(zooms) + 1)
     elif name == "brightness":
-        v = x.amax(1, keepdim=True)  # HSV value; hue and saturation kept
-        v2 = (v + c).clamp(max=1.0)
-        y = torch.where(v > 0, x * v2 / v.clamp(min=1e-12), v2.expand_as(x))
+        y = _brightness(x, c)
     elif name == "contrast":
-        m = x.mean((2, 3), keepdim=True)
-        y = (x - m) * c + m
+        y = _contrast(x, c)
     elif name == "elastic":
         field = _blur(rand(n, 2, h, w) * 2 - 1, h / 8)
         field = field / field.flatten(1).abs().amax(1).clamp(min=1e-12).view(n, 1, 1, 1)
