@@ -21,6 +21,10 @@ from .report import ci, table_html, write_report
 from ..training.train import environment
 from ..studies.detection_study import DETECTION_ATTACKS, DETECTION_MODEL, detection_atlas
 from .report import verdict_span
+from ..studies.detection_seeds import CLEAN_MODELS, DEFAULT_OUT, load_study, run_study
+from .detection_seeds_section import write_seeds_report
+
+DATASETS_STUDIED = ("digits", "fashion-mnist")  # the multi-seed study's default datasets
 
 
 def detection_table(atlas: list[dict], metric: str = "auc") -> list[dict]:
@@ -238,11 +242,15 @@ def detection_rows(dets: list) -> list[dict]:
 
 
 def main(argv=None) -> int:
-    """`python -m workbench.detection`: the full detection study (`detection_report`)."""
+    """`python -m workbench.detection`: the full detection study (`detection_report`), or with
+    `--seeds`, the multi-seed study (`workbench.detection_seeds`, resumable) and its report."""
     p = argparse.ArgumentParser(prog="python -m workbench.detection",
                                 description="Every detector on every attack: "
-                                            "reports/detection.html and .json")
-    p.add_argument("--datasets", nargs="+", default=["digits"], choices=DATASETS)
+                                            "reports/detection.html and .json; with --seeds, "
+                                            "several trained models per attack and clean models "
+                                            "(reports/detection-seeds.html, .md, .json)")
+    p.add_argument("--datasets", nargs="+", default=None, choices=DATASETS,
+                   help="default: digits; with --seeds: digits fashion-mnist")
     p.add_argument("--attacks", nargs="+", default=list(DETECTION_ATTACKS),
                    choices=DETECTION_ATTACKS, metavar="ATTACK",
                    help="attacks of the atlas (default: all): " + ", ".join(DETECTION_ATTACKS))
@@ -251,13 +259,29 @@ def main(argv=None) -> int:
     p.add_argument("--n", type=int, default=200, help="clean and triggered inputs per attack")
     p.add_argument("--samples", type=int, default=64, help="W_σ samples per input and σ")
     p.add_argument("--boot", type=int, default=1000, help="bootstrap resamples")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, default=Path("reports/detection.html"))
+    p.add_argument("--seed", type=int, default=0, help="the inputs' and detectors' draws "
+                   "(one model per attack, seed 0)")
+    p.add_argument("--seeds", nargs="+", type=int, default=None, metavar="SEED",
+                   help="the multi-seed study: one model per attack and seed (e.g. 0 1 2), the "
+                        "detectors' draws seeded alike, plus clean models for the model-level "
+                        "test; resumable (finished jobs are kept in --study-dir)")
+    p.add_argument("--workers", type=int, default=1, help="worker processes (--seeds)")
+    p.add_argument("--no-clean", action="store_true", help="no clean models (--seeds)")
+    p.add_argument("--study-dir", type=Path, default=DEFAULT_OUT,
+                   help=f"the multi-seed study's jobs (default {DEFAULT_OUT})")
+    p.add_argument("--report-only", action="store_true",
+                   help="write the multi-seed report from the finished jobs, computing nothing")
+    p.add_argument("--out", type=Path, default=None,
+                   help="default reports/detection.html; with --seeds "
+                        "reports/detection-seeds.html")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
+    if args.seeds is not None:
+        return _seeds_main(args)
+    out = args.out or Path("reports/detection.html")
     try:
-        atlas = detection_report(args.out, tuple(args.datasets), tuple(args.attacks), args.n,
-                                 args.seed, args.samples, tuple(args.methods), args.model,
+        atlas = detection_report(out, tuple(args.datasets or ["digits"]), tuple(args.attacks),
+                                 args.n, args.seed, args.samples, tuple(args.methods), args.model,
                                  args.boot, progress=not args.quiet)
     except (ValueError, TypeError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -268,7 +292,32 @@ def main(argv=None) -> int:
         return 130
     for row in detection_table(atlas):
         print("  ".join(f"{k} {v}" for k, v in row.items()))
-    print(f"report               {args.out}")
+    print(f"report               {out}")
+    return 0
+
+
+def _seeds_main(args) -> int:
+    out = args.out or Path("reports/detection-seeds.html")
+    kw = dict(datasets=tuple(args.datasets or DATASETS_STUDIED), attacks=tuple(args.attacks),
+              seeds=tuple(args.seeds), clean_models=() if args.no_clean else CLEAN_MODELS,
+              n=args.n, n_samples=args.samples, methods=tuple(args.methods),
+              n_boot=args.boot, model=args.model)
+    t0 = time.perf_counter()
+    try:
+        if args.report_only:
+            study = load_study(args.study_dir, **kw)
+        else:
+            study = run_study(args.study_dir, workers=args.workers, progress=not args.quiet, **kw)
+        write_seeds_report(study, out, seconds=time.perf_counter() - t0)
+    except (ValueError, TypeError, FileNotFoundError, RuntimeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: finished jobs are kept; run the same command again to resume",
+              file=sys.stderr)
+        return 130
+    print(f"jobs finished        {len(study['records'])} ({len(study['missing'])} missing)")
+    print(f"report               {out} (and .md, .json)")
     return 0
 
 

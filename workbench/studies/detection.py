@@ -68,6 +68,9 @@ from ..estimator.sampling import (check_model as _check_model, check_model_input
                                   model_device as _model_device)
 from ..estimator.smoothness import estimate_smoothness
 
+# Bump when a detector's or model statistic's scores change for the same inputs and settings
+# (results of the multi-seed study record it: `workbench.detection_seeds`).
+DETECTION_VERSION = 1
 METHODS = ("strip", "strip-mean", "scale-up", "teco", "ibd-psc", "w-mean", "w-radius", "w-consistency",
            "w-knee", "w-class")
 DEFAULT_METHODS = ("strip", "w-mean", "w-radius")  # compare_detectors' methods before `methods=`

@@ -8,6 +8,7 @@ import time
 import numpy as np
 
 from . import atlas as _atlas, detection
+from .attack_registry import training_args
 from ..base._validate import check_choice, check_int
 from ..base.data import DATASET_SHAPES, DATASETS, load_dataset
 from .detection import METHODS, compare_detectors
@@ -63,17 +64,24 @@ def detection_rate(dataset: str, attack: str) -> float:
     return float(_atlas.attack_rates(attack, dataset)[1])
 
 
-def detection_run(data, attack: str, model: str = DETECTION_MODEL, progress: bool = False):
-    """The backdoored model of `attack` in the detection study (a cached run; target 0, seed 0):
-    an original attack through `train_backdoor` at `detection_rate`, any other through
-    `atlas.train_attack` at its strong rate (crafted triggers crafted on the clean model,
-    InputAware trained jointly, Fashion-MNIST on the atlas's training subset)."""
+def detection_run(data, attack: str, model: str = DETECTION_MODEL, progress: bool = False,
+                  seed: int = 0):
+    """The backdoored model of `attack` in the detection study (a cached run; target 0): an
+    original attack through `train_backdoor` at `detection_rate`, any other through
+    `atlas.train_attack` at its strong rate (crafted triggers crafted on the clean model of the
+    same seed, InputAware trained jointly). `seed`: the model's (initialisation, poisoned
+    images, data order, crafting). Every model trains with the atlas's budget for the dataset
+    (`atlas.training_args`: Fashion-MNIST on the first 20,000 training images; until issue 20 the
+    original six trained on all 60,000 there), the budget of the clean models the model-level
+    test compares them with (`workbench.detection_seeds`)."""
     check_choice("attack", attack, DETECTION_ATTACKS)
+    seed = check_int("seed", seed, low=0)
     if attack in DETECTION_ORIGINAL:
         return train_backdoor(data, trigger=detection_trigger(attack),
                               rate=detection_rate(data.name, attack), target=0, model=model,
+                              seed=seed, max_train=training_args(data.name).get("max_train"),
                               progress=progress)
-    return _atlas.train_attack(data, attack, rate=None, seed=0, model=model, progress=progress)
+    return _atlas.train_attack(data, attack, rate=None, seed=seed, model=model, progress=progress)
 
 
 def detection_attack(run) -> str:
@@ -104,11 +112,14 @@ def check_detection_args(dataset, attacks, n, seed, n_samples, methods, model, n
 
 
 def detection_measure(data, run, attack: str, n: int = 200, seed: int = 0, n_samples: int = 64,
-                      methods=METHODS, n_boot: int = 1000) -> dict:
+                      methods=METHODS, n_boot: int = 1000, evaluation: str = "all") -> dict:
     """Every detector in `methods` on `run`'s model: `n` clean test inputs the attack applies to
     (`run.triggered_pairs`: classes other than the target, or every class for an all-to-all run)
-    against their triggered twins; the held-out rest of the test set is the clean pool. Returns
-    the study's entry for it (the run's settings, clean accuracy, ASR, "results")."""
+    against their triggered twins; the held-out rest of the test set is the clean pool (its
+    labels go to IBD-PSC's layer selection, as BackdoorBox's). `evaluation`: "all" (every input:
+    one result per method), "filtered" (correct clean, successful triggered: the toolboxes' set)
+    or "both" (the "all" results, then the "filtered" ones; each says its set and counts).
+    Returns the study's entry for it (the run's settings, clean accuracy, ASR, "results")."""
     check_choice("attack", attack, DETECTION_ATTACKS)
     check_int("n", n, low=2)
     check_int("seed", seed, low=0)
@@ -122,7 +133,9 @@ def detection_measure(data, run, attack: str, n: int = 200, seed: int = 0, n_sam
     mask[pairs.indices.numpy()] = False
     results = compare_detectors(run.model, pairs.clean, pairs.triggered, data.x_test[mask],
                                 default_sigmas(data.name), n_samples=n_samples, seed=seed,
-                                methods=methods, n_boot=n_boot)
+                                methods=methods, n_boot=n_boot, pool_labels=data.y_test[mask],
+                                clean_labels=pairs.labels, target_labels=pairs.targets,
+                                evaluation=evaluation)
     a = _atlas.ATTACKS.get(attack)
     return {"dataset": data.name, "attack": attack, "family": a.family if a else "",
             "poisoning": run.poisoning, "target_mode": run.target_mode,
