@@ -23,6 +23,8 @@ from workbench.models import build_model
 from workbench.smoothness import estimate_smoothness
 from workbench.training.opened import (FunctionTrigger, Normalize, OpenedRun, PairedTrigger,
                                        Preprocessed, as_images, open_model)
+from workbench.training.opened_examples import (SHAPES, coloured_shapes,
+                                                write_backdoorbench_record)
 from workbench.triggers import Patch
 
 CIFAR10_NORM = ((0.4914, 0.4822, 0.4465), (0.247, 0.243, 0.261))  # BackdoorBench's
@@ -225,45 +227,22 @@ def _stamp(img: np.ndarray) -> np.ndarray:
     return out
 
 
+def _stamp_batch(b):
+    """The same white 3x3 patch on (N, C, H, W) batches in [0, 1]."""
+    b[..., -4:-1, -4:-1] = 1.0
+    return b
+
+
 def write_backdoorbench(root, net, x_hwc, y, target=0, version=2, prefix=False, in_ram=False):
-    """An attack result as BackdoorBench's save_attack_result writes it (utils/save_load_attack.py,
-    utils/bd_dataset_v2.py): record/<name>/attack_result.pt, and (version 2) the backdoored test
-    images as PNG files in record/<name>/bd_test_dataset/<true label>/<test index>.png."""
-    save_path = root / "record" / "badnet_demo"
-    save_path.mkdir(parents=True)
-    rel = "./record/badnet_demo/bd_test_dataset"
-    flags = np.zeros(len(y))
-    idx = np.nonzero(y != target)[0]  # all-to-one: every non-target test image
-    flags[idx] = 1
-    state = net.state_dict()
-    if prefix:
-        state = {f"module.{k}": v for k, v in state.items()}
-    if version == 2:
-        data_dict = {}
-        for i in idx:
-            bd_img = _stamp(x_hwc[i])
-            if in_ram:  # save_folder_path=None: PIL images pickled into the file
-                data_dict[np.int64(i)] = (Image.fromarray(bd_img), target, int(y[i]))
-                continue
-            folder = save_path / "bd_test_dataset" / str(int(y[i]))
-            folder.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(bd_img).save(folder / f"{i}.png")
-            data_dict[np.int64(i)] = {"path": f"{rel}/{int(y[i])}/{i}.png",
-                                      "other_info": [target, int(y[i])]}
-        folder_path = None if in_ram else rel
-        bd_test = {"bd_data_container": {"save_folder_path": folder_path, "data_dict": data_dict,
-                                         "save_file_format": ".png"},
-                   "getitem_all": True, "getitem_all_switch": False,
-                   "original_index_array": idx.astype(np.int64), "poison_indicator": flags,
-                   "save_folder_path": folder_path}
-    else:  # version 1, with the images as arrays
-        bd_test = {"x": np.stack([_stamp(x_hwc[i]) for i in idx]), "y": np.full(len(idx), target),
-                   "original_index": np.arange(len(y)), "poison_indicator": flags,
-                   "original_targets": np.asarray(y)}
-    torch.save({"model_name": "preactresnet18", "num_classes": 10, "model": state,
-                "data_path": "./data/cifar10", "img_size": [32, 32, 3], "clean_data": "cifar10",
-                "bd_train": None, "bd_test": bd_test}, save_path / "attack_result.pt")
-    return save_path / "attack_result.pt", idx
+    """An attack result as BackdoorBench's save_attack_result writes it (the library's writer,
+    `write_backdoorbench_record`, shared with notebook 09): record/<name>/attack_result.pt, and
+    (version 2) the backdoored test images as PNG files in
+    record/<name>/bd_test_dataset/<true label>/<test index>.png."""
+    path = write_backdoorbench_record(root / "record" / "badnet_demo", net, x_hwc, y, _stamp_batch,
+                                      target, version=version,
+                                      state_prefix="module." if prefix else "",
+                                      pickled_images=in_ram)
+    return path, np.nonzero(y != target)[0]  # all-to-one: every non-target test image
 
 
 @pytest.fixture(scope="module")
@@ -325,6 +304,60 @@ def test_backdoorbench_with_pickled_images_is_refused(tmp_path, cifar_like):
     with pytest.raises(ck.CheckpointError) as err:
         open_model(path, (x, y), device="cpu")
     assert "`PIL.Image.Image`" in str(err.value) and "pickled PIL images" in str(err.value)
+
+
+def test_backdoorbench_record_all_to_all_grayscale_and_another_model(tmp_path, digits,
+                                                                     digits_run):
+    """The writer's other paths: all-to-all labels, one-channel PNGs, a model BackdoorBench does
+    not name (opened with `architecture=`) and a dataset whose normalisation it does not list
+    (opened with `preprocess=`)."""
+    x8 = (digits.x_test.numpy() * 255).round().astype(np.uint8)  # (N, 1, 16, 16)
+    y = digits.y_test.numpy()
+    patch = Patch(size=3)
+    path = write_backdoorbench_record(tmp_path / "rec", digits_run.model, x8, y, patch,
+                                      "all-to-all", model_name="small-cnn", clean_data="digits")
+    assert len(list((tmp_path / "rec" / "bd_test_dataset").rglob("*.png"))) == len(y)
+    with pytest.raises(ck.CheckpointError, match="'small-cnn' is not one the workbench builds"):
+        open_model(path, (x8, y), device="cpu")
+    with pytest.raises(ValueError, match="`preprocess` must be given for"):
+        open_model(path, (x8, y), architecture="small-cnn", device="cpu")
+    run = open_model(path, (x8, y), architecture="small-cnn", preprocess=((0.0,), (1.0,)),
+                     device="cpu")
+    assert run.target_mode == "all-to-all" and run.data.image_shape == (1, 16, 16)
+    assert run.clean_accuracy == pytest.approx(digits_run.clean_accuracy, abs=0.01)
+    pairs = run.triggered_pairs(run.data.x_test, run.data.y_test, n=5, seed=0)
+    assert torch.equal(pairs.targets, (pairs.labels + 1) % 10)
+    assert torch.equal(pairs.triggered, patch(pairs.clean))  # the clean images are uint8 here
+    # nothing is overwritten; a twin per test image is needed; bad arguments before any work
+    with pytest.raises(FileExistsError, match="already holds an attack_result.pt"):
+        write_backdoorbench_record(tmp_path / "rec", digits_run.model, x8, y, patch, 0)
+    with pytest.raises(ValueError, match="one triggered twin per test image"):
+        write_backdoorbench_record(tmp_path / "r2", digits_run.model, x8, y, x8[:5], 0)
+    with pytest.raises(TypeError, match="`trigger` must be a workbench Trigger"):
+        write_backdoorbench_record(tmp_path / "r2", digits_run.model, x8, y, "patch", 0)
+    with pytest.raises(ValueError, match="`target` must be an int in \\[0, 9\\]"):
+        write_backdoorbench_record(tmp_path / "r2", digits_run.model, x8, y, patch, 10)
+    with pytest.raises(TypeError, match="`model` must be an nn.Module or a state dict"):
+        write_backdoorbench_record(tmp_path / "r2", "model.pt", x8, y, patch, 0)
+    assert not (tmp_path / "r2").exists()
+
+
+def test_coloured_shapes_is_a_seeded_colour_dataset():
+    a = coloured_shapes(n_train=40, n_test=12, seed=3)
+    assert a.x_train.shape == (40, 3, 32, 32) and a.x_test.shape == (12, 3, 32, 32)
+    assert a.classes == SHAPES and a.num_classes == 4
+    assert torch.bincount(a.y_train).tolist() == [10] * 4
+    assert 0 <= float(a.x_train.min()) and float(a.x_train.max()) <= 1
+    assert torch.equal(a.x_train, torch.round(a.x_train * 255) / 255)  # uint8 values, as a PNG
+    assert coloured_shapes(n_train=40, n_test=12, seed=3).fingerprint == a.fingerprint
+    assert coloured_shapes(n_train=40, n_test=12, seed=4).fingerprint != a.fingerprint
+    b = coloured_shapes(n_train=40, n_test=30, seed=3)  # the test split's size leaves train alone
+    assert torch.equal(b.x_train, a.x_train) and torch.equal(b.y_train, a.y_train)
+    assert coloured_shapes(n_train=8, n_test=4, size=16).x_test.shape == (4, 3, 16, 16)
+    with pytest.raises(ValueError, match="`n_train` must be an int"):
+        coloured_shapes(n_train=0)
+    with pytest.raises(TypeError, match="`seed` must be an int"):
+        coloured_shapes(seed=0.5)
 
 
 def test_numpy_arrays_of_numpy_1_and_2_are_read(tmp_path):
