@@ -190,7 +190,7 @@ def test_study_resumes_and_recomputes_only_what_changed(tmp_path, monkeypatch):
     the run cache, and a clean small CNN): a second call computes nothing; other settings, or a
     record with another key, are computed again; a job another worker holds is left to it."""
     args = dict(datasets=("digits",), attacks=("Patch",), seeds=(0,),
-                clean_models=(("small-cnn", (0,)),), progress=False, **_TINY)
+                clean_models=(("small-cnn-bn", (0,)),), progress=False, **_TINY)
     study = ds.run_study(tmp_path, **args)
     assert len(study["records"]) == 2 and not study["missing"]
     patch = next(r for r in study["records"] if r["job"]["kind"] == "attack")
@@ -209,16 +209,16 @@ def test_study_resumes_and_recomputes_only_what_changed(tmp_path, monkeypatch):
     assert [r["key"] for r in again["records"]] == [r["key"] for r in study["records"]]
 
     # a record computed under other settings is not returned, and is the one job redone
-    path = ds.job_path(tmp_path, ds.Job("digits", "clean", "small-cnn", 0))
+    path = ds.job_path(tmp_path, ds.Job("digits", "clean", "small-cnn-bn", 0))
     rec = json.loads(path.read_text())
     rec["key"] = "0" * 20
     path.write_text(json.dumps(rec))
     loaded = ds.load_study(tmp_path, **{k: v for k, v in args.items() if k != "progress"})
-    assert [j.slug for j in loaded["missing"]] == ["clean-small-cnn-seed0"]
+    assert [j.slug for j in loaded["missing"]] == ["clean-small-cnn-bn-seed0"]
     calls = []
     monkeypatch.setattr(ds, "run_job", lambda job, *a, **k: calls.append(job) or rec)
     ds.run_study(tmp_path, **args)
-    assert [j.slug for j in calls] == ["clean-small-cnn-seed0"]
+    assert [j.slug for j in calls] == ["clean-small-cnn-bn-seed0"]
 
     # a claim held by another worker: this one leaves the job alone
     path.unlink()
@@ -226,7 +226,7 @@ def test_study_resumes_and_recomputes_only_what_changed(tmp_path, monkeypatch):
     with ds._Claim(path.with_suffix(".claim")) as mine:
         assert mine
         st = ds.study_settings(**_TINY)
-        assert ds._work(tmp_path, [ds.Job("digits", "clean", "small-cnn", 0)], st, False,
+        assert ds._work(tmp_path, [ds.Job("digits", "clean", "small-cnn-bn", 0)], st, False,
                         None) == 0
     assert calls == [] and not path.exists()
 
@@ -244,3 +244,33 @@ def test_command_line_writes_the_seeds_report_from_finished_jobs(tmp_path, capsy
     assert "Family verdicts" in md and "fewer than 3 seeds" in md
     assert json.loads((tmp_path / "seeds.json").read_text())["settings"]["n"] == 20
     assert "Detection over seeds" in (tmp_path / "seeds.html").read_text()
+    tables = sec.read_seeds_tables(tmp_path / "seeds.json")["tables"]
+    assert tables["auc all"][0]["attack"] == "Patch" and "strip" in tables["auc all"][0]
+
+
+def test_reading_a_summary_refuses_what_is_not_one(tmp_path):
+    with pytest.raises(FileNotFoundError, match="--seeds"):
+        sec.read_seeds_tables(tmp_path / "none.json")
+    (tmp_path / "x.json").write_text('{"rows": []}')
+    with pytest.raises(ValueError, match="not a detection-seeds summary"):
+        sec.read_seeds_tables(tmp_path / "x.json")
+
+
+def test_the_reports_detection_finding_ranks_only_from_the_seeds_study():
+    from workbench.reports.detection_report import detection_finding
+    from workbench.studies.detection import roc_analysis
+
+    dets = [roc_analysis("strip", [0, 1, 2], [3, 4, 5], n_boot=0),
+            roc_analysis("w-mean", [0, 1, 2], [1, 2, 3], n_boot=0)]
+    f = detection_finding(dets, "digits", "Patch")
+    assert "no ranking: one model" in str(f["verdict"]) and f["measured"].startswith("one model")
+    row = {"dataset": "digits", "family": "visible patch", "best on every seed": "strip",
+           "seeds": 3, "top 3 by mean AUC": "strip 0.99, w-mean 0.80"}
+    f = detection_finding(dets, "digits", "Patch", {"tables": {"rankings all": [row]}})
+    assert "strip best on all 3 seeds (visible patch): not a W_σ score" in str(f["verdict"])
+    row["best on every seed"] = "none holds on every seed"
+    f = detection_finding(dets, "digits", "Patch", {"tables": {"rankings all": [row]}})
+    assert "no detector is best on all 3 seeds" in str(f["verdict"])
+    # another dataset's or family's row is not used
+    f = detection_finding(dets, "fashion-mnist", "Patch", {"tables": {"rankings all": [row]}})
+    assert "no ranking" in str(f["verdict"])

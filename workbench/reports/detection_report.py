@@ -212,21 +212,39 @@ def write_detection_report(atlas: list[dict], out: str | Path = "reports/detecti
     return Path(out)
 
 
-def detection_finding(dets: list, dataset: str, attack: str) -> dict:
+def detection_finding(dets: list, dataset: str, attack: str, seeds: dict | None = None) -> dict:
+    """The report's finding on detection. `dets`: one model's results (seed 0): measured, never
+    ranked. The verdict comes from the multi-seed study (`seeds`: `read_seeds_tables`' summary):
+    the detectors that beat every other on every seed for the attack's family on `dataset`, or
+    that no ranking holds; without a study, no verdict."""
+    dets = [d for d in dets if getattr(d, "evaluation", "all") == "all"]
     best = max(dets, key=lambda d: d.auc)
     w = [d for d in dets if d.method.startswith("w-")]
-    measured = f"best: {best.method} AUC {ci(best.auc, best.auc_ci, signed=False)}"
-    if not w:
-        verdict = verdict_span("no W_σ score measured", "none")
-    else:
+    measured = f"one model: best {best.method} AUC {ci(best.auc, best.auc_ci, signed=False)}"
+    if w:
         bw = max(w, key=lambda d: d.auc)
-        measured += f"; best W_σ score: {bw.method} {ci(bw.auc, bw.auc_ci, signed=False)}"
-        if bw is best:
-            verdict = verdict_span(f"a W_σ score detects best ({bw.method})", "yes")
-        elif bw.auc_ci[1] >= best.auc_ci[0]:
-            verdict = verdict_span(f"W_σ on par with {best.method} (intervals overlap)", "mixed")
+        measured += f"; best W_σ score {bw.method} {ci(bw.auc, bw.auc_ci, signed=False)}"
+    a = _atlas.ATTACKS.get(attack)
+    family = a.family if a else None
+    rows = [] if seeds is None else [r for r in seeds["tables"].get("rankings all", [])
+                                     if r["dataset"] == dataset and r["family"] == family]
+    if not rows:
+        verdict = verdict_span("no ranking: one model (run the multi-seed study, "
+                               "python -m workbench.detection --seeds 0 1 2)", "none")
+    else:
+        row = rows[0]
+        best_all = [m.strip() for m in row["best on every seed"].split(",")] \
+            if row["best on every seed"] != "none holds on every seed" else []
+        n = row["seeds"]
+        if not best_all:
+            verdict = verdict_span(f"no detector is best on all {n} seeds ({family})", "mixed")
+        elif any(m.startswith("w-") for m in best_all):
+            verdict = verdict_span(f"{', '.join(best_all)} best on all {n} seeds ({family})",
+                                   "yes")
         else:
-            verdict = verdict_span(f"{best.method} beats every W_σ score", "no")
+            verdict = verdict_span(f"{', '.join(best_all)} best on all {n} seeds ({family}): "
+                                   "not a W_σ score", "no")
+        measured += f"; over seeds: top {row['top 3 by mean AUC']}"
     return {"finding": f"Detecting triggered inputs by smoothness, {dataset}, {attack}",
             "measured": measured, "verdict": verdict}
 

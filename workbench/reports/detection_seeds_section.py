@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..base.fileio import write_json
+from ..base.fileio import read_json, write_json
 from ..studies.detection import LABELS, MODEL_LABELS
 from ..studies.detection_seeds import (family_verdicts, model_level, rankings, seed_summary,
                                        study_times)
@@ -76,6 +76,44 @@ def model_level_rows(study: dict, negatives: str = "all") -> list[dict]:
                     "backdoored / clean": f"{r['n_backdoored']} / {r['n_clean']}",
                     "escape (seeds)": esc})
     return out
+
+
+def seeds_tables(study: dict) -> dict:
+    """Every table of the report as rows (what `write_seeds_report` keeps in its .json and
+    `read_seeds_tables` gives back): verdicts, rankings and spreads per evaluation set, the
+    model-level AUC (all clean models, and the detection architecture's only), times."""
+    t = {}
+    for ev in ("all", "filtered"):
+        t[f"verdicts {ev}"] = verdict_rows(study, ev)
+        t[f"rankings {ev}"] = ranking_rows(study, ev)
+        t[f"auc {ev}"] = spread_rows(study, ev)
+        t[f"tpr1 {ev}"] = spread_rows(study, ev, "tpr1")
+        t[f"tpr5 {ev}"] = spread_rows(study, ev, "tpr5")
+    t["model level"] = model_level_rows(study)
+    t["model level same architecture"] = model_level_rows(study, "same-architecture")
+    t["times"] = [{k: (round(v) if isinstance(v, float) else v) for k, v in r.items()}
+                  for r in study_times(study)]
+    return t
+
+
+# The study's summary as measured for benchmarks/RESULTS.md (`write_seeds_report`'s .json, kept
+# in the repository so that notebook 07 shows it without the two-hour study).
+RECORDED_SUMMARY = Path(__file__).resolve().parents[2] / "benchmarks" / "detection-seeds.json"
+
+
+def read_seeds_tables(path: str | Path | None = None) -> dict:
+    """The tables of a written study (`write_seeds_report`'s .json: `path`; default the
+    recorded one, RECORDED_SUMMARY) as {"tables": {name: rows}, "settings", "by_dataset",
+    "jobs", "missing", "environment"}. Plain JSON: nothing in the file runs."""
+    path = Path(path) if path is not None else RECORDED_SUMMARY
+    if not path.exists():
+        raise FileNotFoundError(f"no written detection-seeds study at {path}: run "
+                                "`python -m workbench.detection --seeds 0 1 2 --workers 2`.")
+    data = read_json(path, "detection-seeds summary")
+    if not isinstance(data, dict) or not isinstance(data.get("tables"), dict):
+        raise ValueError(f"{path} is not a detection-seeds summary (no 'tables'); got "
+                         f"{type(data).__name__}.")
+    return data
 
 
 def _md_table(rows: list[dict]) -> str:
@@ -158,12 +196,13 @@ def write_seeds_report(study: dict, out: str | Path = "reports/detection-seeds.h
                                      "missing": [j.slug for j in study["missing"]]})
     out.with_suffix(".md").write_text(seeds_markdown(study))
     write_json(out.with_suffix(".json"), {
+        "settings": st, "by_dataset": study.get("by_dataset"), "jobs": len(study["records"]),
+        "missing": [j.slug for j in study["missing"]], "tables": seeds_tables(study),
         "verdicts": {ev: family_verdicts(study, ev) for ev in ("all", "filtered")},
         "rankings": {ev: rankings(study, ev) for ev in ("all", "filtered")},
-        "model_level": model_level(study), "times": study_times(study),
-        "settings": st}, default=str)
+        "model_level": model_level(study), "environment": environment()}, default=str)
     return out
 
 
-__all__ = ["model_level_rows", "ranking_rows", "seeds_markdown", "spread_rows", "verdict_rows",
+__all__ = ["RECORDED_SUMMARY", "read_seeds_tables", "seeds_tables", "model_level_rows", "ranking_rows", "seeds_markdown", "spread_rows", "verdict_rows",
            "write_seeds_report"]

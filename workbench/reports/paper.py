@@ -37,6 +37,7 @@ from .sweep_section import (attack_strength_table, correlation_table, headline, 
                             report_rows, run_settings, sweep_findings)
 from .dynamics_section import dynamics_finding, dynamics_heatmap, first_epochs  # noqa: F401
 from .patterns_section import pattern_findings, pattern_size_rows  # noqa: F401
+from .detection_seeds_section import RECORDED_SUMMARY, read_seeds_tables
 from .detection_report import (detection_costs, detection_families, detection_finding,  # noqa: F401
                                detection_heatmap, detection_report, detection_roc,
                                detection_rows, detection_summary, detection_table,
@@ -49,7 +50,8 @@ from .atlas_section import (atlas_correlations, atlas_findings, atlas_rows,  # n
 def write_paper(table: pd.DataFrame, out: str | Path = "reports/paper.html", *,
                 dynamics: list[dict] | None = None, patterns: dict[int, list] | None = None,
                 detection: tuple | None = None, dataset: str = "digits",
-                provenance: dict | None = None, atlas: pd.DataFrame | None = None) -> dict:
+                provenance: dict | None = None, atlas: pd.DataFrame | None = None,
+                seeds: dict | None = None) -> dict:
     """Write the paper report to `out` (offline HTML) and `out` with .json (the summary) from a
     sweep table (`read_table`'s DataFrame: only rows of this row format are used, one per trained
     run) and the studies' results on `dataset`: `dynamics` (`smoothing_dynamics`' rows),
@@ -58,9 +60,14 @@ def write_paper(table: pd.DataFrame, out: str | Path = "reports/paper.html", *,
     settings that made it (versions are added). `atlas`: the attack atlas's table (`read_table`
     of `python -m workbench sweep --atlas`'s CSV) for the "Attack atlas" section
     (`attack_atlas_section`), its findings and summary["atlas"]; None leaves the section out. An
-    `atlas` without rows of at least two attacks of this row format is refused. Returns the
-    summary."""
+    `atlas` without rows of at least two attacks of this row format is refused. `seeds`: the
+    multi-seed detection study's summary (`read_seeds_tables`): the detection finding's verdict
+    and the rankings and model-level rows of `dataset` come from it; None: the detection section
+    shows one model and states no ranking. Returns the summary."""
     check_table("table", table)
+    if seeds is not None and not (isinstance(seeds, dict) and isinstance(seeds.get("tables"), dict)):
+        raise TypeError("`seeds` must be None or a detection-seeds summary (`read_seeds_tables`); "
+                        f"got {type(seeds).__name__}.")
     if not isinstance(out, (str, Path)):
         raise TypeError(f"`out` must be a str or a Path; got {out!r}.")
     for name, v, kind in (("dynamics", dynamics, list), ("patterns", patterns, dict),
@@ -141,7 +148,7 @@ def write_paper(table: pd.DataFrame, out: str | Path = "reports/paper.html", *,
                                  "tpr_at_5_fpr": round(d.tpr_at_5_fpr, 4),
                                  "ms_per_input": round(1000 * d.seconds_per_input, 3)}
                                 for d in detection]
-        findings.append(detection_finding(detection, dataset, attack))
+        findings.append(detection_finding(detection, dataset, attack, seeds))
         cfg = det_run.config
         sections.append(("Detection", [
             f"<p class='note'>One attack: {html.escape(repr(det_run.trigger))} at "
@@ -151,7 +158,16 @@ def write_paper(table: pd.DataFrame, out: str | Path = "reports/paper.html", *,
             "triggered test inputs; intervals: bootstrap 95%. Every detector on every attack: "
             "<code>python -m workbench.detection</code> (reports/detection.html).</p>",
             table_html(detection_rows(detection)),
-            detection_roc(detection, title=f"Detecting triggered inputs: {dataset}, {attack}")]))
+            detection_roc(detection, title=f"Detecting triggered inputs: {dataset}, {attack}")]
+            + ([] if seeds is None else [
+                f"<h3>Over seeds ({seeds['jobs']} models of the multi-seed study)</h3><p "
+                "class='note'>A detector is named best for a family only if its family AUC is "
+                "above every other's on every seed (all inputs).</p>",
+                table_html([r for r in seeds["tables"]["rankings all"]
+                            if r["dataset"] == dataset]),
+                "<h3>Is this model backdoored? (AUC over models)</h3>",
+                table_html([r for r in seeds["tables"]["model level"]
+                            if r["dataset"] == dataset])])))
     summary["findings"] = [{k: html.unescape(re.sub("<[^>]+>", "", str(v))) for k, v in f.items()}
                            for f in findings]
     sections.insert(0, ("Summary of findings", [
@@ -187,7 +203,8 @@ def write_paper(table: pd.DataFrame, out: str | Path = "reports/paper.html", *,
 def paper_report(sweep_csv: str | Path = "reports/sweep.csv", out: str | Path = "reports/paper.html",
                  dataset: str = "digits", seed: int = 0, n_pairs: int | None = None,
                  n_samples: int | None = None, command: str | None = None,
-                 atlas: str | Path | pd.DataFrame | None = None) -> dict:
+                 atlas: str | Path | pd.DataFrame | None = None,
+                 seeds: str | Path | None = "recorded") -> dict:
     """Write `out` (offline HTML) and `out` with .json (the summary) from a sweep's CSV and the
     dynamics, pattern and detection studies on `dataset` (`write_paper`).
 
@@ -202,10 +219,20 @@ def paper_report(sweep_csv: str | Path = "reports/sweep.csv", out: str | Path = 
     leaves the section out. A path that does not
     exist, or a table without rows of at least two attacks of this row format, is refused before
     any study runs.
+
+    seeds: the multi-seed detection study's summary for the detection verdict: "recorded" (the
+    study in benchmarks/, `RECORDED_SUMMARY`, where present), a path to one
+    (`python -m workbench.detection --seeds ...` writes reports/detection-seeds.json) or None.
     """
     t0 = time.perf_counter()
     check_choice("dataset", dataset, DATASETS)
     check_int("seed", seed, low=0)
+    if seeds == "recorded":
+        seeds = read_seeds_tables() if RECORDED_SUMMARY.exists() else None
+    elif seeds is not None:
+        if not isinstance(seeds, (str, Path)):
+            raise TypeError(f"`seeds` must be None, 'recorded' or a path; got {seeds!r}.")
+        seeds = read_seeds_tables(seeds)
     for name, v in (("n_pairs", n_pairs), ("n_samples", n_samples)):
         if v is not None:
             check_int(name, v, low=4)
@@ -260,7 +287,7 @@ def paper_report(sweep_csv: str | Path = "reports/sweep.csv", out: str | Path = 
     if atlas_source is not None:
         provenance["atlas table"] = atlas_source
     return write_paper(table, out, dynamics=dyn, patterns=measured, detection=dets,
-                       dataset=dataset, atlas=atlas, provenance={
+                       dataset=dataset, atlas=atlas, seeds=seeds, provenance={
                            **provenance,
                            "study seed": seed, "study dataset": dataset,
                            "study settings": settings,

@@ -145,10 +145,11 @@ def detection_measure(data, run, attack: str, n: int = 200, seed: int = 0, n_sam
             "results": results, "seconds": time.perf_counter() - t0}
 
 
-def _detection_entry(data, attack, n, seed, n_samples, methods, model, n_boot, progress):
+def _detection_entry(data, attack, n, seed, n_samples, methods, model, n_boot, progress,
+                     evaluation="all"):
     t0 = time.perf_counter()
     run = detection_run(data, attack, model, progress)
-    entry = detection_measure(data, run, attack, n, seed, n_samples, methods, n_boot)
+    entry = detection_measure(data, run, attack, n, seed, n_samples, methods, n_boot, evaluation)
     entry["detect_seconds"] = entry["seconds"]  # the detectors only
     entry["seconds"] = time.perf_counter() - t0  # training (or loading) included
     return entry, run
@@ -156,14 +157,17 @@ def _detection_entry(data, attack, n, seed, n_samples, methods, model, n_boot, p
 
 def detection_study(dataset: str = "digits", n: int = 200, seed: int = 0, n_samples: int = 64,
                     attack: str = "Patch", methods=METHODS, model: str = DETECTION_MODEL,
-                    n_boot: int = 1000):
+                    n_boot: int = 1000, evaluation: str = "all"):
     """One attack of the detection study (any of DETECTION_ATTACKS, the atlas's attacks): its
-    backdoored model (`detection_run`: a cached run, target 0, at the attack's strong rate) and
-    every detector in `methods` on `n` clean vs `n` triggered test inputs (`detection_measure`,
-    `workbench.detection.compare_detectors`). Returns (run, [DetectionResult, ...])."""
+    backdoored model (`detection_run`: a cached run, target 0, seed 0, at the attack's strong
+    rate) and every detector in `methods` on `n` clean vs `n` triggered test inputs
+    (`detection_measure`, `workbench.detection.compare_detectors`); `evaluation` "all",
+    "filtered" or "both" (`detection_measure`). Returns (run, [DetectionResult, ...]). One model:
+    for conclusions, see the multi-seed study (`workbench.studies.detection_seeds`)."""
     methods = check_detection_args(dataset, (attack,), n, seed, n_samples, methods, model, n_boot)
+    check_choice("evaluation", evaluation, ("all", "filtered", "both"))
     entry, run = _detection_entry(load_dataset(dataset), attack, n, seed, n_samples, methods, model,
-                                  n_boot, False)
+                                  n_boot, False, evaluation)
     return run, entry["results"]
 
 
