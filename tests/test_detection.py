@@ -1,5 +1,6 @@
 import json
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -1285,3 +1286,26 @@ def test_model_scores_refuses_bad_input_with_a_clear_error():
         D.model_scores(NoiseSink(True), (x, y), sigma=0)
     with pytest.raises(ValueError, match=r"`data labels` must be classes of the model \(0…3\); got 7"):
         D.model_scores(NoiseSink(True), (x, torch.full((12,), 7)))
+
+
+def test_every_public_scorer_takes_float64_images_as_compare_detectors_does():
+    """scale_up_score, teco_score and ibd_psc_score failed on float64 images ("expected scalar
+    type Double but found Float"); now each gives the float32 images' scores."""
+    torch.manual_seed(0)
+    model = wb.build_model("small-cnn-bn", 1, 10, (16, 16)).eval()
+    g = torch.Generator().manual_seed(1)
+    x32 = torch.rand(6, 1, 16, 16, generator=g)
+    pool = torch.rand(30, 1, 16, 16, generator=g)
+    x64, pool64 = x32.double(), pool.double()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # IBD-PSC's all-layer fallback on an untrained model
+        np.testing.assert_array_equal(D.scale_up_score(model, x64),
+                                      D.scale_up_score(model, x32))
+        np.testing.assert_array_equal(D.teco_score(model, x64, corruptions=("gaussian_noise", "jpeg")),
+                                      D.teco_score(model, x32, corruptions=("gaussian_noise", "jpeg")))
+        np.testing.assert_allclose(D.ibd_psc_score(model, x64, pool64),
+                                   D.ibd_psc_score(model, x32, pool), rtol=1e-6)
+        np.testing.assert_allclose(D.strip_entropy(model, x64, pool64, n_blend=4),
+                                   D.strip_entropy(model, x32, pool, n_blend=4), rtol=1e-6)
+    assert D.model_dtype(model) == torch.float32
+    assert D.model_dtype(torch.nn.ReLU()) == torch.float32

@@ -251,6 +251,16 @@ def _check_pool(clean_pool, inputs_shape) -> None:
                          f"{tuple(inputs_shape)}; got {tuple(clean_pool.shape[1:])}.")
 
 
+def model_dtype(model: nn.Module) -> torch.dtype:
+    """The floating dtype of `model`'s first floating parameter or buffer (float32 without one):
+    the dtype images are given to it in, so that float64 images work with float32 models (as
+    the estimator takes them) and the reverse."""
+    for t in list(model.parameters()) + list(model.buffers()):
+        if t.is_floating_point():
+            return t.dtype
+    return torch.float32
+
+
 def _logits(model, x, dev, batch_size):
     """Logits of `x` (already on `dev`), in chunks of `batch_size`."""
     return torch.cat([model(x[i:i + batch_size]) for i in range(0, len(x), batch_size)]) \
@@ -352,6 +362,7 @@ def scale_up_score(model: nn.Module, inputs: torch.Tensor, scales=DEFAULT_SCALES
     scales = check_scales("scales", scales)
     check_int("batch_size", batch_size, low=1)
     check_model_input(model, inputs, "inputs")
+    inputs = inputs.to(model_dtype(model))
     dev = _model_device(model)
     s = torch.tensor(scales, dtype=inputs.dtype, device=dev).view(1, -1, 1, 1, 1)
     out = []
@@ -897,6 +908,7 @@ def teco_severities(model: nn.Module, inputs: torch.Tensor, corruptions=TECO_COR
     check_int("batch_size", batch_size, low=1)
     _check_teco_options(strengths, application, quantize)
     check_model_input(model, inputs, "inputs")
+    inputs = inputs.to(model_dtype(model))
     dev = _model_device(model)
     first = np.full((len(inputs), len(corruptions)), max(severities) + 1, dtype=float)
     flipped = np.zeros(first.shape, bool)
@@ -1016,7 +1028,7 @@ def ibd_psc_selection(model: nn.Module, clean_pool: torch.Tensor, labels: torch.
                       stacklevel=2)
     rates, start = [], None
     with preserve_model(model):
-        x = clean_pool.to(dev)
+        x = clean_pool.to(dev, model_dtype(model))
         pred = _logits(model, x, dev, batch_size).argmax(-1)
         ref = labels.to(dev) if (selection == "labels" and labels is not None) else pred
         for k in range(1, n_bn):
@@ -1101,7 +1113,7 @@ def ibd_psc_score(model: nn.Module, inputs: torch.Tensor, clean_pool: torch.Tens
     check_model_input(model, inputs, "inputs")
     dev = _model_device(model)
     with preserve_model(model):
-        x = inputs.to(dev)
+        x = inputs.to(dev, model_dtype(model))
         pred = _logits(model, x, dev, batch_size).argmax(-1)
         conf = torch.zeros(len(x), dtype=torch.float64, device=dev)
         for k in sorted(set(layers)):  # each distinct model once, weighted by its repeats
@@ -1531,7 +1543,8 @@ def compare_detectors(model: nn.Module, clean: torch.Tensor, triggered: torch.Te
         check_images(name, x)
         check_model_input(model, x, name)
     # float64 images too, as the estimator takes them (the models are float32)
-    clean, triggered, clean_pool = clean.float(), triggered.float(), clean_pool.float()
+    dt = model_dtype(model)
+    clean, triggered, clean_pool = clean.to(dt), triggered.to(dt), clean_pool.to(dt)
     for name, x in (("clean", clean), ("triggered", triggered)):
         if not len(x):
             raise ValueError(f"`{name}` must hold at least one image; got none.")
