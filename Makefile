@@ -7,7 +7,7 @@ DEV    := $(VENV)/.installed-dev
 # Progress bars off in tests (headless notebook runs would store every bar in the notebook).
 export TQDM_DISABLE ?= 1
 
-.PHONY: help demo test test-fast lab app bench screenshots clean-runs clean
+.PHONY: help demo test test-fast lab app bench screenshots detection-seeds clean-runs clean
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
 
@@ -51,6 +51,13 @@ bench: $(DEV)  ## run the benchmarks (prints ratios; see benchmarks/RESULTS.md)
 	$(PY) benchmarks/widgets.py
 	$(PY) benchmarks/sweep.py
 	$(PY) benchmarks/cache.py
+
+# The multi-seed detection study (issue 20; about 2 h on 2 cores): in the background, resumable
+# (stop it any time; the same target continues from the finished jobs). Log: reports/detection-seeds.log
+detection-seeds: $(STAMP)  ## every detector on 3 models per attack + 20 clean models per dataset, in the background
+	mkdir -p reports
+	nohup $(PY) -m workbench.detection --seeds 0 1 2 --workers 2 > reports/detection-seeds.log 2>&1 &
+	@echo "started: tail -f reports/detection-seeds.log; report: reports/detection-seeds.html"
 
 screenshots: $(DEV)  ## remake docs/img from the current app (headless Chromium)
 	$(PY) docs/make_screenshots.py
