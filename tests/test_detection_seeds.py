@@ -125,6 +125,7 @@ def test_model_level_auc_matches_sklearn_and_names_the_attacks_that_escape():
     assert rows["w-gap"]["escapes"] == {"Blend": [0, 2]}
     assert rows["w-gap"]["models_per_attack"] == {"Patch": 3, "Blend": 3}
     assert (rows["w-gap"]["n_backdoored"], rows["w-gap"]["n_clean"]) == (6, 20)
+    assert (rows["w-gap"]["target_named"], rows["w-gap"]["target_models"]) == (6, 6)
     # CBD's σ is chosen from the clean models alone: the lowest mean LDP (cbd@0.5 here)
     assert ds.chosen_cbd_sigma(study, "digits") == 0.5
     assert rows["cbd@0.5"]["chosen"] and not rows["cbd@1"]["chosen"]

@@ -74,6 +74,7 @@ def model_level_rows(study: dict, negatives: str = "all") -> list[dict]:
                     "AUC over models [95% CI]": ci(r["auc"], r["auc_ci"], signed=False),
                     "TPR at 5% FPR": _f(r["tpr_at_5_fpr"]),
                     "backdoored / clean": f"{r['n_backdoored']} / {r['n_clean']}",
+                    "target named": f"{r['target_named']} of {r['target_models']}",
                     "escape (seeds)": esc})
     return out
 

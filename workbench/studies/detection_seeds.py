@@ -534,8 +534,9 @@ def model_level(study: dict, n_boot: int = 2000, seed: int = 0,
     the AUC of the statistic separating the backdoored models (every attack × seed: positives)
     from the clean ones (negatives: "all" the clean models, or "same-architecture", those of
     the detection model's architecture), with a bootstrap 95% interval (models resampled within
-    each group), TPR at the threshold flagging at most 5% of the clean models, and per attack
-    the seeds whose model stays at or below that threshold ("escapes")."""
+    each group), TPR at the threshold flagging at most 5% of the clean models, per attack the
+    seeds whose model stays at or below that threshold ("escapes"), and how many all-to-one
+    backdoored models the statistic's suspected class names their target (class 0)."""
     check_choice("negatives", negatives, ("all", "same-architecture"))
     rows = []
     for ds in dict.fromkeys(r["job"]["dataset"] for r in study["records"]):
@@ -556,7 +557,10 @@ def model_level(study: dict, n_boot: int = 2000, seed: int = 0,
             for r in pos:
                 if r["model_scores"][stat]["score"] <= thr:
                     escapes.setdefault(r["job"]["name"], []).append(r["job"]["seed"])
-            rows.append({"dataset": ds, "statistic": stat,
+            one = [r for r in pos if r["run"].get("target_mode", "all-to-one") != "all-to-all"]
+            named = sum(r["model_scores"][stat]["target"] == 0 for r in one)  # the study's target
+            rows.append({"dataset": ds, "statistic": stat, "target_named": named,
+                         "target_models": len(one),
                          "chosen": stat == f"cbd@{chosen:g}", "auc": res.auc,
                          "auc_ci": tuple(res.auc_ci), "tpr_at_5_fpr": res.tpr_at_5_fpr,
                          "n_backdoored": len(t), "n_clean": len(c), "negatives": negatives,
