@@ -160,17 +160,15 @@ LandscapeExplorer(suspect, suspect.data, resolution=9)""",
 ]
 
 
-def test_explorers_draw_a_model_opened_from_a_state_dict(lab, browser, artifacts):
-    """Issue 21: a state dict saved by the notebook, opened through open_model's generic path,
-    in SmoothnessExplorer (with its trigger: clean and triggered curves) and LandscapeExplorer
-    (without a trigger: one clean map and the note saying why the paired views are disabled),
-    drawn by JupyterLab in Chromium."""
+def _run_cells_in_lab(lab, browser, name, cells, n_panels, n_figures):
+    """A notebook of `cells`, written into JupyterLab through its contents API and run there in
+    Chromium until every cell has run, the kernel is idle and `n_panels` workbench panels hold
+    `n_figures` plotly figures with traces between them. Returns the page."""
     import nbformat
     from nbformat.v4 import new_code_cell, new_notebook
 
     url, token = lab
-    name = "opened_model.ipynb"
-    nb = new_notebook(cells=[new_code_cell(src) for src in OPENED_NOTEBOOK], metadata={
+    nb = new_notebook(cells=[new_code_cell(src) for src in cells], metadata={
         "kernelspec": {"display_name": "Python 3 (ipykernel)", "language": "python",
                        "name": "python3"}})
     body = json.dumps({"type": "notebook", "format": "json",
@@ -179,7 +177,8 @@ def test_explorers_draw_a_model_opened_from_a_state_dict(lab, browser, artifacts
         f"{url}/api/contents/{name}?token={token}", data=body, method="PUT",
         headers={"Content-Type": "application/json"}), timeout=30)
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
-    page.goto(f"{url}/lab/workspaces/opened/tree/{name}?token={token}&reset", timeout=120_000)
+    page.goto(f"{url}/lab/workspaces/{Path(name).stem}/tree/{name}?token={token}&reset",
+              timeout=120_000)
     page.wait_for_selector(".jp-Notebook", timeout=120_000)
     page.wait_for_function("() => window.jupyterapp?.shell.currentWidget?.sessionContext?.session"
                            "?.kernel?.status === 'idle'", timeout=120_000)
@@ -190,32 +189,113 @@ def test_explorers_draw_a_model_opened_from_a_state_dict(lab, browser, artifacts
                 .map(p => p.textContent.trim());
             const done = prompts.filter(t => /^\\[\\d+\\]:$/.test(t)).length;
             const k = window.jupyterapp.shell.currentWidget?.sessionContext?.session?.kernel;
-            return done >= {len(OPENED_NOTEBOOK)} && !!k && k.status === 'idle';
+            return done >= {len(cells)} && !!k && k.status === 'idle';
         }}""", timeout=300_000, polling=1000)
-    panels = page.locator(".workbench-panel")
-    # both panels drawn: two figures each, every one holding traces
+    # every panel drawn: its figures each holding traces
     page.wait_for_function(
-        """() => [...document.querySelectorAll('.workbench-panel')].length === 2 &&
+        f"""() => [...document.querySelectorAll('.workbench-panel')].length === {n_panels} &&
                  [...document.querySelectorAll('.workbench-panel .js-plotly-plot')]
-                     .filter(el => (el.data || []).length > 0).length === 4""",
+                     .filter(el => (el.data || []).length > 0).length === {n_figures}""",
         timeout=60_000, polling=500)
     page.wait_for_timeout(1500)
+    return page
+
+
+def _traces(panel, i):
+    """[type, name] of each trace of a panel's i-th plotly figure, as drawn in the page."""
+    return panel.locator(".js-plotly-plot").nth(i).evaluate(
+        "el => el.data.map(t => [t.type, t.name || ''])")
+
+
+def test_explorers_draw_a_model_opened_from_a_state_dict(lab, browser, artifacts):
+    """Issue 21: a state dict saved by the notebook, opened through open_model's generic path,
+    in SmoothnessExplorer (with its trigger: clean and triggered curves) and LandscapeExplorer
+    (without a trigger: one clean map and the note saying why the paired views are disabled),
+    drawn by JupyterLab in Chromium."""
+    url, token = lab
+    page = _run_cells_in_lab(lab, browser, "opened_model.ipynb", OPENED_NOTEBOOK, 2, 4)
+    panels = page.locator(".workbench-panel")
     page.screenshot(path=str(artifacts / "browser-opened-model.png"), full_page=True)
     text = page.inner_text(".jp-Notebook")
     assert "Error displaying widget" not in text and "Traceback" not in text
     assert "OpenedRun(" in text and "state dict small-cnn" in text
-    traces = lambda panel, i: panel.locator(".js-plotly-plot").nth(i).evaluate(  # noqa: E731
-        "el => el.data.map(t => [t.type, t.name || ''])")
     smooth, land = panels.nth(0), panels.nth(1)
-    names = " ".join(n for _, n in traces(smooth, 0))
+    names = " ".join(n for _, n in _traces(smooth, 0))
     assert "clean" in names and "triggered" in names  # the paired curves of the opened run
     assert "smoothing gap" in smooth.inner_text()
     smooth.screenshot(path=str(artifacts / "browser-opened-model-smoothness.png"))
-    assert [t for t, _ in traces(land, 0)].count("heatmap") == 1  # the clean map alone
-    assert "triggered" not in " ".join(n for _, n in traces(land, 1))
+    assert [t for t, _ in _traces(land, 0)].count("heatmap") == 1  # the clean map alone
+    assert "triggered" not in " ".join(n for _, n in _traces(land, 1))
     land_text = land.inner_text()
     assert "this model was opened without a trigger" in land_text
     assert "trigger direction and the triggered twin are disabled" in land_text
     land.screenshot(path=str(artifacts / "browser-opened-model-landscape.png"))
+    page.close()
+    _shutdown_kernels(url, token)
+
+
+ELSEWHERE_NOTEBOOK = [
+    """import tempfile
+import warnings
+from pathlib import Path
+
+import torch
+import torchvision
+from torch import nn
+import workbench as wb
+from workbench.base.preact_resnet import preact_resnet18
+from workbench.training.opened_examples import SHAPES, coloured_shapes, write_backdoorbench_record
+from workbench.widgets import SmoothnessExplorer
+
+shapes = coloured_shapes(n_train=4, n_test=24, seed=0)
+folder = Path(tempfile.mkdtemp())
+torch.manual_seed(0)
+net = torchvision.models.resnet18(weights=None, num_classes=4)  # torchvision's code, for 32x32
+net.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
+net.maxpool = nn.Identity()
+for m in net.modules():  # untrained, but with BatchNorm statistics of the images (one pass)
+    if isinstance(m, nn.BatchNorm2d):
+        m.momentum = None
+with torch.no_grad():
+    net.train()(shapes.x_test)
+torch.save(net.eval().state_dict(), folder / "resnet18.pt")
+record = write_backdoorbench_record(folder / "record" / "badnet", preact_resnet18(4).eval(),
+                                    shapes.x_test, shapes.y_test, wb.triggers.Patch(size=3),
+                                    target=0, clean_data="coloured-shapes")
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", UserWarning)  # untrained models: near chance by construction
+    resnet = wb.open_model(folder / "resnet18.pt", (shapes.x_test, shapes.y_test),
+                           trigger=wb.triggers.Patch(size=3), target=0, architecture="resnet18",
+                           classes=SHAPES)
+    bb = wb.open_model(record, (shapes.x_test, shapes.y_test),
+                       preprocess=((0.5, 0.5, 0.5), (0.25, 0.25, 0.25)), classes=SHAPES)
+print(resnet)
+print(bb)""",
+    "SmoothnessExplorer(resnet, resnet.data, n_inputs=2, n_samples=16, sigmas=[0.1, 0.2, 0.3])",
+    "SmoothnessExplorer(bb, bb.data, n_inputs=2, n_samples=16, sigmas=[0.1, 0.2, 0.3])",
+]
+
+
+def test_smoothness_explorer_draws_models_opened_from_torchvision_and_backdoorbench(
+        lab, browser, artifacts):
+    """Issue 21's "done when": a torchvision ResNet-18 (adapted to 32x32 by torchvision code)
+    saved as a state dict, and a record in BackdoorBench's format (PreAct-ResNet-18, its
+    backdoored test images as PNG files), each opened with open_model on 32x32 colour images and
+    drawn in SmoothnessExplorer (clean and triggered curves, the gap) by JupyterLab in Chromium.
+    The models are untrained (the test is of the path and the drawing; notebook 09 trains them)."""
+    url, token = lab
+    page = _run_cells_in_lab(lab, browser, "opened_elsewhere.ipynb", ELSEWHERE_NOTEBOOK, 2, 4)
+    page.screenshot(path=str(artifacts / "browser-opened-elsewhere.png"), full_page=True)
+    text = page.inner_text(".jp-Notebook")
+    assert "Error displaying widget" not in text and "Traceback" not in text
+    assert "state dict resnet18" in text and "backdoorbench preactresnet18" in text
+    assert "3x32x32" in text
+    panels = page.locator(".workbench-panel")
+    for i, what in enumerate(("torchvision", "backdoorbench")):
+        panel = panels.nth(i)
+        names = " ".join(n for _, n in _traces(panel, 0))
+        assert "clean" in names and "triggered" in names
+        assert "smoothing gap" in panel.inner_text() and "2 pairs" in panel.inner_text()
+        panel.screenshot(path=str(artifacts / f"browser-opened-{what}-smoothness.png"))
     page.close()
     _shutdown_kernels(url, token)
