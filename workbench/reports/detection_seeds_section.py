@@ -36,6 +36,21 @@ def spread_rows(study: dict, evaluation: str = "all", metric: str = "auc",
     return list(rows.values())
 
 
+def per_seed_rows(study: dict, evaluation: str = "all", metric: str = "auc",
+                  methods=None, digits: int = 2) -> list[dict]:
+    """One row per (dataset, attack): each detector's `metric` as "mean (seed 0/seed 1/…)",
+    every seed's value shown (the per-seed table of benchmarks/RESULTS.md)."""
+    rows: dict[tuple, dict] = {}
+    for s in seed_summary(study, evaluation, metric):
+        if methods is not None and s["method"] not in methods:
+            continue
+        row = rows.setdefault((s["dataset"], s["attack"]), {
+            "dataset": s["dataset"], "attack": s["attack"], "ASR": _f(s["asr"], 2)})
+        row[s["method"]] = (f"{_f(s['mean'], digits)} ("
+                            + "/".join(_f(v, digits) for v in s["values"]) + ")")
+    return list(rows.values())
+
+
 def verdict_rows(study: dict, evaluation: str = "all") -> list[dict]:
     """One row per (dataset, family): each detector's verdict ("holds on every seed: detects",
     "… partial", "… misses", or "depends on the seed") with the family's AUC per seed."""
@@ -90,6 +105,7 @@ def seeds_tables(study: dict) -> dict:
         t[f"auc {ev}"] = spread_rows(study, ev)
         t[f"tpr1 {ev}"] = spread_rows(study, ev, "tpr1")
         t[f"tpr5 {ev}"] = spread_rows(study, ev, "tpr5")
+        t[f"per seed auc {ev}"] = per_seed_rows(study, ev)
     t["model level"] = model_level_rows(study)
     t["model level same architecture"] = model_level_rows(study, "same-architecture")
     t["times"] = [{k: (round(v) if isinstance(v, float) else v) for k, v in r.items()}
@@ -141,14 +157,14 @@ def seeds_markdown(study: dict, methods=None) -> str:
               _md_table(model_level_rows(study)),
               "Same architecture only (the detection model's clean models as negatives):\n",
               _md_table(model_level_rows(study, "same-architecture")),
-              "#### AUC per attack, mean ± sd [min, max] over seeds, all inputs\n",
-              _md_table(spread_rows(study, "all", "auc", methods)),
-              "#### AUC per attack, filtered inputs\n",
-              _md_table(spread_rows(study, "filtered", "auc", methods)),
-              "#### TPR at 1% FPR, all inputs\n",
-              _md_table(spread_rows(study, "all", "tpr1", methods)),
-              "#### TPR at 5% FPR, all inputs\n",
-              _md_table(spread_rows(study, "all", "tpr5", methods)),
+              "#### AUC per attack and seed, all inputs: mean (seed 0/1/2)\n",
+              _md_table(per_seed_rows(study, "all", "auc", methods)),
+              "#### AUC per attack and seed, filtered inputs\n",
+              _md_table(per_seed_rows(study, "filtered", "auc", methods)),
+              "#### TPR at 1% FPR per attack and seed, all inputs\n",
+              _md_table(per_seed_rows(study, "all", "tpr1", methods)),
+              "#### TPR at 5% FPR per attack and seed, all inputs\n",
+              _md_table(per_seed_rows(study, "all", "tpr5", methods)),
               "#### Wall time and memory\n", _md_table([
                   {k: (round(v) if isinstance(v, float) else v) for k, v in r.items()}
                   for r in study_times(study)])]
@@ -205,5 +221,5 @@ def write_seeds_report(study: dict, out: str | Path = "reports/detection-seeds.h
     return out
 
 
-__all__ = ["RECORDED_SUMMARY", "read_seeds_tables", "seeds_tables", "model_level_rows", "ranking_rows", "seeds_markdown", "spread_rows", "verdict_rows",
+__all__ = ["per_seed_rows", "RECORDED_SUMMARY", "read_seeds_tables", "seeds_tables", "model_level_rows", "ranking_rows", "seeds_markdown", "spread_rows", "verdict_rows",
            "write_seeds_report"]
