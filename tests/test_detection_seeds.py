@@ -54,33 +54,39 @@ def test_verdicts_hold_only_when_every_seed_agrees():
     recs = []
     for seed, (strip, w) in enumerate([(0.99, 0.95), (0.97, 0.70), (0.95, 0.92)]):
         recs.append(_rec("digits", "Patch", seed, {"strip": strip, "w-mean": w}))
-    v = {r["method"]: r for r in ds.family_verdicts(_study(recs))}
+    v = {r["method"]: r for r in ds.family_verdicts(_study(recs)) if r["family"] != ds.EVERY_ATTACK}
     assert v["strip"]["verdict"] == "holds on every seed: detects"
     assert v["w-mean"]["verdict"] == "depends on the seed"
     assert v["w-mean"]["bands"] == ["detects", "partial", "detects"]
     assert v["strip"]["per_seed"] == {0: 0.99, 1: 0.97, 2: 0.95}
     # two seeds are not enough for a verdict either way
     two = ds.family_verdicts(_study(recs[:2]))
+    assert len(two) == 4
     assert all(r["verdict"].startswith("fewer than 3 seeds") for r in two)
 
 
 def test_family_auc_is_the_mean_over_the_familys_attacks_per_seed():
     recs = [_rec("digits", "Patch", s, {"strip": 1.0}) for s in range(3)]
     recs += [_rec("digits", "Checkerboard", s, {"strip": 0.5}) for s in range(3)]
-    (v,) = ds.family_verdicts(_study(recs))
+    v, every = ds.family_verdicts(_study(recs))
     assert v["per_seed"] == {0: 0.75, 1: 0.75, 2: 0.75} and v["verdict"].endswith("partial")
+    assert every["family"] == ds.EVERY_ATTACK and every["per_seed"] == v["per_seed"]
+    recs += [_rec("digits", "Blend", s, {"strip": 0.0}) for s in range(3)]
+    every = ds.family_verdicts(_study(recs))[-1]
+    assert every["family"] == ds.EVERY_ATTACK and every["per_seed"] == {0: 0.5, 1: 0.5, 2: 0.5}
 
 
 def test_rankings_state_a_winner_only_if_it_wins_on_every_seed():
     recs = [_rec("digits", "Patch", 0, {"strip": 0.9, "w-mean": 0.8, "teco": 0.5}),
             _rec("digits", "Patch", 1, {"strip": 0.7, "w-mean": 0.8, "teco": 0.5}),
             _rec("digits", "Patch", 2, {"strip": 0.9, "w-mean": 0.85, "teco": 0.6})]
-    (r,) = ds.rankings(_study(recs))
+    r, _ = ds.rankings(_study(recs))
     assert r["best"] == []  # strip has the highest mean but loses seed 1
     assert ("strip", "teco") in r["beats"] and ("w-mean", "teco") in r["beats"]
     assert ("strip", "w-mean") not in r["beats"] and ("w-mean", "strip") not in r["beats"]
     recs[1]["detection"][0]["auc"] = 0.95  # now strip wins every seed
-    (r,) = ds.rankings(_study(recs))
+    r, every = ds.rankings(_study(recs))
+    assert every["family"] == ds.EVERY_ATTACK
     assert r["best"] == ["strip"]
     rows = sec.ranking_rows(_study(recs))
     assert rows[0]["best on every seed"] == "strip"
@@ -88,7 +94,7 @@ def test_rankings_state_a_winner_only_if_it_wins_on_every_seed():
 
 def test_rankings_need_three_seeds():
     recs = [_rec("digits", "Patch", s, {"strip": 0.9, "teco": 0.5}) for s in range(2)]
-    (r,) = ds.rankings(_study(recs))
+    r, _ = ds.rankings(_study(recs))
     assert r["beats"] == [] and r["best"] == []
 
 
@@ -98,6 +104,7 @@ def test_evaluation_sets_are_summarised_separately():
     st = _study(recs)
     assert ds.family_verdicts(st, "all")[0]["verdict"].endswith("misses")
     assert ds.family_verdicts(st, "filtered")[0]["verdict"].endswith("detects")
+    assert len(ds.family_verdicts(st, "all")) == 2  # the family and every attack
     row = ds.seed_rows(st, "filtered")[0]
     assert (row["n_triggered"], row["n_triggered_total"]) == (150, 200)
     with pytest.raises(ValueError, match="evaluation"):

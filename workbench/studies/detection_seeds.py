@@ -79,6 +79,7 @@ DEFAULT_OUT = Path("reports") / "detection-seeds"
 DATASET_SETTINGS = {"fashion-mnist": {"n": 100, "n_samples": 32}}
 BANDS = ((0.9, "detects"), (0.6, "partial"), (-math.inf, "misses"))  # AUC >= bound: band
 EVALUATION_SETS = ("all", "filtered")
+EVERY_ATTACK = "every attack"  # the summaries' pseudo-family: the mean over every attack
 
 
 @dataclass(frozen=True)
@@ -457,11 +458,13 @@ def seed_summary(study: dict, evaluation: str = "all", metric: str = "auc") -> l
 
 
 def _family_aucs(study: dict, evaluation: str) -> dict:
-    """(dataset, family, method) -> {seed: mean AUC over the family's attacks on that seed}."""
+    """(dataset, family, method) -> {seed: mean AUC over the family's attacks on that seed};
+    family EVERY_ATTACK: over every attack of the study."""
     acc: dict[tuple, dict] = {}
     for r in seed_rows(study, evaluation):
-        acc.setdefault((r["dataset"], r["family"], r["method"]), {}).setdefault(
-            r["seed"], []).append(r["auc"])
+        for fam in (r["family"], EVERY_ATTACK):
+            acc.setdefault((r["dataset"], fam, r["method"]), {}).setdefault(
+                r["seed"], []).append(r["auc"])
     return {k: {s: float(np.mean(v)) for s, v in sorted(d.items())} for k, d in acc.items()}
 
 
@@ -586,7 +589,7 @@ def study_times(study: dict) -> list[dict]:
     return rows
 
 
-__all__ = ["BANDS", "CBD_SIGMAS", "CLEAN_MODELS", "DEFAULT_OUT", "Job", "SEEDS", "STUDY_VERSION",
+__all__ = ["EVERY_ATTACK", "BANDS", "CBD_SIGMAS", "CLEAN_MODELS", "DEFAULT_OUT", "Job", "SEEDS", "STUDY_VERSION",
            "band", "chosen_cbd_sigma", "DATASET_SETTINGS", "family_verdicts", "job_config", "job_key",
            "job_path", "settings_for",
            "load_study", "model_level", "rankings", "read_job", "run_job", "run_study",
