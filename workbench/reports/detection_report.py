@@ -297,21 +297,29 @@ def main(argv=None) -> int:
     if args.seeds is not None:
         return _seeds_main(args)
     out = args.out or Path("reports/detection.html")
-    try:
-        atlas = detection_report(out, tuple(args.datasets or ["digits"]), tuple(args.attacks),
-                                 args.n, args.seed, args.samples, tuple(args.methods), args.model,
-                                 args.boot, progress=not args.quiet)
-    except (ValueError, TypeError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted: the detection study stopped (trained models stay cached)",
-              file=sys.stderr)
-        return 130
+    atlas, code = _guarded(lambda: detection_report(
+        out, tuple(args.datasets or ["digits"]), tuple(args.attacks), args.n, args.seed,
+        args.samples, tuple(args.methods), args.model, args.boot, progress=not args.quiet),
+        "interrupted: the detection study stopped (trained models stay cached)")
+    if code:
+        return code
     for row in detection_table(atlas):
         print("  ".join(f"{k} {v}" for k, v in row.items()))
     print(f"report               {out}")
     return 0
+
+
+def _guarded(work, interrupted: str, more_errors=()):
+    """(work(), 0), or (None, exit status) with one line on stderr: 2 for a refused argument or a
+    missing file, 130 for Ctrl-C (`interrupted` says what is kept)."""
+    try:
+        return work(), 0
+    except (ValueError, TypeError, FileNotFoundError, *more_errors) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return None, 2
+    except KeyboardInterrupt:
+        print(interrupted, file=sys.stderr)
+        return None, 130
 
 
 def _seeds_main(args) -> int:
@@ -321,19 +329,17 @@ def _seeds_main(args) -> int:
               n=args.n, n_samples=args.samples, methods=tuple(args.methods),
               n_boot=args.boot, model=args.model)
     t0 = time.perf_counter()
-    try:
-        if args.report_only:
-            study = load_study(args.study_dir, **kw)
-        else:
-            study = run_study(args.study_dir, workers=args.workers, progress=not args.quiet, **kw)
+
+    def study_and_report():
+        study = (load_study(args.study_dir, **kw) if args.report_only else
+                 run_study(args.study_dir, workers=args.workers, progress=not args.quiet, **kw))
         write_seeds_report(study, out, seconds=time.perf_counter() - t0)
-    except (ValueError, TypeError, FileNotFoundError, RuntimeError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted: finished jobs are kept; run the same command again to resume",
-              file=sys.stderr)
-        return 130
+        return study
+
+    study, code = _guarded(study_and_report, "interrupted: finished jobs are kept; run the same "
+                           "command again to resume", (RuntimeError,))
+    if code:
+        return code
     print(f"jobs finished        {len(study['records'])} ({len(study['missing'])} missing)")
     print(f"report               {out} (and .md, .json)")
     return 0
