@@ -282,3 +282,22 @@ def test_the_reports_detection_finding_ranks_only_from_the_seeds_study():
     # another dataset's or family's row is not used
     f = detection_finding(dets, "fashion-mnist", "Patch", {"tables": {"rankings all": [row]}})
     assert "no ranking" in str(f["verdict"])
+
+
+@pytest.mark.slow
+def test_python_m_with_worker_processes(tmp_path):
+    """`python -m workbench.detection --seeds ... --workers 2` (the README's and `make
+    detection-seeds`' command): its spawned workers import the main module again, which ran the
+    command again in each worker (both failed, exit 2) before the alias's main was guarded."""
+    import os
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "workbench.detection", "--seeds", "0", "--datasets", "digits",
+           "--attacks", "Patch", "--no-clean", "--workers", "2", "--study-dir",
+           str(tmp_path / "jobs"), "--out", str(tmp_path / "r.html"), "--n", "20", "--samples",
+           "4", "--boot", "20", "--methods", "strip", "--quiet"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=dict(os.environ))
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "jobs finished        1 (0 missing)" in done.stdout
+    assert (tmp_path / "r.md").exists()

@@ -62,7 +62,10 @@ class AliasFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         if fullname not in MAINS:
             raise ImportError(f"{fullname} is an alias of {ALIASES_FULL[fullname]}: run that one.")
         module, func = MAINS[fullname]
-        return compile(f"import sys\nfrom {module} import {func}\nsys.exit({func}())",
+        # guarded: multiprocessing's spawned workers run the main module again as __mp_main__
+        # (the multi-seed detection study's --workers), which must not start the command again
+        return compile(f"import sys\nfrom {module} import {func}\n"
+                       f"if __name__ == '__main__':\n    sys.exit({func}())",
                        f"<{fullname}>", "exec")
 
     def is_package(self, fullname):
