@@ -65,6 +65,19 @@ def test_verdicts_hold_only_when_every_seed_agrees():
     assert all(r["verdict"].startswith("fewer than 3 seeds") for r in two)
 
 
+def test_no_verdict_where_a_seeds_filtered_set_has_no_inputs():
+    """A filtered set left empty has AUC NaN: that seed has no band, which is not a change of band
+    ("depends on the seed" was printed) nor a verdict either way."""
+    recs = [_rec("digits", "Patch", s, {"strip": 0.95}, filtered={"strip": a})
+            for s, a in enumerate((math.nan, math.nan, math.nan))]
+    v = ds.family_verdicts(_study(recs), "filtered")[0]
+    assert v["bands"] == ["n/a"] * 3 and v["verdict"] == "n/a on a seed (no inputs left)"
+    recs[0]["detection"][1]["auc"] = 0.95
+    v = ds.family_verdicts(_study(recs), "filtered")[0]
+    assert v["verdict"] == "n/a on a seed (no inputs left)"
+    assert ds.family_verdicts(_study(recs), "all")[0]["verdict"] == "holds on every seed: detects"
+
+
 def test_family_auc_is_the_mean_over_the_familys_attacks_per_seed():
     recs = [_rec("digits", "Patch", s, {"strip": 1.0}) for s in range(3)]
     recs += [_rec("digits", "Checkerboard", s, {"strip": 0.5}) for s in range(3)]
@@ -234,7 +247,7 @@ def test_study_resumes_and_recomputes_only_what_changed(tmp_path, monkeypatch):
     with ds._Claim(path.with_suffix(".claim")) as mine:
         assert mine
         st = ds.study_settings(**_TINY)
-        assert ds._work(tmp_path, [ds.Job("digits", "clean", "small-cnn-bn", 0)], st, False,
+        assert ds._work(tmp_path, [ds.Job("digits", "clean", "small-cnn-bn", 0)], st,
                         None) == 0
     assert calls == [] and not path.exists()
 

@@ -147,9 +147,7 @@ def settings_for(settings: dict, dataset: str, overrides=None) -> dict:
     extra = dict(overrides.get(dataset, {}))
     if not extra:
         return settings
-    base = {k: v for k, v in settings.items()}
-    base.update(extra)
-    return study_settings(**base)
+    return study_settings(**{**settings, **extra})
 
 
 def study_jobs(datasets=("digits", "fashion-mnist"), attacks=DETECTION_ATTACKS, seeds=SEEDS,
@@ -304,8 +302,7 @@ def read_job(out: Path, job: Job, settings: dict) -> dict | None:
     return rec if isinstance(rec, dict) and rec.get("key") == job_key(job, settings) else None
 
 
-def _work(out: Path, jobs: list[Job], settings: dict, progress: bool, log,
-          overrides=None) -> int:
+def _work(out: Path, jobs: list[Job], settings: dict, log, overrides=None) -> int:
     done = 0
     datasets = {}
     base = settings
@@ -340,7 +337,7 @@ def _work(out: Path, jobs: list[Job], settings: dict, progress: bool, log,
 def _worker_main(out, jobs, settings, threads, overrides):  # a worker process (spawned)
     torch.set_num_threads(threads)
     os.environ.setdefault("TQDM_DISABLE", "1")
-    _work(Path(out), jobs, settings, False, lambda m: print(m, flush=True), overrides)
+    _work(Path(out), jobs, settings, lambda m: print(m, flush=True), overrides)
 
 
 def run_study(out=DEFAULT_OUT, datasets=("digits", "fashion-mnist"), attacks=DETECTION_ATTACKS,
@@ -364,7 +361,7 @@ def run_study(out=DEFAULT_OUT, datasets=("digits", "fashion-mnist"), attacks=DET
     out.mkdir(parents=True, exist_ok=True)
     log = (lambda m: print(m, flush=True)) if progress else None
     if workers == 1:
-        _work(out, jobs, st, progress, log, dataset_settings)
+        _work(out, jobs, st, log, dataset_settings)
     else:
         import multiprocessing as mp
 
@@ -471,7 +468,8 @@ def _family_aucs(study: dict, evaluation: str) -> dict:
 def family_verdicts(study: dict, evaluation: str = "all") -> list[dict]:
     """Per (dataset, family, detector): the family's mean AUC on each seed, its band on each
     seed (`band`: detects >= 0.9 > partial >= 0.6 > misses) and the verdict: "holds on every
-    seed: <band>" where every seed gives the same band, else "depends on the seed"."""
+    seed: <band>" where every seed gives the same band, "depends on the seed" where they differ,
+    and no verdict where a seed has no AUC (a filtered set left without inputs)."""
     order = {f: i for i, f in enumerate(_atlas.FAMILIES)}
     rows = []
     for (ds, fam, method), per_seed in sorted(
@@ -481,7 +479,9 @@ def family_verdicts(study: dict, evaluation: str = "all") -> list[dict]:
         bands = [band(v) for v in per_seed.values()]
         if len(per_seed) < 3:
             verdict = f"fewer than 3 seeds ({len(per_seed)})"
-        elif len(set(bands)) == 1 and bands[0] != "n/a":
+        elif "n/a" in bands:  # a filtered set without inputs: no AUC, so no verdict
+            verdict = "n/a on a seed (no inputs left)"
+        elif len(set(bands)) == 1:
             verdict = f"holds on every seed: {bands[0]}"
         else:
             verdict = "depends on the seed"
