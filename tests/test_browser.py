@@ -90,19 +90,17 @@ def browser():
         b.close()
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
-def test_notebook_renders_in_jupyterlab(lab, browser, path, artifacts):
-    url, token = lab
+def _run_all_cells(browser, url, token, name, n_code, timeout):
+    """Open notebook `name` in JupyterLab in a new page (a fresh workspace: no tabs restored from
+    the previous test), run all its cells, and return the page once every one of its `n_code`
+    code cells shows an execution count and the kernel is idle again."""
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
-    # a fresh workspace per notebook: no tabs restored from the previous test
-    page.goto(f"{url}/lab/workspaces/{path.stem}/tree/{path.name}?token={token}&reset",
+    page.goto(f"{url}/lab/workspaces/{Path(name).stem}/tree/{name}?token={token}&reset",
               timeout=120_000)
     page.wait_for_selector(".jp-Notebook", timeout=120_000)
     page.wait_for_function("() => window.jupyterapp?.shell.currentWidget?.sessionContext?.session"
                            "?.kernel?.status === 'idle'", timeout=120_000)
     page.evaluate("() => { window.jupyterapp.commands.execute('notebook:run-all-cells'); }")
-    n_code = sum(1 for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "code")
-    # done when every code cell shows an execution count and the kernel is idle again
     page.wait_for_function(
         f"""() => {{
             const prompts = [...document.querySelectorAll('.jp-CodeCell .jp-InputPrompt')]
@@ -110,7 +108,15 @@ def test_notebook_renders_in_jupyterlab(lab, browser, path, artifacts):
             const done = prompts.filter(t => /^\\[\\d+\\]:$/.test(t)).length;
             const k = window.jupyterapp.shell.currentWidget?.sessionContext?.session?.kernel;
             return done >= {n_code} && !!k && k.status === 'idle';
-        }}""", timeout=540_000, polling=1000)
+        }}""", timeout=timeout, polling=1000)
+    return page
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_renders_in_jupyterlab(lab, browser, path, artifacts):
+    url, token = lab
+    n_code = sum(1 for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "code")
+    page = _run_all_cells(browser, url, token, path.name, n_code, timeout=540_000)
     page.wait_for_timeout(3000)  # let plotly and widget views finish drawing
     shot = artifacts / f"browser-{path.stem}.png"
     page.screenshot(path=str(shot))
@@ -176,21 +182,7 @@ def _run_cells_in_lab(lab, browser, name, cells, n_panels, n_figures):
     urllib.request.urlopen(urllib.request.Request(
         f"{url}/api/contents/{name}?token={token}", data=body, method="PUT",
         headers={"Content-Type": "application/json"}), timeout=30)
-    page = browser.new_page(viewport={"width": 1400, "height": 1000})
-    page.goto(f"{url}/lab/workspaces/{Path(name).stem}/tree/{name}?token={token}&reset",
-              timeout=120_000)
-    page.wait_for_selector(".jp-Notebook", timeout=120_000)
-    page.wait_for_function("() => window.jupyterapp?.shell.currentWidget?.sessionContext?.session"
-                           "?.kernel?.status === 'idle'", timeout=120_000)
-    page.evaluate("() => { window.jupyterapp.commands.execute('notebook:run-all-cells'); }")
-    page.wait_for_function(
-        f"""() => {{
-            const prompts = [...document.querySelectorAll('.jp-CodeCell .jp-InputPrompt')]
-                .map(p => p.textContent.trim());
-            const done = prompts.filter(t => /^\\[\\d+\\]:$/.test(t)).length;
-            const k = window.jupyterapp.shell.currentWidget?.sessionContext?.session?.kernel;
-            return done >= {len(cells)} && !!k && k.status === 'idle';
-        }}""", timeout=300_000, polling=1000)
+    page = _run_all_cells(browser, url, token, name, len(cells), timeout=300_000)
     # every panel drawn: its figures each holding traces
     page.wait_for_function(
         f"""() => [...document.querySelectorAll('.workbench-panel')].length === {n_panels} &&
