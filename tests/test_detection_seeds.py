@@ -9,7 +9,7 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from workbench.studies import detection_seeds as ds
-from workbench.reports import detection_seeds_section as sec
+import workbench.reports.detection_seeds_section as sec
 from workbench.reports.detection_report import main as detection_main
 
 FAMILY = {"Patch": "visible patch", "Checkerboard": "visible patch", "Blend": "blended"}
@@ -277,6 +277,23 @@ def test_reading_a_summary_refuses_what_is_not_one(tmp_path):
         sec.read_seeds_tables(tmp_path / "x.json")
 
 
+def test_a_summary_written_by_other_code_is_refused(tmp_path):
+    """The recorded summary is shown by notebook 07 and the paper report beside numbers computed
+    now: one written before a detector's scores changed (DETECTION_VERSION) would have been shown
+    as this code's."""
+    summary = sec.read_seeds_tables()  # the recorded one is this code's
+    assert summary["versions"] == ds.code_versions()
+    assert summary["rankings"]["all"] and summary["tables"]["rankings all"]
+    older = dict(summary, versions=dict(summary["versions"], detection=0))
+    (tmp_path / "old.json").write_text(json.dumps(older))
+    with pytest.raises(ValueError, match="written by other code"):
+        sec.read_seeds_tables(tmp_path / "old.json")
+    del older["versions"]
+    (tmp_path / "old.json").write_text(json.dumps(older))
+    with pytest.raises(ValueError, match="written by other code"):
+        sec.read_seeds_tables(tmp_path / "old.json")
+
+
 def test_the_reports_detection_finding_ranks_only_from_the_seeds_study():
     from workbench.reports.detection_report import detection_finding
     from workbench.studies.detection import roc_analysis
@@ -285,15 +302,16 @@ def test_the_reports_detection_finding_ranks_only_from_the_seeds_study():
             roc_analysis("w-mean", [0, 1, 2], [1, 2, 3], n_boot=0)]
     f = detection_finding(dets, "digits", "Patch")
     assert "no ranking: one model" in str(f["verdict"]) and f["measured"].startswith("one model")
-    row = {"dataset": "digits", "family": "visible patch", "best on every seed": "strip",
-           "seeds": 3, "top 3 by mean AUC": "strip 0.99, w-mean 0.80"}
-    f = detection_finding(dets, "digits", "Patch", {"tables": {"rankings all": [row]}})
+    row = {"dataset": "digits", "family": "visible patch", "best": ["strip"],
+           "seeds": [0, 1, 2], "mean": {"strip": 0.99, "w-mean": 0.80}}
+    f = detection_finding(dets, "digits", "Patch", {"rankings": {"all": [row]}})
     assert "strip best on all 3 seeds (visible patch): not a W_σ score" in str(f["verdict"])
-    row["best on every seed"] = "none holds on every seed"
-    f = detection_finding(dets, "digits", "Patch", {"tables": {"rankings all": [row]}})
+    assert f["measured"].endswith("over seeds: top strip 0.99, w-mean 0.80")
+    row["best"] = []
+    f = detection_finding(dets, "digits", "Patch", {"rankings": {"all": [row]}})
     assert "no detector is best on all 3 seeds" in str(f["verdict"])
     # another dataset's or family's row is not used
-    f = detection_finding(dets, "fashion-mnist", "Patch", {"tables": {"rankings all": [row]}})
+    f = detection_finding(dets, "fashion-mnist", "Patch", {"rankings": {"all": [row]}})
     assert "no ranking" in str(f["verdict"])
 
 

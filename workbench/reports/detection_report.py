@@ -214,8 +214,8 @@ def write_detection_report(atlas: list[dict], out: str | Path = "reports/detecti
 
 def detection_finding(dets: list, dataset: str, attack: str, seeds: dict | None = None) -> dict:
     """The report's finding on detection. `dets`: one model's results (seed 0): measured, never
-    ranked. The verdict comes from the multi-seed study (`seeds`: `read_seeds_tables`' summary):
-    the detectors that beat every other on every seed for the attack's family on `dataset`, or
+    ranked. The verdict comes from the multi-seed study (`seeds`: `read_seeds_tables`' summary,
+    its structured rankings on all inputs): the detectors that beat every other on every seed for the attack's family on `dataset`, or
     that no ranking holds; without a study, no verdict."""
     dets = [d for d in dets if getattr(d, "evaluation", "all") == "all"]
     best = max(dets, key=lambda d: d.auc)
@@ -226,25 +226,23 @@ def detection_finding(dets: list, dataset: str, attack: str, seeds: dict | None 
         measured += f"; best W_σ score {bw.method} {ci(bw.auc, bw.auc_ci, signed=False)}"
     a = _atlas.ATTACKS.get(attack)
     family = a.family if a else None
-    rows = [] if seeds is None else [r for r in seeds["tables"].get("rankings all", [])
+    rows = [] if seeds is None else [r for r in seeds["rankings"]["all"]
                                      if r["dataset"] == dataset and r["family"] == family]
     if not rows:
         verdict = verdict_span("no ranking: one model (run the multi-seed study, "
                                "python -m workbench.detection --seeds 0 1 2)", "none")
     else:
         row = rows[0]
-        best_all = [m.strip() for m in row["best on every seed"].split(",")] \
-            if row["best on every seed"] != "none holds on every seed" else []
-        n = row["seeds"]
-        if not best_all:
+        best, n = row["best"], len(row["seeds"])
+        if not best:
             verdict = verdict_span(f"no detector is best on all {n} seeds ({family})", "mixed")
-        elif any(m.startswith("w-") for m in best_all):
-            verdict = verdict_span(f"{', '.join(best_all)} best on all {n} seeds ({family})",
-                                   "yes")
+        elif any(m.startswith("w-") for m in best):
+            verdict = verdict_span(f"{', '.join(best)} best on all {n} seeds ({family})", "yes")
         else:
-            verdict = verdict_span(f"{', '.join(best_all)} best on all {n} seeds ({family}): "
+            verdict = verdict_span(f"{', '.join(best)} best on all {n} seeds ({family}): "
                                    "not a W_σ score", "no")
-        measured += f"; over seeds: top {row['top 3 by mean AUC']}"
+        top = sorted(row["mean"].items(), key=lambda kv: -kv[1])[:3]
+        measured += "; over seeds: top " + ", ".join(f"{m} {v:.2f}" for m, v in top)
     return {"finding": f"Detecting triggered inputs by smoothness, {dataset}, {attack}",
             "measured": measured, "verdict": verdict}
 

@@ -10,8 +10,8 @@ import numpy as np
 
 from ..base.fileio import read_json, write_json
 from ..studies.detection import LABELS, MODEL_LABELS
-from ..studies.detection_seeds import (family_verdicts, model_level, rankings, seed_summary,
-                                       study_times)
+from ..studies.detection_seeds import (code_versions, family_verdicts, model_level, rankings,
+                                       seed_summary, study_times)
 from ..training.train import environment
 from .report import ci, table_html, verdict_span, write_report
 
@@ -120,8 +120,10 @@ RECORDED_SUMMARY = Path(__file__).resolve().parents[2] / "benchmarks" / "detecti
 
 def read_seeds_tables(path: str | Path | None = None) -> dict:
     """The tables of a written study (`write_seeds_report`'s .json: `path`; default the
-    recorded one, RECORDED_SUMMARY) as {"tables": {name: rows}, "settings", "by_dataset",
-    "jobs", "missing", "environment"}. Plain JSON: nothing in the file runs."""
+    recorded one, RECORDED_SUMMARY) as {"tables": {name: rows}, "rankings", "verdicts",
+    "model_level", "settings", "by_dataset", "jobs", "missing", "versions", "environment"}. Plain
+    JSON: nothing in the file runs. A summary written by other code versions (`code_versions`)
+    is refused."""
     path = Path(path) if path is not None else RECORDED_SUMMARY
     if not path.exists():
         raise FileNotFoundError(f"no written detection-seeds study at {path}: run "
@@ -130,6 +132,11 @@ def read_seeds_tables(path: str | Path | None = None) -> dict:
     if not isinstance(data, dict) or not isinstance(data.get("tables"), dict):
         raise ValueError(f"{path} is not a detection-seeds summary (no 'tables'); got "
                          f"{type(data).__name__}.")
+    if data.get("versions") != code_versions():
+        raise ValueError(f"{path} was written by other code (versions {data.get('versions')}; "
+                         f"this code: {code_versions()}): its numbers may not be this code's. "
+                         "Recompute it: `python -m workbench.detection --seeds 0 1 2 --workers 2` "
+                         "(finished jobs of this code are kept).")
     return data
 
 
@@ -214,6 +221,7 @@ def write_seeds_report(study: dict, out: str | Path = "reports/detection-seeds.h
     out.with_suffix(".md").write_text(seeds_markdown(study))
     write_json(out.with_suffix(".json"), {
         "settings": st, "by_dataset": study.get("by_dataset"), "jobs": len(study["records"]),
+        "versions": code_versions(),
         "missing": [j.slug for j in study["missing"]], "tables": seeds_tables(study),
         "verdicts": {ev: family_verdicts(study, ev) for ev in ("all", "filtered")},
         "rankings": {ev: rankings(study, ev) for ev in ("all", "filtered")},

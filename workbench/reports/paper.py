@@ -65,7 +65,8 @@ def write_paper(table: pd.DataFrame, out: str | Path = "reports/paper.html", *,
     and the rankings and model-level rows of `dataset` come from it; None: the detection section
     shows one model and states no ranking. Returns the summary."""
     check_table("table", table)
-    if seeds is not None and not (isinstance(seeds, dict) and isinstance(seeds.get("tables"), dict)):
+    if seeds is not None and not (isinstance(seeds, dict) and isinstance(seeds.get("tables"), dict)
+                                  and isinstance(seeds.get("rankings"), dict)):
         raise TypeError("`seeds` must be None or a detection-seeds summary (`read_seeds_tables`); "
                         f"got {type(seeds).__name__}.")
     if not isinstance(out, (str, Path)):

@@ -172,14 +172,19 @@ def study_jobs(datasets=("digits", "fashion-mnist"), attacks=DETECTION_ATTACKS, 
     return jobs
 
 
+def code_versions() -> dict:
+    """The versions of the code a job's numbers depend on (part of its key, and recorded in a
+    written summary so that a summary from other code is refused: `read_seeds_tables`)."""
+    return {"workbench": __version__, "study": STUDY_VERSION, "detection": DETECTION_VERSION,
+            "estimator": ESTIMATOR_VERSION, "craft": CRAFT_VERSION}
+
+
 def job_config(job: Job, settings: dict) -> dict:
     """Everything a job's result depends on: its settings, the attack's definition (rate,
     trigger, training budget) and the code versions. Its hash is the job's key."""
     cfg = {"job": [job.dataset, job.kind, job.name, job.seed], "settings": settings,
            "training": training_args(job.dataset),
-           "versions": {"workbench": __version__, "study": STUDY_VERSION,
-                        "detection": DETECTION_VERSION, "estimator": ESTIMATOR_VERSION,
-                        "craft": CRAFT_VERSION}}
+           "versions": code_versions()}
     if job.kind == "attack":
         a = _atlas.ATTACKS[job.name]
         cfg["attack"] = {"rate": detection_rate(job.dataset, job.name),
@@ -589,7 +594,7 @@ def study_times(study: dict) -> list[dict]:
     return rows
 
 
-__all__ = ["EVERY_ATTACK", "BANDS", "CBD_SIGMAS", "CLEAN_MODELS", "DEFAULT_OUT", "Job", "SEEDS", "STUDY_VERSION",
+__all__ = ["code_versions", "EVERY_ATTACK", "BANDS", "CBD_SIGMAS", "CLEAN_MODELS", "DEFAULT_OUT", "Job", "SEEDS", "STUDY_VERSION",
            "band", "chosen_cbd_sigma", "DATASET_SETTINGS", "family_verdicts", "job_config", "job_key",
            "job_path", "settings_for",
            "load_study", "model_level", "rankings", "read_job", "run_job", "run_study",
